@@ -1,0 +1,3 @@
+"""Generative anomaly detection for tabular data."""
+
+__version__ = "0.1.0"

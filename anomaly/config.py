@@ -1,0 +1,169 @@
+"""The YAML configuration, validated by pydantic.
+
+Relative paths resolve against the config file's folder; ``${ANOMALY_HOME}`` and other
+environment variables are expanded (``ANOMALY_HOME`` defaults to ``./.anomaly``).
+"""
+
+from __future__ import annotations
+
+import os
+import string
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from anomaly.models import KINDS
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message names the bad key and what was expected."""
+
+
+def anomaly_home() -> Path:
+    """The state directory: ``$ANOMALY_HOME`` or ``./.anomaly``."""
+    return Path(os.environ.get("ANOMALY_HOME", ".anomaly")).resolve()
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Features(_Strict):
+    """Which columns the model reads, and what to do with values it cannot score."""
+
+    id: str = Field(description="column holding a unique record id")
+    numeric: list[str] = Field(default_factory=list)
+    categorical: list[str] = Field(default_factory=list)
+    timestamp: str | None = None
+    numeric_transform: Literal["auto", "none"] = Field(
+        "auto", description="auto: signed log for heavy-tailed non-negative columns"
+    )
+
+    @model_validator(mode="after")
+    def _check_columns(self) -> Features:
+        if not self.numeric and not self.categorical:
+            msg = "name at least one numeric or categorical column"
+            raise ValueError(msg)
+        names = [self.id, *self.numeric, *self.categorical]
+        if self.timestamp:
+            names.append(self.timestamp)
+        duplicated = sorted({n for n in names if names.count(n) > 1})
+        if duplicated:
+            msg = f"columns listed twice: {duplicated}"
+            raise ValueError(msg)
+        return self
+
+
+class Data(_Strict):
+    """Where training data and incoming batches live."""
+
+    train: str = Field(description="CSV/Parquet file or glob of normal rows")
+    inbox: str | None = Field(None, description="folder where batch files land")
+    labels: str | None = Field(None, description="file/glob with id + is_anomaly for evaluation")
+
+
+class ModelSpec(_Strict):
+    kind: str = "auto"
+    seed: int = 0
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, kind: str) -> str:
+        if kind not in KINDS:
+            msg = f"unknown model kind {kind!r}; expected one of {sorted(KINDS)}"
+            raise ValueError(msg)
+        return kind
+
+
+class Split(_Strict):
+    """Fractions of the normal rows held out from fitting."""
+
+    calibration: float = Field(0.2, gt=0, lt=1)
+    test: float = Field(0.1, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _leaves_training(self) -> Split:
+        if self.calibration + self.test >= 0.9:
+            msg = "calibration + test must leave at least 10 % of rows for training"
+            raise ValueError(msg)
+        return self
+
+
+class Calibration(_Strict):
+    rule: Literal["fpr", "fdr"] = "fpr"
+    alpha: float = Field(0.01, gt=0, lt=1)
+    shift_pvalue: float = Field(0.001, gt=0, lt=1)
+
+
+class Scoring(_Strict):
+    chunk_rows: int = Field(100_000, gt=0)
+
+
+class Config(_Strict):
+    """A whole pipeline configuration."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    features: Features
+    data: Data
+    model: ModelSpec = ModelSpec()
+    split: Split = Split()
+    calibration: Calibration = Calibration()
+    scoring: Scoring = Scoring()
+    home: Path = Field(default_factory=anomaly_home)
+
+
+def _expand(value: Any, env: dict[str, str]) -> Any:
+    """Substitute ``${VAR}`` in every string of a parsed YAML tree."""
+    if isinstance(value, dict):
+        return {k: _expand(v, env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand(v, env) for v in value]
+    if isinstance(value, str):
+        return string.Template(value).safe_substitute(env)
+    return value
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for err in error.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        got = err.get("input")
+        shown = "" if isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"  {where}: {err['msg']}{shown}")
+    return "\n".join(lines)
+
+
+def load_config(path: str | Path, home: Path | None = None) -> Config:
+    """Read and validate a YAML config; raise :class:`ConfigError` naming every bad key.
+
+    ``home`` overrides ``$ANOMALY_HOME`` as the state directory.
+    """
+    home = (home or anomaly_home()).resolve()
+    path = Path(path)
+    if not path.is_file():
+        msg = f"config file not found: {path}"
+        raise ConfigError(msg)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        msg = f"{path} is not valid YAML: {exc}"
+        raise ConfigError(msg) from exc
+    if not isinstance(raw, dict):
+        msg = f"{path} must hold a mapping of settings, got {type(raw).__name__}"
+        raise ConfigError(msg)
+    raw = _expand(raw, {**os.environ, "ANOMALY_HOME": str(home)})
+    raw.setdefault("home", str(home))
+    data = raw.get("data")
+    if isinstance(data, dict):
+        raw["data"] = {
+            k: str((path.parent / v).resolve()) if isinstance(v, str) else v
+            for k, v in data.items()
+        }
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        msg = f"invalid config {path}:\n{_describe(exc)}"
+        raise ConfigError(msg) from exc

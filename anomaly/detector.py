@@ -1,0 +1,105 @@
+"""A detector: the fitted preprocessor, density model and calibrator that score records together.
+
+This is what one registered model version holds. Its saved form is a folder:
+``detector.json`` (metadata), ``preprocessing.json``, ``calibration.json``/``.npz`` and
+``model/`` (the density model's JSON + numpy weights). Nothing in it is pickled.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from anomaly import models
+from anomaly.calibration import Calibrator
+from anomaly.models import DensityModel
+from anomaly.preprocessing import REASON, Preprocessor
+
+#: the per-row columns a detector adds to a scored frame
+SCORE_COLUMNS = ["log_likelihood", "p_value", "is_anomaly", REASON]
+
+
+@dataclass(frozen=True)
+class Scored:
+    """Scored rows (id, timestamp, :data:`SCORE_COLUMNS`) and quarantined raw rows."""
+
+    scored: pd.DataFrame
+    quarantined: pd.DataFrame
+
+    @property
+    def rows_in(self) -> int:
+        """Rows scored + rows quarantined: every row that came in."""
+        return len(self.scored) + len(self.quarantined)
+
+
+class Detector:
+    """Preprocessor → density model → calibrator."""
+
+    def __init__(
+        self,
+        preprocessor: Preprocessor,
+        model: DensityModel,
+        calibrator: Calibrator,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        self.preprocessor = preprocessor
+        self.model = model
+        self.calibrator = calibrator
+        self.metadata = dict(metadata or {})
+
+    def log_likelihood(self, df: pd.DataFrame) -> tuple[np.ndarray, Scored]:
+        """Raw-space log-likelihood of the valid rows of ``df`` (nats per record)."""
+        prepared = self.preprocessor.transform(df)
+        ll = self.model.log_prob(prepared.X) + prepared.log_det
+        return ll, Scored(prepared.scored, prepared.quarantined)
+
+    def score(self, df: pd.DataFrame, flag: bool = True) -> Scored:
+        """Score a frame: log-likelihood, conformal p-value and, if ``flag``, the flag rule.
+
+        With ``flag=False`` the ``is_anomaly`` column is left for :meth:`flag` (used when a
+        batch is scored in chunks and the rule needs all p-values, as Benjamini–Hochberg does).
+        """
+        ll, result = self.log_likelihood(df)
+        scored = result.scored
+        reason = scored.pop(REASON)
+        scored["log_likelihood"] = ll
+        scored["p_value"] = self.calibrator.p_values(-ll)
+        reasons = reason.to_numpy()
+        p = scored["p_value"].to_numpy()
+        scored["is_anomaly"] = self.flag(p, reasons != "") if flag else reasons != ""
+        scored[REASON] = reasons
+        return Scored(scored, result.quarantined)
+
+    def flag(self, p_values: np.ndarray, has_reason: np.ndarray) -> np.ndarray:
+        """The calibrated flag rule; rows with a reason (unseen category) are always flagged."""
+        return self.calibrator.flag(p_values) | has_reason
+
+    def save(self, directory: str | Path) -> Path:
+        """Write the detector to ``directory``."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.preprocessor.save(directory)
+        self.calibrator.save(directory)
+        self.model.save(directory / "model")
+        meta = {**self.metadata, "feature_names": self.preprocessor.feature_names_}
+        (directory / "detector.json").write_text(json.dumps(meta, indent=2, default=str))
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path) -> Detector:
+        """Read a detector written by :meth:`save` (no pickle)."""
+        directory = Path(directory)
+        if not (directory / "detector.json").is_file():
+            msg = f"no saved detector in {directory}: detector.json is missing"
+            raise FileNotFoundError(msg)
+        return cls(
+            Preprocessor.load(directory),
+            models.load(directory / "model"),
+            Calibrator.load(directory),
+            json.loads((directory / "detector.json").read_text()),
+        )

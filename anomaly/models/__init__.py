@@ -1,0 +1,55 @@
+"""Density models behind one contract: ``create(kind)``, ``fit``, ``log_prob``, ``sample``,
+``save`` and :func:`load`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from anomaly.models.auto import Auto
+from anomaly.models.base import FORMAT_VERSION, DensityModel
+from anomaly.models.flow import Flow
+from anomaly.models.gaussian import Gaussian
+from anomaly.models.gmm import GMM
+from anomaly.models.kernel import KDE, KNN
+from anomaly.models.vae import VAE
+
+__all__ = ["KINDS", "DensityModel", "create", "load"]
+
+KINDS: dict[str, type[DensityModel]] = {
+    cls.kind: cls for cls in (Gaussian, GMM, KDE, KNN, Flow, VAE, Auto)
+}
+
+
+def create(kind: str, seed: int = 0, **params: Any) -> DensityModel:
+    """An unfitted model of ``kind`` (one of :data:`KINDS`)."""
+    if kind not in KINDS:
+        msg = f"unknown model kind {kind!r}; choose one of: {', '.join(KINDS)}"
+        raise ValueError(msg)
+    try:
+        return KINDS[kind](seed=seed, **params)
+    except TypeError as exc:
+        msg = f"bad parameters for model kind {kind!r}: {exc}"
+        raise ValueError(msg) from exc
+
+
+def load(directory: str | Path) -> DensityModel:
+    """Load a model written by ``DensityModel.save`` (JSON + numpy arrays, never pickle)."""
+    directory = Path(directory)
+    path = directory / "config.json"
+    if not path.is_file():
+        msg = f"no saved model in {directory}: {path.name} is missing"
+        raise FileNotFoundError(msg)
+    config = json.loads(path.read_text())
+    if config.get("format_version") != FORMAT_VERSION:
+        msg = (
+            f"model in {directory} has format version {config.get('format_version')}, "
+            f"this anomaly release reads version {FORMAT_VERSION}"
+        )
+        raise ValueError(msg)
+    params = dict(config["params"])
+    model = create(config["kind"], **params)
+    model.n_features_in_ = config["n_features_in"]
+    model._load_weights(directory, config["fitted"])
+    return model

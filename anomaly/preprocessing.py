@@ -1,0 +1,232 @@
+"""From a raw table to the model's matrix: validation, quarantine, transforms and their Jacobian.
+
+Numeric columns are (optionally) log-transformed and standardised; categorical columns are
+one-hot encoded. Log-likelihoods are reported in the raw feature space: the log-determinant of
+the numeric transform's Jacobian is returned per row, to be added to the model's log-density.
+
+A row is either scored or quarantined with a reason; a frame whose schema is wrong raises
+:class:`SchemaError`. An unseen category is not a reason to quarantine: the row is scored (its
+one-hot block is all zeros) and the category is reported as a reason for suspicion.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Self
+
+import numpy as np
+import pandas as pd
+from sklearn.exceptions import NotFittedError
+
+from anomaly.config import Features
+
+#: standardised values are clipped to ±CLIP so astronomically large inputs stay finite
+CLIP = 1e4
+REASON = "reason"
+
+
+class SchemaError(ValueError):
+    """A whole batch cannot be read with the feature spec (missing or duplicated columns)."""
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """The result of :meth:`Preprocessor.transform`."""
+
+    X: np.ndarray  #: model matrix of the scored rows
+    log_det: np.ndarray  #: log |d transform / dx| per scored row
+    scored: pd.DataFrame  #: id (and timestamp) of scored rows, with a ``reason`` ("" or a note)
+    quarantined: pd.DataFrame  #: the raw quarantined rows with a ``reason`` column
+
+
+def _signed_log(x: np.ndarray) -> np.ndarray:
+    return np.sign(x) * np.log1p(np.abs(x))
+
+
+class Preprocessor:
+    """Feature spec → model matrix, fitted on training rows only."""
+
+    def __init__(self, features: Features) -> None:
+        self.features = features
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, df: pd.DataFrame) -> Self:
+        """Learn transforms, scales and categories from training rows."""
+        prepared = self._validate(df)
+        good = prepared.loc[prepared[REASON] == ""]
+        if good.empty:
+            msg = "no valid training rows: every row was quarantined; check the data and spec"
+            raise ValueError(msg)
+        self.transforms_: dict[str, str] = {}
+        self.means_: dict[str, float] = {}
+        self.scales_: dict[str, float] = {}
+        for col in self.features.numeric:
+            x = good[col].to_numpy(np.float64)
+            skew = pd.Series(x).skew() if len(x) > 2 else 0.0
+            use_log = self.features.numeric_transform == "auto" and x.min() >= 0 and skew > 1.0
+            self.transforms_[col] = "signed_log" if use_log else "none"
+            t = _signed_log(x) if use_log else x
+            self.means_[col] = float(t.mean())
+            self.scales_[col] = float(t.std()) or 1.0
+        self.categories_: dict[str, list[str]] = {
+            col: sorted(good[col].astype(str).unique()) for col in self.features.categorical
+        }
+        return self
+
+    @property
+    def feature_names_(self) -> list[str]:
+        """Names of the model matrix's columns."""
+        self._check_fitted()
+        onehot = [f"{c}={v}" for c, cats in self.categories_.items() for v in cats]
+        return [*self.features.numeric, *onehot]
+
+    # ------------------------------------------------------------------ transform
+    def transform(self, df: pd.DataFrame) -> Prepared:
+        """Validate ``df``, quarantine bad rows, and encode the rest."""
+        self._check_fitted()
+        checked = self._validate(df)
+        bad = checked[REASON] != ""
+        quarantined = df.iloc[np.flatnonzero(bad)].copy()
+        quarantined[REASON] = checked.loc[bad, REASON].to_numpy()
+        good = checked.loc[~bad]
+        n = len(good)
+        blocks, log_det = [], np.zeros(n)
+        for col in self.features.numeric:
+            x = good[col].to_numpy(np.float64)
+            if self.transforms_[col] == "signed_log":
+                log_det -= np.log1p(np.abs(x))
+                x = _signed_log(x)
+            log_det -= np.log(self.scales_[col])
+            blocks.append(np.clip((x - self.means_[col]) / self.scales_[col], -CLIP, CLIP))
+        notes = pd.Series([""] * n, index=good.index, dtype=object)
+        for col, cats in self.categories_.items():
+            values = good[col].astype(str)
+            codes = pd.Categorical(values, categories=cats).codes
+            blocks.extend((codes == i).astype(np.float64) for i in range(len(cats)))
+            unseen = codes < 0
+            if unseen.any():
+                note = f"unseen category in {col}: " + values[unseen].map(repr)
+                notes[unseen] = (notes[unseen] + "; " + note).str.lstrip("; ")
+        X = np.column_stack(blocks) if blocks else np.zeros((n, 0))
+        keep = [self.features.id] + ([self.features.timestamp] if self.features.timestamp else [])
+        scored = good[keep].copy()
+        scored[REASON] = notes.to_numpy()
+        return Prepared(X=X, log_det=log_det, scored=scored, quarantined=quarantined)
+
+    def inverse_transform(self, X: np.ndarray) -> pd.DataFrame:
+        """Model-space rows (e.g. samples) back to raw feature values; one-hot → most likely."""
+        self._check_fitted()
+        out: dict[str, Any] = {}
+        for j, col in enumerate(self.features.numeric):
+            t = X[:, j] * self.scales_[col] + self.means_[col]
+            if self.transforms_[col] == "signed_log":
+                t = np.sign(t) * np.expm1(np.abs(t))
+            out[col] = t
+        start = len(self.features.numeric)
+        for col, cats in self.categories_.items():
+            block = X[:, start : start + len(cats)]
+            out[col] = np.asarray(cats, dtype=object)[block.argmax(axis=1)]
+            start += len(cats)
+        return pd.DataFrame(out)
+
+    # ------------------------------------------------------------------ validation
+    def check_schema(self, columns: list[str]) -> None:
+        """Raise :class:`SchemaError` unless every required column is present exactly once."""
+        f = self.features
+        required = [f.id, *f.numeric, *f.categorical] + ([f.timestamp] if f.timestamp else [])
+        dupes = sorted({str(c) for c in columns if list(columns).count(c) > 1})
+        if dupes:
+            msg = f"batch has duplicated column names: {dupes}"
+            raise SchemaError(msg)
+        names = [str(c) for c in columns]
+        missing = [c for c in required if c not in names]
+        if missing:
+            hints = []
+            for col in missing:
+                close = difflib.get_close_matches(col, names, n=1)
+                hints.append(f"{col!r}" + (f" (found {close[0]!r}?)" if close else ""))
+            msg = (
+                f"batch is missing required column(s) {', '.join(hints)}; "
+                f"it has {len(names)} column(s): {names[:20]}"
+            )
+            raise SchemaError(msg)
+
+    def _validate(self, df: pd.DataFrame) -> pd.DataFrame:
+        """The required columns, numerics coerced, with a per-row ``reason`` ("" = valid)."""
+        if not isinstance(df, pd.DataFrame):
+            msg = f"expected a pandas DataFrame, got {type(df).__name__}"
+            raise TypeError(msg)
+        self.check_schema(list(df.columns))
+        df = df.reset_index(drop=True)
+        f = self.features
+        out = pd.DataFrame(index=df.index)
+        reasons = pd.Series([""] * len(df), index=df.index, dtype=object)
+
+        def add(mask: pd.Series | np.ndarray, text: str | pd.Series) -> None:
+            mask = pd.Series(np.asarray(mask, dtype=bool), index=df.index)
+            if mask.any():
+                piece = text[mask] if isinstance(text, pd.Series) else text
+                reasons[mask] = (reasons[mask] + "; " + piece).str.lstrip("; ")
+
+        ids = df[f.id]
+        out[f.id] = ids.astype(str).where(ids.notna(), None)
+        add(ids.isna() | (out[f.id].str.strip() == ""), f"missing id ({f.id})")
+        dup = ids.notna() & ids.astype(str).duplicated(keep="first")
+        add(dup, "duplicate id " + out[f.id].map(repr))
+        for col in f.numeric:
+            raw = df[col]
+            values = pd.to_numeric(raw, errors="coerce").astype(np.float64)
+            add(raw.isna(), f"missing value in {col}")
+            add(raw.notna() & values.isna(), f"non-numeric value in {col}: " + raw.map(_short))
+            add(np.isinf(values), f"infinite value in {col}")
+            out[col] = values.where(np.isfinite(values), 0.0)
+        for col in f.categorical:
+            add(df[col].isna(), f"missing value in {col}")
+            out[col] = df[col]
+        if f.timestamp:
+            raw = df[f.timestamp]
+            parsed = pd.to_datetime(raw, errors="coerce", utc=True, format="mixed")
+            add(parsed.isna(), f"missing or unparseable timestamp in {f.timestamp}")
+            out[f.timestamp] = parsed
+        out[REASON] = reasons
+        return out
+
+    # ------------------------------------------------------------------ storage
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "transforms_"):
+            msg = "this Preprocessor is not fitted yet: call fit(df) first"
+            raise NotFittedError(msg)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything fitted, as JSON-serialisable values."""
+        self._check_fitted()
+        return {
+            "features": self.features.model_dump(),
+            "transforms": self.transforms_,
+            "means": self.means_,
+            "scales": self.scales_,
+            "categories": self.categories_,
+        }
+
+    def save(self, directory: Path) -> None:
+        """Write ``preprocessing.json`` into ``directory``."""
+        (directory / "preprocessing.json").write_text(json.dumps(self.to_dict(), indent=2))
+
+    @classmethod
+    def load(cls, directory: Path) -> Preprocessor:
+        """Read what :meth:`save` wrote."""
+        state = json.loads((directory / "preprocessing.json").read_text())
+        pre = cls(Features.model_validate(state["features"]))
+        pre.transforms_ = state["transforms"]
+        pre.means_ = state["means"]
+        pre.scales_ = state["scales"]
+        pre.categories_ = state["categories"]
+        return pre
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."

@@ -1,0 +1,153 @@
+"""Scoring a batch file in bounded memory: read by chunks, score, flag, write atomically.
+
+Pass 1 scores each chunk and streams the rows to a temporary Parquet file, keeping only the
+p-values (8 bytes a row) for the flag rule, which may need the whole batch (Benjamini–Hochberg).
+Pass 2 streams the temporary file into the final output with ``is_anomaly`` set, then renames
+it into place, so a reader never sees a partial output.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from anomaly.detector import Detector
+from anomaly.io import DataError, iter_chunks, write_parquet_atomic
+from anomaly.preprocessing import SchemaError
+
+
+@dataclass(frozen=True)
+class BatchSummary:
+    """What happened to one batch; ``status`` is ``scored`` or ``rejected`` (with ``error``)."""
+
+    batch_id: str
+    source: str
+    status: str
+    rows_in: int = 0
+    rows_scored: int = 0
+    rows_quarantined: int = 0
+    rows_flagged: int = 0
+    model_version: str = ""
+    output: str | None = None
+    quarantine_output: str | None = None
+    flag_rate: float = 0.0
+    expected_rate: float = 0.0
+    shift_p_value: float = 1.0
+    shift_alarm: bool = False
+    mean_log_likelihood: float | None = None
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form."""
+        return asdict(self)
+
+
+def batch_id_for(path: Path) -> str:
+    """A safe batch id from a file name: letters, digits, ``_``, ``-`` and ``.`` only."""
+    stem = path.name.removesuffix(path.suffix)
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", stem).strip("._") or "batch"
+
+
+def score_file(
+    detector: Detector,
+    path: Path,
+    out_dir: Path,
+    chunk_rows: int = 100_000,
+    model_version: str = "",
+) -> BatchSummary:
+    """Score one batch file into ``out_dir/<batch_id>.parquet`` (+ ``.quarantine.parquet``)."""
+    batch_id = batch_id_for(path)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    output = out_dir / f"{batch_id}.parquet"
+    tmp = out_dir / f".{batch_id}.{os.getpid()}.pass1.tmp"
+    p_values, has_reason, quarantined = [], [], []
+    ll_sum, writer = 0.0, None
+    try:
+        for chunk in iter_chunks(path, chunk_rows):
+            result = detector.score(chunk, flag=False)
+            scored = result.scored
+            if writer is None:
+                schema = output_schema(detector)
+                writer = pq.ParquetWriter(tmp, schema)
+            writer.write_table(pa.Table.from_pandas(scored, schema, preserve_index=False))
+            p_values.append(scored["p_value"].to_numpy())
+            has_reason.append(scored["reason"].to_numpy() != "")
+            ll_sum += float(scored["log_likelihood"].sum())
+            if len(result.quarantined):
+                quarantined.append(result.quarantined)
+    except (SchemaError, DataError) as exc:
+        if writer is not None:
+            writer.close()
+        tmp.unlink(missing_ok=True)
+        return BatchSummary(batch_id, str(path), "rejected", error=str(exc))
+    if writer is not None:
+        writer.close()
+    p = np.concatenate(p_values) if p_values else np.zeros(0)
+    flags = detector.flag(p, np.concatenate(has_reason)) if p_values else np.zeros(0, bool)
+    _write_flags(tmp, output, flags)
+    quarantine_output = None
+    if quarantined:
+        frame = pd.concat(quarantined, ignore_index=True).astype(str)
+        quarantine_output = write_parquet_atomic(frame, out_dir / f"{batch_id}.quarantine.parquet")
+    n_flagged, n_scored = int(flags.sum()), len(p)
+    shift = detector.calibrator.shift_alarm(n_flagged, n_scored)
+    n_quarantined = sum(len(q) for q in quarantined)
+    return BatchSummary(
+        batch_id=batch_id,
+        source=str(path),
+        status="scored",
+        rows_in=n_scored + n_quarantined,
+        rows_scored=n_scored,
+        rows_quarantined=n_quarantined,
+        rows_flagged=n_flagged,
+        model_version=model_version,
+        output=str(output) if n_scored else None,
+        quarantine_output=str(quarantine_output) if quarantine_output else None,
+        flag_rate=shift.flag_rate,
+        expected_rate=shift.expected_rate,
+        shift_p_value=shift.p_value,
+        shift_alarm=shift.alarm,
+        mean_log_likelihood=ll_sum / n_scored if n_scored else None,
+    )
+
+
+def output_schema(detector: Detector) -> pa.Schema:
+    """Arrow schema of a scored output file."""
+    features = detector.preprocessor.features
+    fields = [pa.field(features.id, pa.string())]
+    if features.timestamp:
+        fields.append(pa.field(features.timestamp, pa.timestamp("ns", tz="UTC")))
+    fields += [
+        pa.field("log_likelihood", pa.float64()),
+        pa.field("p_value", pa.float64()),
+        pa.field("is_anomaly", pa.bool_()),
+        pa.field("reason", pa.string()),
+    ]
+    return pa.schema(fields)
+
+
+def _write_flags(tmp: Path, output: Path, flags: np.ndarray) -> None:
+    """Copy the pass-1 file to ``output`` with ``is_anomaly`` set, atomically."""
+    if not tmp.exists():
+        return
+    final = output.with_name(f".{output.name}.{os.getpid()}.tmp")
+    start = 0
+    with pq.ParquetFile(tmp) as source:
+        writer = pq.ParquetWriter(final, source.schema_arrow)
+        with writer:
+            for batch in source.iter_batches():
+                stop = start + batch.num_rows
+                column = batch.schema.get_field_index("is_anomaly")
+                batch = batch.set_column(column, "is_anomaly", pa.array(flags[start:stop]))
+                writer.write_batch(batch)
+                start = stop
+    os.replace(final, output)
+    tmp.unlink()
