@@ -13,9 +13,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from anomaly.config import ConfigError, anomaly_home, load_config
+from anomaly.config import Config, ConfigError, anomaly_home, load_config
 from anomaly.io import DataError, write_parquet_atomic
 from anomaly.models import KINDS
+from anomaly.scoring import BatchSummary
 
 app = typer.Typer(
     help="Generative anomaly detection: learn p(x) of normal records, flag the improbable.",
@@ -36,7 +37,7 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(code=2)
 
 
-def _config(path: Path):  # noqa: ANN202
+def _config(path: Path) -> Config:
     try:
         return load_config(path)
     except ConfigError as exc:
@@ -53,7 +54,9 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> N
 
 @app.command()
 def demo(
-    home: Annotated[Path | None, typer.Option(help="State directory (default $ANOMALY_HOME).")] = None,
+    home: Annotated[
+        Path | None, typer.Option(help="State directory (default $ANOMALY_HOME).")
+    ] = None,
     kind: Annotated[str | None, typer.Option(help=f"Model kind: {', '.join(KINDS)}.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the generated data.")] = 0,
 ) -> None:
@@ -111,7 +114,8 @@ def train(config: ConfigOption) -> None:
 def score(
     config: ConfigOption,
     batch: Annotated[
-        list[Path] | None, typer.Option(help="Batch file(s) to score (default: the inbox's new files).")
+        list[Path] | None,
+        typer.Option(help="Batch file(s) to score (default: the inbox's new files)."),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per batch.")] = False,
     model_version: VersionOption = None,
@@ -161,7 +165,7 @@ def sample(
     console.print(f"wrote {len(frame)} samples to {output}")
 
 
-def _print_batches(summaries: list) -> None:  # noqa: ANN001
+def _print_batches(summaries: list[BatchSummary]) -> None:
     table = Table(title="Batches")
     cols = ["batch_id", "status", "rows_in", "rows_scored", "rows_quarantined", "rows_flagged"]
     for c in [*cols, "flag_rate", "shift_alarm"]:

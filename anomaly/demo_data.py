@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import math
 import os
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from anomaly.io import write_parquet_atomic
 
 NUMERIC: list[str] = ["amount", "hour", "distance_km", "tx_last_24h", "account_age_days"]
 CATEGORICAL: list[str] = ["merchant_category", "channel"]
@@ -144,7 +145,7 @@ def write_demo(
         folder.mkdir(parents=True, exist_ok=True)
 
     train_path = directory / "train.parquet"
-    _write_parquet_atomic(_generate(n_train, seed, day_offset=0), train_path)
+    write_parquet_atomic(_generate(n_train, seed, day_offset=0), train_path)
     day = _n_days(n_train)
 
     batches: list[Path] = []
@@ -154,8 +155,8 @@ def write_demo(
         day += _n_days(batch_rows)
         frame, truth = plant_anomalies(normal, rate, seed + i)
         name = f"batch_{i:03d}.parquet"
-        _write_parquet_atomic(truth, labels_dir / name)
-        _write_parquet_atomic(frame, inbox / name)
+        write_parquet_atomic(truth, labels_dir / name)
+        write_parquet_atomic(frame, inbox / name)
         labels.append(labels_dir / name)
         batches.append(inbox / name)
     return DemoFiles(train=train_path, batches=batches, labels=labels)
@@ -430,14 +431,3 @@ def _check_frame(df: object) -> None:
         if unknown:
             msg = f"column {col!r} has unknown values {unknown[:5]}; expected {list(allowed)}"
             raise ValueError(msg)
-
-
-def _write_parquet_atomic(frame: pd.DataFrame, path: Path) -> None:
-    """Write ``frame`` to ``path`` via a hidden temporary file in the same folder."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-    try:
-        frame.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,8 +40,9 @@ def iter_chunks(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
                 for batch in file.iter_batches(batch_size=chunk_rows):
                     yield batch.to_pandas()
         elif suffix == ".csv":
-            reader = pd.read_csv(path, chunksize=chunk_rows, dtype=str, keep_default_na=False,
-                                 na_values=[""])
+            reader = pd.read_csv(
+                path, chunksize=chunk_rows, dtype=str, keep_default_na=False, na_values=[""]
+            )
             with reader:
                 yield from reader
         else:
@@ -63,7 +65,11 @@ def read_table(pattern: str | Path) -> pd.DataFrame:
 def write_parquet_atomic(df: pd.DataFrame, path: Path) -> Path:
     """Write ``df`` to ``path`` via a temporary file in the same folder and an atomic rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    df.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+    try:
+        df.to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path

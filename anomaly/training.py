@@ -32,7 +32,7 @@ class TrainResult:
 def split_rows(n: int, calibration: float, test: float, seed: int) -> list[np.ndarray]:
     """Seeded (train, calibration, test) index arrays of ``n`` rows."""
     order = np.random.default_rng(seed).permutation(n)
-    n_cal, n_test = int(round(calibration * n)), int(round(test * n))
+    n_cal, n_test = round(calibration * n), round(test * n)
     if n - n_cal - n_test < 2 or n_cal < 1:
         msg = f"{n} rows are too few to split into training, calibration and test rows"
         raise ValueError(msg)

@@ -45,7 +45,7 @@ class Auto(DensityModel):
             msg = f"auto: candidates must be a non-empty list of other kinds, got {self.candidates}"
             raise ValueError(msg)
         order = np.random.default_rng(self.seed).permutation(X.shape[0])
-        n_held = max(1, int(round(self.heldout_fraction * X.shape[0])))
+        n_held = max(1, round(self.heldout_fraction * X.shape[0]))
         held, fit_part = X[order[:n_held]], X[order[n_held:]]
         self.scores_: dict[str, float] = {}
         for kind in self.candidates:

@@ -21,8 +21,10 @@ from anomaly.models.base import DensityModel, check_positive
 LOG_2PI = float(np.log(2 * np.pi))
 #: a distance block holds at most this many entries (float32: 64 MB)
 BLOCK_ENTRIES = 16_000_000
-#: rows of the held-out split used to choose bandwidths
-MAX_HELDOUT = 2_000
+#: hyper-parameters are chosen on at most this many held-out rows and fit-part centres; the
+#: adaptive bandwidth α·d_k is scale-free in n, and the fixed one is rescaled to all rows
+MAX_HELDOUT = 1_000
+MAX_SELECTION_CENTRES = 5_000
 
 
 def _sq_distances(Q: torch.Tensor, C: torch.Tensor, c_norms: torch.Tensor) -> torch.Tensor:
@@ -39,7 +41,8 @@ def _blocks(n_rows: int, n_cols: int) -> list[slice]:
 
 def _mixture_log_prob(d2: torch.Tensor, h: torch.Tensor, dim: int) -> torch.Tensor:
     """log 1/n Σ_i N(x; c_i, h_i² I) from squared distances d2 (rows × centres)."""
-    log_kernel = -0.5 * d2 / (h * h)[None, :] - dim * torch.log(h)[None, :]
+    log_kernel = d2 * (-0.5 / (h * h))[None, :]
+    log_kernel -= (dim * torch.log(h))[None, :]
     return torch.logsumexp(log_kernel, dim=1) - np.log(h.shape[0]) - 0.5 * dim * LOG_2PI
 
 
@@ -69,7 +72,7 @@ class _KernelMixture(DensityModel):
         order = torch.randperm(Z.shape[0], generator=torch.Generator().manual_seed(self.seed))
         n_held = max(1, min(MAX_HELDOUT, Z.shape[0] // 5))
         self._all = Z
-        return Z[order[n_held:]], Z[order[:n_held]]
+        return Z[order[n_held:][:MAX_SELECTION_CENTRES]], Z[order[:n_held]]
 
     def _heldout_d2(self, fit_part: torch.Tensor, held: torch.Tensor) -> torch.Tensor:
         return _sq_distances(held, fit_part, (fit_part * fit_part).sum(1))
@@ -83,11 +86,10 @@ class _KernelMixture(DensityModel):
         Q = torch.from_numpy(X / self.scale_).float()
         dim = Q.shape[1]
         out = np.empty(Q.shape[0])
-        h = self.bandwidths_.double()
         with torch.inference_mode():
             for rows in _blocks(Q.shape[0], self.centres_.shape[0]):
-                d2 = _sq_distances(Q[rows], self.centres_, self._norms).double()
-                out[rows] = _mixture_log_prob(d2, h, dim).numpy()
+                d2 = _sq_distances(Q[rows], self.centres_, self._norms)
+                out[rows] = _mixture_log_prob(d2, self.bandwidths_, dim).numpy()
         return out - np.log(self.scale_).sum()
 
     def _sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -134,13 +136,11 @@ class KDE(_KernelMixture):
             check_positive("bandwidth", self.bandwidth, self.kind)
             self.bandwidth_ = float(self.bandwidth)
         else:
-            d2 = self._heldout_d2(fit_part, held).double()
+            d2 = self._heldout_d2(fit_part, held)
             scott = fit_part.shape[0] ** (-1.0 / (dim + 4))
             grid = scott * np.geomspace(0.05, 3.0, 24)
             scores = [
-                _mixture_log_prob(d2, torch.full((fit_part.shape[0],), h, dtype=d2.dtype), dim)
-                .mean()
-                .item()
+                _mixture_log_prob(d2, torch.full((fit_part.shape[0],), h), dim).mean().item()
                 for h in grid
             ]
             best = float(grid[int(np.argmax(scores))])
@@ -186,12 +186,12 @@ class KNN(_KernelMixture):
         for name, values in (("k", ks), ("alpha", alphas)):
             for value in values:
                 check_positive(name, value, self.kind)
-        d2 = self._heldout_d2(fit_part, held).double()
+        d2 = self._heldout_d2(fit_part, held)
         best = (-np.inf, ks[0], alphas[0])
         for k in ks:
-            dk = kth_neighbour_distance(fit_part, k).double()
+            dk = kth_neighbour_distance(fit_part, k)
             for a in alphas:
-                h = (a * dk).clamp_min(self.min_bandwidth)
+                h = (float(a) * dk).clamp_min(self.min_bandwidth)
                 score = _mixture_log_prob(d2, h, dim).mean().item()
                 if score > best[0]:
                     best = (score, k, a)

@@ -71,7 +71,10 @@ class TorchDensity(DensityModel):
         for name in ("max_epochs", "batch_size", "learning_rate", "patience"):
             check_positive(name, getattr(self, name), self.kind)
         if not 0 < self.validation_fraction < 1:
-            msg = f"{self.kind}: validation_fraction must be in (0, 1), got {self.validation_fraction}"
+            msg = (
+                f"{self.kind}: validation_fraction must be in (0, 1), "
+                f"got {self.validation_fraction}"
+            )
             raise ValueError(msg)
         torch.manual_seed(self.seed)
         self.mean_ = X.mean(axis=0)
@@ -79,7 +82,7 @@ class TorchDensity(DensityModel):
         self.scale_ = np.where(std > 0, std, 1.0)
         Z = torch.from_numpy((X - self.mean_) / self.scale_).float()
         order = torch.randperm(Z.shape[0], generator=torch.Generator().manual_seed(self.seed))
-        n_val = max(1, int(round(self.validation_fraction * Z.shape[0])))
+        n_val = max(1, round(self.validation_fraction * Z.shape[0]))
         train, val = Z[order[n_val:]], Z[order[:n_val]]
         self.module_ = self._build(Z.shape[1])
         optimiser = torch.optim.AdamW(

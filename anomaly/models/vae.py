@@ -8,6 +8,7 @@ and shared by every row, so a row's score does not depend on its batch.
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any
 
@@ -21,7 +22,7 @@ LOG_2PI = math.log(2 * math.pi)
 
 def _mlp(sizes: list[int]) -> nn.Sequential:
     layers: list[nn.Module] = []
-    for a, b in zip(sizes[:-1], sizes[1:], strict=True):
+    for a, b in itertools.pairwise(sizes):
         layers += [nn.Linear(a, b), nn.SiLU()]
     return nn.Sequential(*layers[:-1])
 
