@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ from rich.table import Table
 from anomaly.config import Config, ConfigError, anomaly_home, load_config
 from anomaly.io import DataError, write_parquet_atomic
 from anomaly.models import KINDS
+from anomaly.registry import RegistryError
 from anomaly.scoring import BatchSummary
 
 app = typer.Typer(
@@ -28,7 +30,8 @@ out = Console()
 
 ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="YAML config file.")]
 VersionOption = Annotated[
-    int | None, typer.Option("--model-version", help="Model version (default: newest).")
+    str | None,
+    typer.Option("--model-version", help="Registered model version (default: the champion)."),
 ]
 
 
@@ -47,6 +50,9 @@ def _config(path: Path) -> Config:
 @app.callback()
 def main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
     """Generative anomaly detection for tabular data."""
+    for var in ("MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK"):  # offline-friendly defaults
+        os.environ.setdefault(var, "true")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s"
     )
@@ -88,7 +94,10 @@ def demo(
         + ", ".join(f"{k} {v:.2f}" for k, v in report.recall_by_kind.items())
     )
     out.print(f"scored batches: {home / 'scored' / report.config.name}")
-    out.print(f"config: {report.config.home}  (re-run: anomaly score --config configs/demo.yaml)")
+    out.print(
+        f"champion: models:/{report.config.name}@champion in MLflow at {home / 'mlflow'} "
+        f"(mlflow ui --backend-store-uri sqlite:///{home / 'mlflow' / 'mlflow.db'})"
+    )
     out.print(f"done in {time.perf_counter() - start:.1f} s")
 
 
@@ -102,7 +111,8 @@ def train(config: ConfigOption) -> None:
         trained = train_and_store(cfg)
     except (DataError, ValueError, FileNotFoundError) as exc:
         raise _fail(str(exc)) from exc
-    table = Table(title=f"{cfg.name} v{trained.version} ({cfg.model.kind})")
+    title = f"{cfg.name} v{trained.version} ({cfg.model.kind}), MLflow run {trained.run_id}"
+    table = Table(title=title)
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key, value in trained.result.metrics.items():
@@ -127,7 +137,7 @@ def score(
     try:
         batches = batch or pending_batches(cfg)
         summaries = score_batches(cfg, batches, model_version)
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError, RegistryError) as exc:
         raise _fail(str(exc)) from exc
     if as_json:
         for s in summaries:
@@ -156,13 +166,48 @@ def sample(
     cfg = _config(config)
     try:
         frame = draw(cfg, n, seed=seed, version=model_version)
-    except (FileNotFoundError, DataError) as exc:
+    except RegistryError as exc:
         raise _fail(str(exc)) from exc
     if output.suffix.lower() == ".csv":
         frame.to_csv(output, index=False)
     else:
         write_parquet_atomic(frame, output)
     console.print(f"wrote {len(frame)} samples to {output}")
+
+
+@app.command()
+def history(config: ConfigOption) -> None:
+    """Print every alias change of the config's registered model: who, when, why."""
+    from anomaly.registry import history as events
+
+    cfg = _config(config)
+    try:
+        rows = events(cfg)
+    except RegistryError as exc:
+        raise _fail(str(exc)) from exc
+    table = Table(title=f"Alias history of {cfg.name}")
+    for col in ("at", "alias", "version", "replaced", "by", "reason"):
+        table.add_column(col)
+    for e in rows:
+        table.add_row(e.at, e.alias, e.version, e.replaced or "", e.by, e.reason)
+    out.print(table)
+
+
+@app.command()
+def rollback(
+    config: ConfigOption,
+    reason: Annotated[str, typer.Option(help="Why (recorded in the history).")] = "manual",
+) -> None:
+    """Put the ``previous`` version back as champion."""
+    from anomaly.registry import rollback as roll_back
+
+    cfg = _config(config)
+    try:
+        events = roll_back(cfg, reason)
+    except RegistryError as exc:
+        raise _fail(str(exc)) from exc
+    for e in events:
+        out.print(f"{e.alias} → v{e.version} (was v{e.replaced})")
 
 
 def _print_batches(summaries: list[BatchSummary]) -> None:

@@ -102,6 +102,15 @@ class Scoring(_Strict):
     chunk_rows: int = Field(100_000, gt=0)
 
 
+class Tracking(_Strict):
+    """MLflow: a server URI, or (default) a SQLite file under ANOMALY_HOME."""
+
+    tracking_uri: str | None = Field(
+        None, description="MLflow server URI; default $MLFLOW_TRACKING_URI or local SQLite"
+    )
+    experiment: str | None = Field(None, description="experiment name (default: name)")
+
+
 class Config(_Strict):
     """A whole pipeline configuration."""
 
@@ -112,6 +121,7 @@ class Config(_Strict):
     split: Split = Split()
     calibration: Calibration = Calibration()
     scoring: Scoring = Scoring()
+    mlflow: Tracking = Tracking()
     home: Path = Field(default_factory=anomaly_home)
 
 

@@ -75,6 +75,30 @@ class Detector:
         scored[REASON] = reasons
         return Scored(scored, result.quarantined)
 
+    def predict(self, df: pd.DataFrame) -> pd.DataFrame:
+        """One output row per input row, in input order: the id, :data:`SCORE_COLUMNS` and
+        ``quarantined``; quarantined rows have no log-likelihood and say why in ``reason``."""
+        result = self.score(df)
+        id_col = self.preprocessor.features.id
+        out = pd.DataFrame(
+            {
+                id_col: df[id_col].astype(str).to_numpy() if id_col in df else None,
+                "log_likelihood": np.nan,
+                "p_value": np.nan,
+                "is_anomaly": False,
+                REASON: "",
+                "quarantined": False,
+            },
+            index=pd.RangeIndex(len(df)),
+        )
+        positions = result.scored.index.to_numpy()  # both indexes are positions in df
+        for col in SCORE_COLUMNS:
+            out.loc[positions, col] = result.scored[col].to_numpy()
+        bad = result.quarantined.index.to_numpy()
+        out.loc[bad, REASON] = result.quarantined[REASON].to_numpy()
+        out.loc[bad, "quarantined"] = True
+        return out
+
     def flag(self, p_values: np.ndarray, has_reason: np.ndarray) -> np.ndarray:
         """The calibrated flag rule; rows with a reason (unseen category) are always flagged."""
         return self.calibrator.flag(p_values) | has_reason

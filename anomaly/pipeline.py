@@ -7,26 +7,33 @@ from pathlib import Path
 
 import pandas as pd
 
+from anomaly import registry
 from anomaly.config import Config
-from anomaly.io import SUFFIXES
-from anomaly.local_models import load_version, save_version
+from anomaly.io import SUFFIXES, read_table
 from anomaly.scoring import BatchSummary, batch_id_for, score_file
+from anomaly.tracking import log_training
 from anomaly.training import TrainResult, train
 
 
 @dataclass(frozen=True)
 class Trained:
-    """A training run's result and the version it was stored as."""
+    """A training run's result, its MLflow run and the registered version."""
 
     result: TrainResult
-    version: int
+    version: str
+    run_id: str
 
 
 def train_and_store(config: Config) -> Trained:
-    """Train on ``config.data.train`` and store the detector as a new version."""
-    result = train(config)
-    version = save_version(result.detector, config.home, config.name)
-    return Trained(result, version)
+    """Train on ``config.data.train``, log the run to MLflow and register the model as
+    ``challenger``; the first version of a model becomes ``champion`` directly."""
+    data = read_table(config.data.train)
+    result = train(config, data)
+    run_id, uri = log_training(config, result, data, source=config.data.train)
+    version = registry.register(config, uri, run_id)
+    if registry.alias_version(config, registry.CHAMPION) is None:
+        registry.promote(config, version, "first model: no champion to compare with")
+    return Trained(result, version, run_id)
 
 
 def scored_dir(config: Config) -> Path:
@@ -58,18 +65,18 @@ def pending_batches(config: Config) -> list[Path]:
 
 
 def score_batches(
-    config: Config, batches: list[Path], version: int | None = None
+    config: Config, batches: list[Path], version: str | None = None
 ) -> list[BatchSummary]:
-    """Score each batch file with the stored detector (newest version unless given)."""
-    detector, version = load_version(config.home, config.name, version)
+    """Score each batch file with the champion (or the given registered version)."""
+    detector, version = registry.load_detector(config, version)
     return [
-        score_file(detector, path, scored_dir(config), config.scoring.chunk_rows, str(version))
+        score_file(detector, path, scored_dir(config), config.scoring.chunk_rows, version)
         for path in batches
     ]
 
 
-def sample(config: Config, n: int, seed: int = 0, version: int | None = None) -> pd.DataFrame:
-    """``n`` synthetic records in raw feature space from the stored model."""
-    detector, _ = load_version(config.home, config.name, version)
+def sample(config: Config, n: int, seed: int = 0, version: str | None = None) -> pd.DataFrame:
+    """``n`` synthetic records in raw feature space from the champion (or ``version``)."""
+    detector, _ = registry.load_detector(config, version)
     X = detector.model.sample(n, seed=seed)
     return detector.preprocessor.inverse_transform(X)

@@ -38,8 +38,10 @@ class Prepared:
 
     X: np.ndarray  #: model matrix of the scored rows
     log_det: np.ndarray  #: log |d transform / dx| per scored row
-    scored: pd.DataFrame  #: id (and timestamp) of scored rows, with a ``reason`` ("" or a note)
-    quarantined: pd.DataFrame  #: the raw quarantined rows with a ``reason`` column
+    #: id (and timestamp) of scored rows, with a ``reason`` ("" or a note); index = position in df
+    scored: pd.DataFrame
+    #: the raw quarantined rows with a ``reason`` column; index = position in df
+    quarantined: pd.DataFrame
 
 
 def _signed_log(x: np.ndarray) -> np.ndarray:
@@ -89,7 +91,8 @@ class Preprocessor:
         self._check_fitted()
         checked = self._validate(df)
         bad = checked[REASON] != ""
-        quarantined = df.iloc[np.flatnonzero(bad)].copy()
+        positions = np.flatnonzero(bad)
+        quarantined = df.iloc[positions].set_axis(positions)  # index = position in df
         quarantined[REASON] = checked.loc[bad, REASON].to_numpy()
         good = checked.loc[~bad]
         n = len(good)

@@ -1,0 +1,74 @@
+"""The detector as an MLflow pyfunc model, logged as "models from code" so nothing is pickled.
+
+The model's code is :mod:`anomaly.pyfunc_entry`; its one artifact is the detector folder
+(JSON + numpy arrays). ``predict(DataFrame)`` returns one row per input row with
+``log_likelihood``, ``p_value``, ``is_anomaly``, ``reason`` and ``quarantined``.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+from mlflow.models import ModelSignature, infer_signature
+from mlflow.models.model import ModelInfo
+from mlflow.pyfunc import PythonModel, PythonModelContext
+from mlflow.types.schema import AnyType, ColSpec, Schema
+
+from anomaly.detector import Detector
+
+#: what the served model needs; pinned to this environment's versions
+REQUIREMENTS = ("torch", "numpy", "scipy", "pandas", "scikit-learn", "pyarrow", "zuko", "mlflow")
+
+
+class DetectorModel(PythonModel):
+    """pyfunc wrapper: loads the detector once, scores DataFrames."""
+
+    def load_context(self, context: PythonModelContext) -> None:
+        """Load the detector folder artifact (no pickle)."""
+        self.detector = Detector.load(context.artifacts["detector"])
+
+    def predict(
+        self, context: PythonModelContext, model_input: pd.DataFrame, params: Any = None
+    ) -> pd.DataFrame:
+        """Score ``model_input``: one output row per input row."""
+        return self.detector.predict(pd.DataFrame(model_input))
+
+
+def pip_requirements() -> list[str]:
+    """Explicit requirements (no slow inference; inference also leaves torch out)."""
+    return [f"{name}=={metadata.version(name)}" for name in REQUIREMENTS]
+
+
+def signature(detector: Detector, example: pd.DataFrame) -> ModelSignature:
+    """The feature columns in, the scores out.
+
+    Input columns are typed ``Any``: the detector validates values itself, so a string in a
+    numeric column quarantines that row with a reason instead of failing the whole request.
+    """
+    inputs = Schema([ColSpec(AnyType(), name) for name in example.columns])
+    outputs = infer_signature(example, detector.predict(example)).outputs
+    return ModelSignature(inputs=inputs, outputs=outputs)
+
+
+def log_detector(detector: Detector, data: pd.DataFrame) -> ModelInfo:
+    """Log ``detector`` as a pyfunc in the active run; ``data`` gives the input example."""
+    f = detector.preprocessor.features
+    columns = [f.id, *f.numeric, *f.categorical] + ([f.timestamp] if f.timestamp else [])
+    example = data[columns].head(5).reset_index(drop=True)
+    if f.timestamp:  # JSON-friendly example; the detector parses timestamps itself
+        example[f.timestamp] = example[f.timestamp].astype(str)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = detector.save(Path(tmp) / "detector")
+        return mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(Path(__file__).with_name("pyfunc_entry.py")),
+            artifacts={"detector": str(folder)},
+            signature=signature(detector, example),
+            input_example=example,
+            pip_requirements=pip_requirements(),
+        )

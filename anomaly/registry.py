@@ -1,0 +1,143 @@
+"""The MLflow model registry: versions, the aliases ``champion``/``challenger``/``previous``,
+and an append-only history of every alias change (MLflow keeps none).
+
+Each alias change is written twice: as tags on the version it points to
+(``alias.<name>.by/at/reason``) and as a registered-model tag ``history.<time>`` holding the
+whole event as JSON, which :func:`history` reads back in order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import getpass
+import json
+import os
+import time
+from pathlib import Path
+
+import mlflow
+from mlflow.exceptions import MlflowException
+
+from anomaly.config import Config
+from anomaly.detector import Detector
+from anomaly.tracking import client, tracking_uri
+
+CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
+
+
+class RegistryError(LookupError):
+    """The registry has no such model, version or alias."""
+
+
+@dataclasses.dataclass(frozen=True)
+class AliasEvent:
+    """One alias change."""
+
+    alias: str
+    version: str
+    replaced: str | None
+    by: str
+    at: str
+    reason: str
+
+
+def _who() -> str:
+    return os.environ.get("ANOMALY_USER") or getpass.getuser()
+
+
+def alias_version(config: Config, alias: str) -> str | None:
+    """The version ``alias`` points to, or None."""
+    try:
+        return client(config).get_model_version_by_alias(config.name, alias).version
+    except MlflowException:
+        return None
+
+
+def set_alias(config: Config, alias: str, version: str, reason: str) -> AliasEvent:
+    """Point ``alias`` at ``version`` and record who, when and why."""
+    c = client(config)
+    event = AliasEvent(
+        alias=alias,
+        version=str(version),
+        replaced=alias_version(config, alias),
+        by=_who(),
+        at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        reason=reason,
+    )
+    c.set_registered_model_alias(config.name, alias, event.version)
+    for key in ("by", "at", "reason"):
+        c.set_model_version_tag(
+            config.name, event.version, f"alias.{alias}.{key}", getattr(event, key)
+        )
+    c.set_registered_model_tag(config.name, f"history.{time.time_ns()}", json.dumps(event.__dict__))
+    return event
+
+
+def register(config: Config, model_uri: str, run_id: str) -> str:
+    """Register a logged model as a new version with alias ``challenger``; returns the version."""
+    mlflow.set_registry_uri(tracking_uri(config))
+    c = client(config)
+    with contextlib.suppress(MlflowException):  # exists already
+        c.create_registered_model(config.name)
+    version = c.create_model_version(config.name, model_uri, run_id=run_id).version
+    set_alias(config, CHALLENGER, version, f"trained in run {run_id}")
+    return str(version)
+
+
+def promote(config: Config, version: str, reason: str) -> list[AliasEvent]:
+    """Make ``version`` the champion; the former champion becomes ``previous``."""
+    current = alias_version(config, CHAMPION)
+    if current == str(version):
+        return []
+    events = []
+    if current is not None:
+        events.append(set_alias(config, PREVIOUS, current, f"replaced by v{version}: {reason}"))
+    events.append(set_alias(config, CHAMPION, version, reason))
+    return events
+
+
+def rollback(config: Config, reason: str) -> list[AliasEvent]:
+    """Put ``previous`` back as champion (the rolled-back champion becomes ``previous``)."""
+    previous = alias_version(config, PREVIOUS)
+    if previous is None:
+        msg = f"model {config.name!r} has no 'previous' version to roll back to"
+        raise RegistryError(msg)
+    return promote(config, previous, f"rollback: {reason}")
+
+
+def history(config: Config) -> list[AliasEvent]:
+    """Every alias change of the model, oldest first."""
+    try:
+        tags = client(config).get_registered_model(config.name).tags
+    except MlflowException as exc:
+        msg = f"no registered model named {config.name!r}; run `anomaly train` first"
+        raise RegistryError(msg) from exc
+    keys = sorted((k for k in tags if k.startswith("history.")), key=lambda k: int(k[8:]))
+    return [AliasEvent(**json.loads(tags[k])) for k in keys]
+
+
+def model_uri(config: Config, version: str | None = None) -> str:
+    """``models:/NAME@champion`` or ``models:/NAME/VERSION``."""
+    return f"models:/{config.name}/{version}" if version else f"models:/{config.name}@{CHAMPION}"
+
+
+def load_detector(config: Config, version: str | None = None) -> tuple[Detector, str]:
+    """The detector of the champion (or ``version``) and its version number, read directly
+    from the registered model's artifacts (no pyfunc wrapper, no pickle)."""
+    if version is None:
+        version = alias_version(config, CHAMPION)
+        if version is None:
+            msg = (
+                f"model {config.name!r} has no champion yet: train one with "
+                "`anomaly train` (the first model is promoted automatically)"
+            )
+            raise RegistryError(msg)
+    try:
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=model_uri(config, version), tracking_uri=tracking_uri(config)
+        )
+    except MlflowException as exc:
+        msg = f"cannot load {model_uri(config, version)}: {exc.message}"
+        raise RegistryError(msg) from exc
+    return Detector.load(Path(local) / "artifacts" / "detector"), str(version)
