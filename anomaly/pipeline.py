@@ -29,8 +29,8 @@ def train_and_store(config: Config) -> Trained:
     ``challenger``; the first version of a model becomes ``champion`` directly."""
     data = read_table(config.data.train)
     result = train(config, data)
-    run_id, uri = log_training(config, result, data, source=config.data.train)
-    version = registry.register(config, uri, run_id)
+    run_id, model_id = log_training(config, result, data, source=config.data.train)
+    version = registry.register(config, model_id, run_id)
     if registry.alias_version(config, registry.CHAMPION) is None:
         registry.promote(config, version, "first model: no champion to compare with")
     return Trained(result, version, run_id)

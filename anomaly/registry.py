@@ -21,7 +21,7 @@ from mlflow.exceptions import MlflowException
 
 from anomaly.config import Config
 from anomaly.detector import Detector
-from anomaly.tracking import client, tracking_uri
+from anomaly.tracking import active, client
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
 
@@ -49,7 +49,7 @@ def _who() -> str:
 def alias_version(config: Config, alias: str) -> str | None:
     """The version ``alias`` points to, or None."""
     try:
-        return client(config).get_model_version_by_alias(config.name, alias).version
+        return str(client(config).get_model_version_by_alias(config.name, alias).version)
     except MlflowException:
         return None
 
@@ -74,13 +74,15 @@ def set_alias(config: Config, alias: str, version: str, reason: str) -> AliasEve
     return event
 
 
-def register(config: Config, model_uri: str, run_id: str) -> str:
+def register(config: Config, model_id: str, run_id: str) -> str:
     """Register a logged model as a new version with alias ``challenger``; returns the version."""
-    mlflow.set_registry_uri(tracking_uri(config))
     c = client(config)
     with contextlib.suppress(MlflowException):  # exists already
         c.create_registered_model(config.name)
-    version = c.create_model_version(config.name, model_uri, run_id=run_id).version
+    source = f"models:/{model_id}"
+    with active(config):  # MLflow resolves the source through its global tracking URI
+        created = c.create_model_version(config.name, source, run_id, model_id=model_id)
+    version = str(created.version)
     set_alias(config, CHALLENGER, version, f"trained in run {run_id}")
     return str(version)
 
@@ -134,9 +136,8 @@ def load_detector(config: Config, version: str | None = None) -> tuple[Detector,
             )
             raise RegistryError(msg)
     try:
-        local = mlflow.artifacts.download_artifacts(
-            artifact_uri=model_uri(config, version), tracking_uri=tracking_uri(config)
-        )
+        with active(config):  # models:/ URIs resolve through the global registry URI
+            local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri(config, version))
     except MlflowException as exc:
         msg = f"cannot load {model_uri(config, version)}: {exc.message}"
         raise RegistryError(msg) from exc

@@ -8,11 +8,15 @@ points at a server instead.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import sqlite3
 import tempfile
+import time
 import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +24,16 @@ import mlflow
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from mlflow.exceptions import MlflowException
+from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 from mlflow.tracking import MlflowClient
+from mlflow.tracking._model_registry import utils as registry_utils
+from mlflow.tracking._tracking_service import utils as tracking_utils
 
 from anomaly.config import Config
 from anomaly.training import TrainResult
+
+SCHEMA_READY = ".schema-ready"
 
 
 def tracking_uri(config: Config) -> str:
@@ -32,12 +42,49 @@ def tracking_uri(config: Config) -> str:
         return config.mlflow.tracking_uri
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
-    db = config.home / "mlflow" / "mlflow.db"
-    db.parent.mkdir(parents=True, exist_ok=True)
-    if not db.exists():
-        with sqlite3.connect(db) as conn:  # WAL persists in the file for every later connection
+    folder = config.home / "mlflow"
+    uri = f"sqlite:///{folder / 'mlflow.db'}?timeout=30"
+    if not (folder / SCHEMA_READY).exists():
+        _create_schema(folder, uri)
+    return uri
+
+
+def _create_schema(folder: Path, uri: str) -> None:
+    """Create the SQLite database once, under a file lock: two processes migrating a fresh
+    database at the same time fail (STACK.md), so the second waits for the first."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".schema.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (folder / SCHEMA_READY).exists():
+            return
+        with sqlite3.connect(folder / "mlflow.db") as conn:  # WAL persists in the file
             conn.execute("PRAGMA journal_mode=WAL")
-    return f"sqlite:///{db}?timeout=30"
+        SqlAlchemyStore(uri, (folder / "artifacts").as_uri())  # runs MLflow's migrations
+        (folder / SCHEMA_READY).touch()
+
+
+@contextlib.contextmanager
+def active(config: Config) -> Iterator[str]:
+    """Point MLflow's global (fluent) API at the config's URI for a block, then restore it.
+
+    ``mlflow.set_tracking_uri`` also exports ``MLFLOW_TRACKING_URI`` to the environment; left
+    set, it would silently redirect every later config in this process and its children.
+    """
+    uri = tracking_uri(config)
+    saved_env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    saved = tracking_utils._tracking_uri, registry_utils._registry_uri
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield uri
+    finally:
+        mlflow.set_tracking_uri(saved[0])
+        mlflow.set_registry_uri(saved[1])
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def client(config: Config) -> MlflowClient:
@@ -58,7 +105,7 @@ def experiment_id(config: Config) -> str:
         location = (config.home / "mlflow" / "artifacts").as_uri()
     try:
         return c.create_experiment(name, artifact_location=location)
-    except mlflow.exceptions.MlflowException:  # created meanwhile by a concurrent run
+    except MlflowException:  # created meanwhile by a concurrent run
         return c.get_experiment_by_name(name).experiment_id
 
 
@@ -93,24 +140,35 @@ def score_histogram(result: TrainResult, path: Path) -> Path:
     return path
 
 
+def _retry(call: Callable[[], object], attempts: int = 5) -> None:
+    """Retry an MLflow write that can lose a race on a unique key (two runs logging the same
+    dataset at once: the loser's insert fails, its retry finds the row and links to it)."""
+    for attempt in range(attempts):
+        try:
+            call()
+            return
+        except MlflowException:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+
+
 def log_training(
     config: Config, result: TrainResult, data: pd.DataFrame, source: str
 ) -> tuple[str, str]:
-    """Log a training run and its pyfunc model; returns (run id, model URI)."""
+    """Log a training run and its pyfunc model; returns (run id, logged model id)."""
     from anomaly.pyfunc import log_detector
 
-    mlflow.set_tracking_uri(tracking_uri(config))
-    mlflow.set_registry_uri(tracking_uri(config))
-    with mlflow.start_run(experiment_id=experiment_id(config)) as run:
+    with active(config), mlflow.start_run(experiment_id=experiment_id(config)) as run:
         config_json = config.model_dump(mode="json")
         mlflow.log_params(flat_params(config_json))
         mlflow.log_dict(config_json, "config.json")
         with warnings.catch_warnings():  # MLflow registers its local source class twice
             warnings.simplefilter("ignore", UserWarning)
             dataset = mlflow.data.from_pandas(data, source=source, name=f"{config.name}-train")
-        mlflow.log_input(dataset, context="training")
+        _retry(lambda: mlflow.log_input(dataset, context="training"))
         mlflow.log_metrics(result.metrics)
         with tempfile.TemporaryDirectory() as tmp:
             mlflow.log_artifact(str(score_histogram(result, Path(tmp) / "scores.png")), "plots")
         model_info = log_detector(result.detector, data)
-        return run.info.run_id, model_info.model_uri
+        return run.info.run_id, model_info.model_id

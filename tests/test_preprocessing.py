@@ -127,13 +127,15 @@ def frame_from_rows(rows: list) -> pd.DataFrame:
     }
     # An empty float column is a known crash (see test_empty_frame_with_float_columns).
     dtype = object if not rows else None
-    return pd.DataFrame({k: pd.Series(v, dtype=dtype) for k, v in columns.items()})
+    # labels unlike positions: results are indexed by position in the frame
+    index = pd.Index([f"row{len(rows) - i}" for i in range(len(rows))], dtype=object)
+    return pd.DataFrame({k: pd.Series(v, dtype=dtype, index=index) for k, v in columns.items()})
 
 
 NAMED_COLUMN = re.compile(rf"\b({'|'.join(SPEC_COLUMNS)})\b")
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(rows=ROWS)
 def test_every_row_is_scored_or_quarantined(rows):
     pre = fitted()
@@ -159,7 +161,7 @@ def test_every_row_is_scored_or_quarantined(rows):
     assert not scored[ID].duplicated().any()
 
     # quarantined rows are the raw rows, each with a reason naming what is wrong
-    raw = df.iloc[list(quarantined.index)]
+    raw = df.iloc[list(quarantined.index)].set_axis(quarantined.index)
     pd.testing.assert_frame_equal(quarantined.drop(columns="reason"), raw)
     for reason in quarantined["reason"]:
         assert reason
@@ -168,14 +170,16 @@ def test_every_row_is_scored_or_quarantined(rows):
 
     # scored rows: a reason only for an unseen category, naming column and value
     for pos, reason in zip(scored.index, scored["reason"], strict=True):
-        value = str(df.at[pos, CHANNEL])
+        value = str(df[CHANNEL].iloc[pos])
         if value in CHANNELS:
             assert reason == ""
         else:
             assert reason == f"unseen category in {CHANNEL}: {value!r}"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: empty float column crashes in _validate", raises=TypeError)
+@pytest.mark.xfail(
+    strict=True, reason="BUG: empty float column crashes in _validate", raises=TypeError
+)
 def test_empty_frame_with_float_columns():
     # pd.DataFrame({...: []}) and an empty Parquet batch give float64 columns
     df = pd.DataFrame({c: [] for c in SPEC_COLUMNS})
@@ -194,7 +198,9 @@ def test_empty_object_frame():
 # ------------------------------------------------------------------- schema
 def test_missing_column_is_named_with_close_match_hint():
     df = training_frame(5).rename(columns={AMOUNT: "amuont"})
-    with pytest.raises(SchemaError, match=r"missing required column\(s\) 'amount' \(found 'amuont'\?\)"):
+    with pytest.raises(
+        SchemaError, match=r"missing required column\(s\) 'amount' \(found 'amuont'\?\)"
+    ):
         fitted().transform(df)
 
 
@@ -207,7 +213,7 @@ def test_missing_column_without_close_match():
 
 def test_every_missing_column_is_named():
     df = training_frame(5).drop(columns=[TEMP, TS])
-    with pytest.raises(SchemaError, match="'temp'.*'ts'"):
+    with pytest.raises(SchemaError, match=r"'temp'.*'ts'"):
         fitted().transform(df)
 
 
@@ -299,8 +305,9 @@ def test_log_det_is_log_derivative_by_finite_differences():
     np.testing.assert_allclose(prepared.log_det, expected, rtol=1e-6, atol=1e-8)
 
 
-@pytest.mark.parametrize("kind", ["gaussian", "kde"])
-@pytest.mark.parametrize("numeric_transform", ["auto", "none"])
+@pytest.mark.parametrize(
+    ("kind", "numeric_transform"), [("gaussian", "auto"), ("gaussian", "none"), ("kde", "auto")]
+)
 def test_raw_space_density_integrates_to_one(kind, numeric_transform):
     rng = np.random.default_rng(1)
     n = 600
@@ -311,8 +318,8 @@ def test_raw_space_density_integrates_to_one(kind, numeric_transform):
     model = models.create(kind, seed=0).fit(pre.transform(train).X)
 
     # a raw grid dense near the data and wide enough to hold (almost) all mass
-    u = np.linspace(-4.0, 13.0, 30_001)
-    x = np.unique(np.concatenate([np.sign(u) * np.expm1(np.abs(u)), np.linspace(-300, 600, 30_001)]))
+    u = np.linspace(-4.0, 13.0, 12_001)
+    x = np.unique(np.concatenate([np.sign(u) * np.expm1(np.abs(u)), np.linspace(-300, 600, 8_001)]))
     grid = pd.DataFrame({ID: [f"g{i}" for i in range(len(x))], AMOUNT: x})
     prepared = pre.transform(grid)
     assert len(prepared.scored) == len(x)
@@ -355,9 +362,7 @@ def test_stats_are_learned_from_valid_training_rows_only():
     # "dup" appears first with valid values, so it is the one training row kept from `bad`
     assert from_dirty.to_dict() == from_clean.to_dict()
     assert "fax" not in from_dirty.categories_[CHANNEL]
-    assert from_dirty.means_[TEMP] == pytest.approx(
-        np.mean([*clean[TEMP], 10.0]), rel=1e-12
-    )
+    assert from_dirty.means_[TEMP] == pytest.approx(np.mean([*clean[TEMP], 10.0]), rel=1e-12)
     assert from_dirty.scales_[TEMP] == pytest.approx(np.std([*clean[TEMP], 10.0]), rel=1e-12)
 
 

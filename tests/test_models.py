@@ -1,0 +1,813 @@
+"""Contract suite for every density model in ``anomaly.models.KINDS``.
+
+In the spirit of zuko's ``tests/test_flows.py`` and scikit-learn's ``parametrize_with_checks``:
+one set of checks, parametrised over every registered kind, so a new kind is tested as soon as it
+is added to ``KINDS``. Each (kind, dataset) pair is fitted once per session (see ``fitted``);
+torch kinds use small networks and few epochs so the whole file stays fast.
+
+The datasets have known densities, which lets the checks compare a model with the truth:
+normalisation by numerical integration on a grid, Gibbs' inequality on held-out rows, samples
+that score like real data.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from scipy.special import logsumexp
+from scipy.stats import multivariate_normal, norm
+from sklearn.exceptions import NotFittedError
+from sklearn.neighbors import NearestNeighbors
+
+from anomaly import models
+from anomaly.models import KINDS
+from anomaly.models.base import MIN_LOG_PROB
+
+N_TRAIN = 400
+N_HELDOUT = 2_000
+
+# Small, fast settings per kind (kinds not listed use their defaults).
+# one thread: tiny networks gain nothing from more and suffer badly when the CPU is shared
+_TORCH = {
+    "max_epochs": 60,
+    "batch_size": 64,
+    "learning_rate": 1e-2,
+    "progress": False,
+    "n_threads": 1,
+}
+SMALL: dict[str, dict[str, Any]] = {
+    "gmm": {"max_components": 4},
+    "flow": {**_TORCH, "transforms": 3, "hidden": (32, 32)},
+    # importance_samples: a larger K makes the estimate of p(x) closer to the exact integral
+    "vae": {**_TORCH, "latent": 2, "hidden": (32, 32), "importance_samples": 256},
+    "auto": {
+        "candidates": ("gaussian", "gmm", "kde"),
+        "candidate_params": {"gmm": {"max_components": 3}},
+    },
+}
+
+# Invalid parameter values each kind must reject with a ValueError: (params, message pattern).
+# A new kind must add its own entries (test_every_kind_has_invalid_parameter_cases).
+BAD_PARAMS: dict[str, list[tuple[dict[str, Any], str]]] = {
+    "gaussian": [({"shrinkage": 1.5}, "shrinkage"), ({"shrinkage": -0.1}, "shrinkage")],
+    "gmm": [({"max_components": 0}, "max_components")],
+    "kde": [({"bandwidth": 0.0}, "bandwidth"), ({"bandwidth": -1.0}, "bandwidth")],
+    "knn": [({"k": 0}, "k must"), ({"alpha": -0.5}, "alpha must")],
+    "flow": [
+        ({"flow_type": "realnvp"}, "flow_type"),
+        ({"max_epochs": 0}, "max_epochs"),
+        ({"learning_rate": -1.0}, "learning_rate"),
+    ],
+    "vae": [({"batch_size": 0}, "batch_size"), ({"validation_fraction": 1.0}, "validation_frac")],
+    "auto": [
+        ({"candidates": ()}, "candidates"),
+        ({"candidates": ("gaussian", "auto")}, "candidates"),
+        ({"candidates": ("gaussian", "no-such-kind")}, "no-such-kind"),
+    ],
+}
+
+
+# ---------------------------------------------------------------------- datasets with known density
+@dataclass(frozen=True)
+class Dataset:
+    """Rows from a known distribution: ``draw(n, rng)`` and the true ``logpdf`` per row."""
+
+    draw: Callable[[int, np.random.Generator], np.ndarray]
+    logpdf: Callable[[np.ndarray], np.ndarray]
+    grid: tuple[tuple[float, float, int], ...]  # integration box: (low, high, points) per feature
+
+    def train(self) -> np.ndarray:
+        return self.draw(N_TRAIN, np.random.default_rng(1))
+
+    def heldout(self) -> np.ndarray:
+        return self.draw(N_HELDOUT, np.random.default_rng(2))
+
+
+def _mix1d_draw(n: int, rng: np.random.Generator) -> np.ndarray:
+    first = rng.random(n) < 0.4
+    return np.where(first, rng.normal(-2.0, 0.5, n), rng.normal(1.5, 0.8, n))[:, None]
+
+
+def _mix1d_logpdf(X: np.ndarray) -> np.ndarray:
+    x = X[:, 0]
+    return np.logaddexp(
+        np.log(0.4) + norm.logpdf(x, -2.0, 0.5), np.log(0.6) + norm.logpdf(x, 1.5, 0.8)
+    )
+
+
+def _banana_draw(n: int, rng: np.random.Generator) -> np.ndarray:
+    a = rng.normal(size=n)
+    return np.column_stack([a, 0.4 * a**2 - 1.0 + 0.5 * rng.normal(size=n)])
+
+
+def _banana_logpdf(X: np.ndarray) -> np.ndarray:
+    return norm.logpdf(X[:, 0]) + norm.logpdf(X[:, 1], 0.4 * X[:, 0] ** 2 - 1.0, 0.5)
+
+
+GAUSS_MEAN = np.array([1.0, -2.0])
+GAUSS_COV = np.array([[2.0, 0.8], [0.8, 1.0]])
+SHIFT = 1_000.0  # e.g. a sensor reading around 1000 with unit-scale noise
+SCALE = 0.01  # the same quantity in other units (e.g. metres instead of centimetres)
+
+DATASETS: dict[str, Dataset] = {
+    # two well separated Gaussian bumps in 1-D
+    "mix1d": Dataset(_mix1d_draw, _mix1d_logpdf, ((-7.0, 7.0, 4_001),)),
+    # a curved 2-D density
+    "banana2d": Dataset(_banana_draw, _banana_logpdf, ((-6.0, 6.0, 150), (-4.0, 11.0, 150))),
+    # the same 1-D mixture far from the origin: densities must not depend on where the data sit
+    "mix1d_shifted": Dataset(
+        lambda n, rng: _mix1d_draw(n, rng) + SHIFT,
+        lambda X: _mix1d_logpdf(X - SHIFT),
+        ((SHIFT - 7.0, SHIFT + 7.0, 4_001),),
+    ),
+    # the same 1-D mixture in small units: densities must not depend on the unit
+    "mix1d_scaled": Dataset(
+        lambda n, rng: _mix1d_draw(n, rng) * SCALE,
+        lambda X: _mix1d_logpdf(X / SCALE) - np.log(SCALE),
+        ((-7.0 * SCALE, 7.0 * SCALE, 4_001),),
+    ),
+    # a single correlated Gaussian
+    "gauss2d": Dataset(
+        lambda n, rng: rng.multivariate_normal(GAUSS_MEAN, GAUSS_COV, n),
+        multivariate_normal(GAUSS_MEAN, GAUSS_COV).logpdf,
+        ((-6.0, 8.0, 150), (-7.5, 3.5, 150)),
+    ),
+}
+
+# Datasets the generic contract checks run on (a 1-D and a 2-D one).
+CONTRACT_DATA = ("mix1d", "banana2d")
+DENSITY_DATA = ("mix1d", "banana2d", "mix1d_shifted", "mix1d_scaled")
+
+# Known model bugs, kept as strict xfails so that fixing one turns its tests red until the mark
+# is removed. Keyed by (kind, dataset); each test says which of these apply to it.
+_KERNEL_SHIFT_BUG = (
+    "kernel.py: _prepare scales but does not centre the rows and _sq_distances expands "
+    "|q|²+|c|²-2q·c in float32, so distances between rows far from the origin cancel "
+    "catastrophically: on data around 1000 the kde/knn density integrates to ≫ 1"
+)
+_GMM_SCALE_BUG = (
+    "gmm.py: reg_covar=1e-3 is added to raw (unstandardised) covariances; on data with "
+    "std ~0.02 it swamps the component variances (~5e-5): BIC picks 1 wide component"
+)
+SHIFT_BUGS: dict[tuple[str, str], str] = {
+    ("kde", "mix1d_shifted"): _KERNEL_SHIFT_BUG,
+    ("knn", "mix1d_shifted"): _KERNEL_SHIFT_BUG,
+    # auto's held-out score rewards the unnormalised kde (+0.41 nats/row against a true -1.66)
+    ("auto", "mix1d_shifted"): "auto picks the unnormalised kde: " + _KERNEL_SHIFT_BUG,
+}
+SCALE_BUGS: dict[tuple[str, str], str] = {
+    ("gmm", "mix1d_scaled"): _GMM_SCALE_BUG,
+    ("auto", "mix1d_scaled"): "auto picks kde, not gmm as on mix1d: " + _GMM_SCALE_BUG,
+}
+
+
+def cases(datasets: tuple[str, ...], bugs: dict[tuple[str, str], str] | None = None) -> list[Any]:
+    """pytest params for every (kind, dataset), strict-xfail where a known bug applies."""
+    out = []
+    for data in datasets:
+        for kind in KINDS:
+            bug = (bugs or {}).get((kind, data))
+            marks = [pytest.mark.xfail(strict=True, reason=bug)] if bug else []
+            out.append(pytest.param(kind, data, id=f"{kind}-{data}", marks=marks))
+    return out
+
+
+# ---------------------------------------------------------------------- session cache of fits
+@dataclass
+class Fit:
+    model: models.DensityModel
+    returned: Any  # what fit() returned
+    X: np.ndarray  # the training rows
+    input_unchanged: bool  # fit() left the caller's array as it was
+
+
+def make(kind: str, **params: Any) -> models.DensityModel:
+    return models.create(kind, seed=0, **{**SMALL.get(kind, {}), **params})
+
+
+@pytest.fixture(scope="session")
+def fitted() -> Callable[[str, str], Fit]:
+    """``fitted(kind, dataset)``: a model fitted once per session on the dataset's train rows."""
+    cache: dict[tuple[str, str], Fit] = {}
+
+    def get(kind: str, data: str) -> Fit:
+        if (kind, data) not in cache:
+            X = DATASETS[data].train()
+            arg = X.copy()
+            model = make(kind)
+            returned = model.fit(arg)
+            cache[kind, data] = Fit(model, returned, X, np.array_equal(arg, X))
+        return cache[kind, data]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def saved(
+    fitted: Callable[[str, str], Fit], tmp_path_factory: pytest.TempPathFactory
+) -> Callable[[str, str], Path]:
+    """``saved(kind, dataset)``: the directory the fitted model was saved to (once)."""
+    cache: dict[tuple[str, str], Path] = {}
+
+    def get(kind: str, data: str) -> Path:
+        if (kind, data) not in cache:
+            directory = tmp_path_factory.mktemp(f"{kind}-{data}") / "model"
+            assert fitted(kind, data).model.save(directory) == directory
+            cache[kind, data] = directory
+        return cache[kind, data]
+
+    return get
+
+
+def far_rows(X: np.ndarray) -> np.ndarray:
+    """Rows astronomically far from the data, in every direction and in one feature only."""
+    base = X[:3]
+    one = base.copy()
+    one[:, -1] += 1e6
+    return np.concatenate([base + 1e6, base - 1e6, one, base + 1e30])
+
+
+def json_normalised(value: Any) -> Any:
+    return json.loads(json.dumps(value))
+
+
+def grid_integral(
+    log_density: Callable[[np.ndarray], np.ndarray], grid: tuple[tuple[float, float, int], ...]
+) -> float:
+    """∫ exp(log_density) over the grid box by the trapezoid rule."""
+    axes = [np.linspace(lo, hi, n) for lo, hi, n in grid]
+    points = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, len(axes))
+    density = np.exp(log_density(points)).reshape([len(a) for a in axes])
+    for axis in reversed(axes):
+        density = np.trapezoid(density, axis, axis=-1)
+    return float(density)
+
+
+# ---------------------------------------------------------------------- registry and create
+def test_kinds_registry():
+    assert set(KINDS) == {"gaussian", "gmm", "kde", "knn", "flow", "vae", "auto"}
+    for kind, cls in KINDS.items():
+        assert cls.kind == kind
+        assert issubclass(cls, models.DensityModel)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_create_returns_unfitted_model_with_params(kind):
+    model = make(kind)
+    assert isinstance(model, KINDS[kind])
+    assert model.kind == kind
+    assert model.seed == 0
+    for name, value in SMALL.get(kind, {}).items():
+        assert model.get_params()[name] == value
+    assert not hasattr(model, "n_features_in_")
+
+
+def test_create_unknown_kind_lists_the_kinds():
+    with pytest.raises(ValueError, match="unknown model kind 'nope'") as info:
+        models.create("nope")
+    for kind in KINDS:
+        assert kind in str(info.value)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_create_rejects_unknown_parameter(kind):
+    with pytest.raises(ValueError, match=f"bad parameters for model kind '{kind}'"):
+        models.create(kind, no_such_parameter=1)
+
+
+def test_every_kind_has_invalid_parameter_cases():
+    assert set(BAD_PARAMS) == set(KINDS), "add invalid-parameter cases for new kinds"
+
+
+@pytest.mark.parametrize(
+    ("kind", "params", "pattern"),
+    [
+        pytest.param(kind, params, pattern, id=f"{kind}-{'-'.join(map(str, params.values()))}")
+        for kind, entries in BAD_PARAMS.items()
+        for params, pattern in entries
+    ],
+)
+def test_invalid_parameter_values_raise(kind, params, pattern):
+    X = DATASETS["mix1d"].train()
+    with pytest.raises(ValueError, match=re.escape(pattern)):
+        make(kind, **params).fit(X)
+
+
+# ---------------------------------------------------------------------- fit / log_prob contract
+@pytest.mark.parametrize(("kind", "data"), cases(CONTRACT_DATA))
+def test_fit_returns_self_and_leaves_input_alone(fitted, kind, data):
+    fit = fitted(kind, data)
+    assert fit.returned is fit.model
+    assert fit.input_unchanged
+    assert fit.model.n_features_in_ == fit.X.shape[1]
+
+
+@pytest.mark.parametrize(("kind", "data"), cases(CONTRACT_DATA))
+def test_log_prob_shape_dtype_finite(fitted, kind, data):
+    fit = fitted(kind, data)
+    X = DATASETS[data].heldout()[:50]
+    lp = fit.model.log_prob(X)
+    assert lp.shape == (50,)
+    assert lp.dtype == np.float64
+    assert np.isfinite(lp).all()
+    np.testing.assert_array_equal(fit.model.score_samples(X), lp)
+    # row i's score is a function of row i only
+    np.testing.assert_allclose(fit.model.log_prob(X[::-1]), lp[::-1], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(fit.model.log_prob(X[7:8]), lp[7:8], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize(("kind", "data"), cases(CONTRACT_DATA))
+def test_log_prob_far_rows_finite_and_lowest(fitted, kind, data):
+    fit = fitted(kind, data)
+    far = far_rows(fit.X)
+    lp = fit.model.log_prob(far)
+    assert lp.shape == (len(far),)
+    assert lp.dtype == np.float64
+    assert np.isfinite(lp).all(), lp
+    assert lp.max() < fit.model.log_prob(fit.X).min()
+
+
+@pytest.mark.parametrize(("kind", "data"), cases(CONTRACT_DATA))
+def test_log_prob_empty_input(fitted, kind, data):
+    model = fitted(kind, data).model
+    lp = model.log_prob(np.empty((0, model.n_features_in_)))
+    assert lp.shape == (0,)
+    assert lp.dtype == np.float64
+    assert model.score_samples(np.empty((0, model.n_features_in_))).shape == (0,)
+
+
+@pytest.mark.parametrize(("kind", "data"), cases(CONTRACT_DATA))
+def test_log_prob_does_not_mutate_input_and_accepts_read_only(fitted, kind, data):
+    fit = fitted(kind, data)
+    X = DATASETS[data].heldout()[:40].copy()
+    before = X.copy()
+    X.flags.writeable = False
+    lp = fit.model.log_prob(X)
+    np.testing.assert_array_equal(X, before)
+    # nested lists are read as float64 rows
+    np.testing.assert_allclose(fit.model.log_prob(before.tolist()), lp, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize(("kind", "data"), cases(CONTRACT_DATA))
+def test_log_prob_is_deterministic(fitted, kind, data):
+    model = fitted(kind, data).model
+    X = DATASETS[data].heldout()[:200]
+    np.testing.assert_array_equal(model.log_prob(X), model.log_prob(X))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_refit_with_same_seed_is_reproducible(fitted, kind):
+    fit = fitted(kind, "mix1d")
+    X = DATASETS["mix1d"].heldout()[:200]
+    again = make(kind).fit(fit.X)
+    np.testing.assert_array_equal(again.log_prob(X), fit.model.log_prob(X))
+
+
+# ---------------------------------------------------------------------- errors
+@pytest.mark.parametrize("kind", KINDS)
+def test_unfitted_model_raises_not_fitted(kind, tmp_path):
+    model = make(kind)
+    X = np.zeros((3, 2))
+    calls = [
+        lambda: model.log_prob(X),
+        lambda: model.score_samples(X),
+        lambda: model.sample(3),
+        lambda: model.save(tmp_path / "m"),
+    ]
+    for call in calls:
+        with pytest.raises(NotFittedError, match=f"{kind} model is not fitted"):
+            call()
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize(("kind", "data"), cases(CONTRACT_DATA))
+def test_wrong_feature_count_raises(fitted, kind, data):
+    model = fitted(kind, data).model
+    d = model.n_features_in_
+    for wrong in (d + 1, d + 2):
+        with pytest.raises(ValueError, match=f"X has {wrong} features.*fitted on {d}"):
+            model.log_prob(np.zeros((4, wrong)))
+    with pytest.raises(ValueError, match="2-D array"):
+        model.log_prob(np.zeros(d))
+
+
+@pytest.mark.parametrize(("kind", "data"), cases(CONTRACT_DATA))
+def test_non_finite_input_raises(fitted, kind, data):
+    fit = fitted(kind, data)
+    for bad in (np.nan, np.inf, -np.inf):
+        X = fit.X[:5].copy()
+        X[1, 0] = bad
+        X[3, -1] = bad
+        with pytest.raises(ValueError, match="log_prob: 2 rows contain NaN or inf"):
+            fit.model.log_prob(X)
+    X = fit.X.copy()
+    X[0, 0] = np.nan
+    with pytest.raises(ValueError, match="fit: 1 rows contain NaN"):
+        make(kind).fit(X)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_fit_rejects_bad_shapes(kind):
+    with pytest.raises(ValueError, match="at least 2 rows"):
+        make(kind).fit(np.zeros((1, 2)))
+    with pytest.raises(ValueError, match="2-D array"):
+        make(kind).fit(np.zeros(10))
+
+
+# ---------------------------------------------------------------------- save / load
+@pytest.mark.parametrize(("kind", "data"), cases(CONTRACT_DATA))
+def test_save_load_round_trip_without_pickle(fitted, saved, kind, data, monkeypatch):
+    fit = fitted(kind, data)
+    directory = saved(kind, data)
+
+    # every file is JSON or a numpy archive; none is a pickle stream
+    files = [p for p in directory.rglob("*") if p.is_file()]
+    assert directory / "config.json" in files
+    for path in files:
+        assert path.suffix in {".json", ".npz"}, path
+        assert not path.read_bytes().startswith(b"\x80"), f"{path} is a pickle"
+
+    real_np_load = np.load
+    np_load_calls = []
+
+    def strict_np_load(*args, **kwargs):
+        kwargs["allow_pickle"] = False
+        np_load_calls.append(args)
+        return real_np_load(*args, **kwargs)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("loading a model must not unpickle anything")
+
+    monkeypatch.setattr(np, "load", strict_np_load)
+    monkeypatch.setattr(torch, "load", forbidden)
+    monkeypatch.setattr(pickle, "load", forbidden)
+    monkeypatch.setattr(pickle, "loads", forbidden)
+    loaded = models.load(directory)
+    monkeypatch.undo()
+
+    assert np_load_calls, "weights must be read with np.load(allow_pickle=False)"
+    assert type(loaded) is type(fit.model)
+    assert loaded.kind == kind
+    assert loaded.n_features_in_ == fit.model.n_features_in_
+    assert json_normalised(loaded.get_params()) == json_normalised(fit.model.get_params())
+
+    X = np.concatenate([DATASETS[data].heldout()[:300], far_rows(fit.X)])
+    np.testing.assert_array_equal(loaded.log_prob(X), fit.model.log_prob(X))
+    np.testing.assert_array_equal(loaded.sample(50, seed=4), fit.model.sample(50, seed=4))
+
+
+@pytest.mark.parametrize(("kind", "data"), cases(CONTRACT_DATA))
+def test_saved_config_is_plain_json(saved, kind, data):
+    config = json.loads((saved(kind, data) / "config.json").read_text())
+    assert config["kind"] == kind
+    assert config["n_features_in"] == DATASETS[data].train().shape[1]
+    assert config["params"]["seed"] == 0
+
+
+def test_load_errors(saved, tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"config\.json is missing"):
+        models.load(tmp_path)
+    config = json.loads((saved("gaussian", "mix1d") / "config.json").read_text())
+    config["format_version"] = 999
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="format version 999"):
+        models.load(tmp_path)
+
+
+# ---------------------------------------------------------------------- sampling
+def sample_problems(
+    model: models.DensityModel, samples: np.ndarray, heldout: np.ndarray, heldout_lp: float
+) -> list[str]:
+    """Why ``samples`` do not look like draws from the data distribution (empty: they do).
+
+    The mean log_prob of the samples must be within 0.25 nats of that of held-out real rows.
+    That rejects a sampler collapsed at a mode (it gains about d/2 nats for a Gaussian, 0.5 in
+    1-D) or an over-dispersed one; per-feature location and spread checks reject a sampler that
+    collapses onto a single point of typical density, which the mean log_prob alone can miss.
+    test_sample_check_rejects_bad_samplers runs this on bad samplers for every fitted model.
+    """
+    problems = []
+    gap = model.log_prob(samples).mean() - heldout_lp
+    if not abs(gap) < 0.25:
+        problems.append(f"mean log_prob of samples differs from held-out data by {gap:.3f}")
+    spread = samples.std(axis=0) / heldout.std(axis=0)
+    if not ((spread > 0.7) & (spread < 1.4)).all():
+        problems.append(f"sample std / data std = {spread}")
+    shift = np.abs(samples.mean(axis=0) - heldout.mean(axis=0)) / heldout.std(axis=0)
+    if not (shift < 0.3).all():
+        problems.append(f"sample mean off by {shift} data std")
+    return problems
+
+
+@pytest.mark.parametrize(("kind", "data"), cases(CONTRACT_DATA))
+def test_sample_shape_and_seeding(fitted, kind, data):
+    model = fitted(kind, data).model
+    d = model.n_features_in_
+    first = model.sample(300, seed=1)
+    assert first.shape == (300, d)
+    assert first.dtype == np.float64
+    assert np.isfinite(first).all()
+    np.testing.assert_array_equal(model.sample(300, seed=1), first)
+    assert not np.allclose(model.sample(300, seed=2), first)
+    assert len(np.unique(first[:, 0])) > 250  # not a handful of repeated points
+    with pytest.raises(ValueError, match="n must be"):
+        model.sample(-1)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=ValueError,
+    reason="base.py DensityModel.sample: reshape(n, -1) cannot infer -1 when n == 0",
+)
+@pytest.mark.parametrize(("kind", "data"), cases(CONTRACT_DATA))
+def test_sample_zero_rows(fitted, kind, data):
+    model = fitted(kind, data).model
+    empty = model.sample(0, seed=1)
+    assert empty.shape == (0, model.n_features_in_)
+    assert empty.dtype == np.float64
+
+
+@pytest.mark.parametrize(("kind", "data"), cases(CONTRACT_DATA))
+def test_samples_score_like_data(fitted, kind, data):
+    model = fitted(kind, data).model
+    samples = model.sample(N_HELDOUT, seed=3)
+    heldout = DATASETS[data].heldout()
+    assert sample_problems(model, samples, heldout, model.log_prob(heldout).mean()) == []
+
+
+@pytest.mark.parametrize(("kind", "data"), cases(CONTRACT_DATA))
+def test_sample_check_rejects_bad_samplers(fitted, kind, data):
+    """The tolerance in sample_problems is tight enough to catch broken samplers."""
+    fit = fitted(kind, data)
+    heldout = DATASETS[data].heldout()
+    lp = fit.model.log_prob(heldout)
+    # a fresh draw from the true distribution passes
+    fresh = DATASETS[data].draw(len(heldout), np.random.default_rng(9))
+    assert sample_problems(fit.model, fresh, heldout, lp.mean()) == []
+    center = heldout.mean(axis=0)
+    bad = {
+        "zeros": np.zeros((100, fit.X.shape[1])),
+        "one training row": np.repeat(fit.X[:1], 100, axis=0),
+        "the mode": np.repeat(heldout[[np.argmax(lp)]], 100, axis=0),
+        "the mean": np.repeat(center[None], 100, axis=0),
+        "1.5x over-dispersed": center + 1.5 * (fresh - center),
+        "shifted by one std": fresh + heldout.std(axis=0),
+    }
+    for name, samples in bad.items():
+        assert sample_problems(fit.model, samples, heldout, lp.mean()), f"{name} not detected"
+
+
+# ---------------------------------------------------------------------- densities
+@pytest.mark.parametrize(
+    ("kind", "data"),
+    cases(DENSITY_DATA, {**SHIFT_BUGS, ("gmm", "mix1d_scaled"): _GMM_SCALE_BUG}),
+)
+def test_density_integrates_to_one(fitted, kind, data):
+    dataset = DATASETS[data]
+    # the box holds (almost) all the true mass and the grid resolves the true density
+    assert grid_integral(dataset.logpdf, dataset.grid) == pytest.approx(1.0, abs=2e-3)
+    integral = grid_integral(fitted(kind, data).model.log_prob, dataset.grid)
+    assert abs(integral - 1.0) < 0.05, f"∫ p = {integral:.4f}"
+
+
+@pytest.mark.parametrize(("kind", "data"), cases(DENSITY_DATA, SHIFT_BUGS))
+def test_heldout_likelihood_between_truth_and_garbage(fitted, kind, data):
+    """Gibbs' inequality: no density beats the true one on average, E_p[log q - log p] ≤ 0.
+
+    An unnormalised "density" can, so this also catches normalisation errors in any dimension.
+    The 0.05-nat slack covers the sampling error of a 2000-row mean (about 0.01). The lower
+    bound (0.75 nats) only asks for a sensible fit: a single Gaussian on these data loses ~0.45.
+    """
+    model = fitted(kind, data).model
+    heldout = DATASETS[data].heldout()
+    excess = float(np.mean(model.log_prob(heldout) - DATASETS[data].logpdf(heldout)))
+    assert excess < 0.05, f"beats the true density by {excess:.3f} nats per row"
+    assert excess > -0.75, f"{-excess:.3f} nats per row worse than the true density"
+
+
+# the same data moved or in other units: (dataset, transform of mix1d rows, log |Jacobian|)
+TRANSFORMED = {
+    "mix1d_shifted": (lambda X: X + SHIFT, 0.0),
+    "mix1d_scaled": (lambda X: X * SCALE, np.log(SCALE)),
+}
+
+
+@pytest.mark.parametrize(("kind", "data"), cases(tuple(TRANSFORMED), {**SHIFT_BUGS, **SCALE_BUGS}))
+def test_density_does_not_depend_on_location_or_units(fitted, kind, data):
+    """Fitted on y = a·x + b, the density is p_Y(y) = p_X(x) / |a| (change of variables).
+
+    Every model standardises its input or is affine-equivariant, so this holds up to
+    rounding; 0.02 nats leaves room for gaussian's absolute min_variance floor (≤ 0.008 here).
+    """
+    transform, log_jacobian = TRANSFORMED[data]
+    heldout = DATASETS["mix1d"].heldout()
+    original = fitted(kind, "mix1d").model.log_prob(heldout)
+    moved = fitted(kind, data).model.log_prob(transform(heldout)) + log_jacobian
+    np.testing.assert_allclose(moved, original, rtol=0, atol=0.02)
+
+
+@pytest.mark.parametrize(
+    ("better", "worse", "data", "margin"),
+    [
+        ("gmm", "gaussian", "mix1d", 0.2),
+        ("kde", "gaussian", "mix1d", 0.2),
+        ("knn", "gaussian", "mix1d", 0.2),
+        ("kde", "gaussian", "banana2d", 0.2),
+        ("knn", "gaussian", "banana2d", 0.2),
+        ("flow", "gaussian", "banana2d", 0.2),
+        ("gmm", "gaussian", "banana2d", 0.1),
+    ],
+)
+def test_better_model_has_higher_heldout_likelihood(fitted, better, worse, data, margin):
+    heldout = DATASETS[data].heldout()
+    good = fitted(better, data).model.log_prob(heldout).mean()
+    bad = fitted(worse, data).model.log_prob(heldout).mean()
+    assert good > bad + margin, (good, bad)
+
+
+# ---------------------------------------------------------------------- gaussian
+@pytest.mark.parametrize("data", ["gauss2d", "mix1d", "banana2d"])
+def test_gaussian_matches_scipy(fitted, data):
+    model = fitted("gaussian", data).model
+    X = np.concatenate([DATASETS[data].heldout()[:500], far_rows(fitted("gaussian", data).X)[:9]])
+    reference = multivariate_normal(model.mean_, model.covariance_).logpdf(X)
+    # log_prob is documented to floor at MIN_LOG_PROB (far rows)
+    expected = np.maximum(np.atleast_1d(reference), MIN_LOG_PROB)
+    np.testing.assert_allclose(model.log_prob(X), expected, rtol=1e-10)
+
+
+@pytest.mark.parametrize("data", ["gauss2d", "mix1d"])
+def test_gaussian_without_shrinkage_is_the_mle(data):
+    X = DATASETS[data].train()
+    model = make("gaussian", shrinkage=0.0, min_variance=1e-6).fit(X)
+    d = X.shape[1]
+    np.testing.assert_allclose(model.mean_, X.mean(axis=0), rtol=1e-12)
+    mle = np.cov(X, rowvar=False, bias=True).reshape(d, d)
+    np.testing.assert_allclose(model.covariance_ - 1e-6 * np.eye(d), mle, rtol=1e-12)
+    assert model.shrinkage_ == 0.0
+    # the MLE maximises the training likelihood: Ledoit-Wolf shrinkage cannot do better
+    shrunk = make("gaussian").fit(X)
+    assert model.log_prob(X).mean() >= shrunk.log_prob(X).mean()
+    # shrinkage=1: a scaled identity with the same total variance
+    full = make("gaussian", shrinkage=1.0, min_variance=0.0).fit(X)
+    np.testing.assert_allclose(full.covariance_, np.trace(mle) / d * np.eye(d), rtol=1e-12)
+
+
+def test_gaussian_recovers_true_parameters(fitted):
+    model = fitted("gaussian", "gauss2d").model
+    np.testing.assert_allclose(model.mean_, GAUSS_MEAN, atol=0.2)
+    np.testing.assert_allclose(model.covariance_, GAUSS_COV, atol=0.3)
+
+
+# ---------------------------------------------------------------------- gmm
+@pytest.mark.parametrize(
+    ("data", "components"),
+    [
+        ("mix1d", 2),
+        ("gauss2d", 1),
+        pytest.param(
+            "mix1d_scaled", 2, marks=pytest.mark.xfail(strict=True, reason=_GMM_SCALE_BUG)
+        ),
+    ],
+)
+def test_gmm_picks_components_by_bic(fitted, saved, data, components):
+    model = fitted("gmm", data).model
+    assert model.n_components_ == components
+    assert sorted(model.bic_) == list(range(1, SMALL["gmm"]["max_components"] + 1))
+    assert min(model.bic_, key=model.bic_.__getitem__) == components
+    assert model.weights_.shape == (components,)
+    np.testing.assert_allclose(model.weights_.sum(), 1.0)
+    if data == "mix1d":
+        order = np.argsort(model.means_[:, 0])
+        np.testing.assert_allclose(model.means_[order, 0], [-2.0, 1.5], atol=0.2)
+        np.testing.assert_allclose(model.weights_[order], [0.4, 0.6], atol=0.07)
+    loaded = models.load(saved("gmm", data))
+    assert loaded.n_components_ == components
+    assert loaded.bic_ == model.bic_
+
+
+# ---------------------------------------------------------------------- kde / knn
+@pytest.mark.parametrize("data", CONTRACT_DATA)
+def test_kernel_hyper_parameters_stored_and_survive_load(fitted, saved, data):
+    kde = fitted("kde", data).model
+    knn = fitted("knn", data).model
+    assert isinstance(kde.bandwidth_, float)
+    assert kde.bandwidth_ > 0
+    assert knn.k_ in SMALL.get("knn", {}).get("k_grid", (5, 10, 20, 40))
+    assert knn.alpha_ > 0
+    loaded_kde = models.load(saved("kde", data))
+    loaded_knn = models.load(saved("knn", data))
+    assert loaded_kde.bandwidth_ == kde.bandwidth_
+    assert (loaded_knn.k_, loaded_knn.alpha_) == (knn.k_, knn.alpha_)
+
+
+def test_kernel_fixed_hyper_parameters_are_used():
+    X = DATASETS["banana2d"].train()
+    assert make("kde", bandwidth=0.3).fit(X).bandwidth_ == 0.3
+    knn = make("knn", k=7, alpha=0.5).fit(X)
+    assert (knn.k_, knn.alpha_) == (7, 0.5)
+
+
+def _kernel_reference(X: np.ndarray, Q: np.ndarray, widths: np.ndarray) -> np.ndarray:
+    """log 1/n Σ_i N(q; x_i, widths_i² diag(s²)) in float64, s = per-feature std of X."""
+    s = X.std(axis=0)
+    per_kernel = np.stack(
+        [multivariate_normal(x, (h * s) ** 2).logpdf(Q) for x, h in zip(X, widths, strict=True)]
+    ).reshape(len(X), len(Q))
+    return logsumexp(per_kernel, axis=0) - np.log(len(X))
+
+
+@pytest.mark.parametrize("data", CONTRACT_DATA)
+def test_kde_and_knn_match_float64_reference(fitted, data):
+    X = fitted("kde", data).X
+    Q = DATASETS[data].heldout()[:100]
+    kde = fitted("kde", data).model
+    expected = _kernel_reference(X, Q, np.full(len(X), kde.bandwidth_))
+    np.testing.assert_allclose(kde.log_prob(Q), expected, rtol=0, atol=1e-3)
+
+    knn = fitted("knn", data).model
+    Z = X / X.std(axis=0)
+    dist, _ = NearestNeighbors(n_neighbors=knn.k_ + 1).fit(Z).kneighbors(Z)
+    widths = np.maximum(knn.alpha_ * dist[:, knn.k_], knn.min_bandwidth)
+    np.testing.assert_allclose(knn.log_prob(Q), _kernel_reference(X, Q, widths), atol=1e-3)
+
+
+# ---------------------------------------------------------------------- vae
+@pytest.mark.parametrize("data", CONTRACT_DATA)
+def test_vae_log_prob_independent_of_batch(fitted, data):
+    """The importance-sampling draws are fixed, so a row scores the same in any batch.
+
+    Not bit-identical: float32 matrix products of different shapes round differently (~1e-6).
+    """
+    model = fitted("vae", data).model
+    heldout = DATASETS[data].heldout()
+    # 4000 rows: more than one internal scoring chunk (2e6 // (K * max(d, latent)) = 3906
+    # rows with these settings), so some rows are scored in a different chunk the second time
+    big = np.concatenate([heldout, heldout])
+    lp = model.log_prob(big)
+    np.testing.assert_allclose(lp[N_HELDOUT:], lp[:N_HELDOUT], rtol=0, atol=1e-5)
+    alone = np.array([model.log_prob(row[None])[0] for row in big[-5:]])
+    np.testing.assert_allclose(alone, lp[-5:], rtol=0, atol=1e-5)
+
+
+# ---------------------------------------------------------------------- auto
+@pytest.mark.parametrize("data", DENSITY_DATA)
+def test_auto_chooses_best_scoring_candidate(fitted, saved, data):
+    model = fitted("auto", data).model
+    assert set(model.scores_) == set(SMALL["auto"]["candidates"])
+    assert all(np.isfinite(v) for v in model.scores_.values())
+    assert model.chosen_ == max(model.scores_, key=model.scores_.__getitem__)
+    # the winner is refitted on all rows
+    chosen = make(model.chosen_, **SMALL["auto"]["candidate_params"].get(model.chosen_, {}))
+    X = DATASETS[data].heldout()[:200]
+    np.testing.assert_array_equal(model.log_prob(X), chosen.fit(fitted("auto", data).X).log_prob(X))
+    loaded = models.load(saved("auto", data))
+    assert loaded.chosen_ == model.chosen_
+    assert loaded.scores_ == model.scores_
+
+
+def test_auto_on_a_single_gaussian():
+    # 2000 rows (400 held out): enough for the Gaussian to beat the KDE on any draw we tried
+    X = DATASETS["gauss2d"].draw(2_000, np.random.default_rng(3))
+    model = models.create("auto", candidates=("gaussian", "kde")).fit(X)
+    assert list(model.scores_) == ["gaussian", "kde"]
+    # held-out scores (nats per row) are near the true negative entropy of the distribution
+    neg_entropy = -multivariate_normal(GAUSS_MEAN, GAUSS_COV).entropy()
+    for kind, score in model.scores_.items():
+        assert abs(score - neg_entropy) < 0.25, (kind, score, neg_entropy)
+    # the right model family wins
+    assert model.scores_["gaussian"] > model.scores_["kde"]
+    assert model.chosen_ == "gaussian"
+    np.testing.assert_allclose(
+        model.log_prob(X), models.create("gaussian").fit(X).log_prob(X), rtol=1e-12
+    )
+
+
+# ---------------------------------------------------------------------- production defaults
+@pytest.mark.slow
+@pytest.mark.parametrize("data", CONTRACT_DATA)
+@pytest.mark.parametrize(
+    ("kind", "params"),
+    [pytest.param(kind, {}, id=kind) for kind in KINDS]
+    + [pytest.param("flow", {"flow_type": "nsf"}, id="flow-nsf")],
+)
+def test_default_settings_give_a_normalised_density(kind, params, data, tmp_path):
+    """The full-size defaults (bigger networks, more epochs, all auto candidates)."""
+    dataset = DATASETS[data]
+    model = models.create(kind, **params).fit(dataset.train())
+    integral = grid_integral(model.log_prob, dataset.grid)
+    assert abs(integral - 1.0) < 0.05, f"∫ p = {integral:.4f}"
+    heldout = dataset.heldout()
+    excess = float(np.mean(model.log_prob(heldout) - dataset.logpdf(heldout)))
+    assert -0.75 < excess < 0.05
+    loaded = models.load(model.save(tmp_path / "model"))
+    np.testing.assert_array_equal(loaded.log_prob(heldout), model.log_prob(heldout))
