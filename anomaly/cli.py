@@ -25,7 +25,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 out = Console()
 
 ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="YAML config file.")]
@@ -53,9 +53,9 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> N
     for var in ("MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK"):  # offline-friendly defaults
         os.environ.setdefault(var, "true")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s"
-    )
+    level = logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(message)s")
+    logging.getLogger("mlflow").setLevel(level)  # MLflow logs INFO chatter by default
 
 
 @app.command()
@@ -72,7 +72,10 @@ def demo(
     home = (home or anomaly_home()).resolve()
     start = time.perf_counter()
     console.print(f"demo: writing data, training and scoring under [bold]{home}[/]")
-    report = run_demo(home, kind=kind, seed=seed)
+    try:
+        report = run_demo(home, kind=kind, seed=seed)
+    except (ValueError, RegistryError) as exc:
+        raise _fail(str(exc)) from exc
     _print_batches(report.batches)
     cols = ["transaction_id", "log_likelihood", "p_value", "reason", "true_anomaly", "kind"]
     table = Table(title=f"Most improbable of {len(report.flagged)} flagged records")
@@ -212,15 +215,20 @@ def rollback(
 
 def _print_batches(summaries: list[BatchSummary]) -> None:
     table = Table(title="Batches")
-    cols = ["batch_id", "status", "rows_in", "rows_scored", "rows_quarantined", "rows_flagged"]
-    for c in [*cols, "flag_rate", "shift_alarm"]:
-        table.add_column(c)
+    width = max(len(s.batch_id) for s in summaries)
+    table.add_column("batch", no_wrap=True, min_width=width)
+    for header in ("status", "in", "scored", "quarantined", "flagged", "flag rate", "shift"):
+        table.add_column(header)
     for s in summaries:
-        d = s.to_dict()
         table.add_row(
-            *[str(d[c]) for c in cols],
-            f"{d['flag_rate']:.4f}",
-            "[red]yes[/]" if d["shift_alarm"] else "no",
+            s.batch_id,
+            s.status,
+            str(s.rows_in),
+            str(s.rows_scored),
+            str(s.rows_quarantined),
+            str(s.rows_flagged),
+            f"{s.flag_rate:.4f}",
+            "[red]alarm[/]" if s.shift_alarm else "no",
         )
         if s.error:
             table.add_row(s.batch_id, f"[red]{s.error}[/]")

@@ -61,7 +61,10 @@ class Data(_Strict):
 
     train: str = Field(description="CSV/Parquet file or glob of normal rows")
     inbox: str | None = Field(None, description="folder where batch files land")
-    labels: str | None = Field(None, description="file/glob with id + is_anomaly for evaluation")
+    labels: str | None = Field(None, description="file/glob of id + is_anomaly for batch rows")
+    evaluation: str | None = Field(
+        None, description="file/glob of labelled rows: the features plus a boolean is_anomaly"
+    )
 
 
 class ModelSpec(_Strict):
@@ -125,14 +128,20 @@ class Config(_Strict):
     home: Path = Field(default_factory=anomaly_home)
 
 
-def _expand(value: Any, env: dict[str, str]) -> Any:
-    """Substitute ``${VAR}`` in every string of a parsed YAML tree."""
+def _expand(value: Any, env: dict[str, str], where: str = "") -> Any:
+    """Substitute ``${VAR}`` in every string of a parsed YAML tree; unknown names fail."""
     if isinstance(value, dict):
-        return {k: _expand(v, env) for k, v in value.items()}
+        return {k: _expand(v, env, f"{where}{k}.") for k, v in value.items()}
     if isinstance(value, list):
-        return [_expand(v, env) for v in value]
+        return [_expand(v, env, f"{where}{i}.") for i, v in enumerate(value)]
     if isinstance(value, str):
-        return string.Template(value).safe_substitute(env)
+        try:
+            return string.Template(value).substitute(env)
+        except KeyError as exc:
+            msg = f"  {where.rstrip('.')}: environment variable {exc.args[0]} is not set"
+            raise ConfigError(msg) from None
+        except ValueError:  # a lone "$": keep the text as written
+            return value
     return value
 
 
@@ -164,8 +173,15 @@ def load_config(path: str | Path, home: Path | None = None) -> Config:
     if not isinstance(raw, dict):
         msg = f"{path} must hold a mapping of settings, got {type(raw).__name__}"
         raise ConfigError(msg)
-    raw = _expand(raw, {**os.environ, "ANOMALY_HOME": str(home)})
-    raw.setdefault("home", str(home))
+    if "home" in raw:
+        msg = f"invalid config {path}:\n  home: set the ANOMALY_HOME environment variable instead"
+        raise ConfigError(msg)
+    try:
+        raw = _expand(raw, {**os.environ, "ANOMALY_HOME": str(home)})
+    except ConfigError as exc:
+        msg = f"invalid config {path}:\n{exc}"
+        raise ConfigError(msg) from None
+    raw["home"] = str(home)
     data = raw.get("data")
     if isinstance(data, dict):
         raw["data"] = {

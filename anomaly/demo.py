@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from anomaly.config import Config, load_config
+from anomaly.config import Config, ModelSpec, load_config
 from anomaly.demo_data import ID, write_demo
 from anomaly.io import read_table
-from anomaly.pipeline import Trained, pending_batches, score_batches, scored_dir, train_and_store
+from anomaly.pipeline import Trained, pending_batches, score_batches, train_and_store
 from anomaly.scoring import BatchSummary
 
 
@@ -37,12 +37,13 @@ def run_demo(home: Path, kind: str | None = None, seed: int = 0) -> DemoReport:
     """Write demo data under ``home/demo``, train, score every batch, evaluate."""
     config = load_config(demo_config_path(), home=home)
     if kind is not None:
-        config = config.model_copy(update={"model": config.model.model_copy(update={"kind": kind})})
+        model = ModelSpec(**{**config.model.model_dump(), "kind": kind})  # validates the kind
+        config = config.model_copy(update={"model": model})
     write_demo(home / "demo", seed=seed)
     trained = train_and_store(config)
     summaries = score_batches(config, pending_batches(config), trained.version)
     scored = pd.concat(
-        [pd.read_parquet(scored_dir(config) / f"{s.batch_id}.parquet") for s in summaries],
+        [pd.read_parquet(s.output) for s in summaries if s.output],
         ignore_index=True,
     )
     labels = read_table(config.data.labels)

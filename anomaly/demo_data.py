@@ -80,6 +80,8 @@ _NIGHT = (1.0, 5.0)  # grocery and fuel are closed in these hours
 
 _START = pd.Timestamp("2024-03-04", tz="UTC")
 _ROWS_PER_DAY = 5_000
+EVALUATION_ROWS = 4_000
+EVALUATION_SEED_OFFSET = 1_000  # ids tx-<seed+1000>-… never collide with batches
 _DAY_NS = 86_400 * 10**9
 _HOUR_NS = 3_600 * 10**9
 _PLANT_SALT = 0x5EED_A11  # decorrelates plant_anomalies' stream from generate_normal's
@@ -92,6 +94,7 @@ class DemoFiles:
     train: Path
     batches: list[Path]
     labels: list[Path]
+    evaluation: Path
 
 
 # ---------------------------------------------------------------------------- public API
@@ -122,7 +125,10 @@ def write_demo(
     batch_rows: int = 5_000,
     rate: float = 0.02,
 ) -> DemoFiles:
-    """Write ``train.parquet``, ``inbox/batch_NNN.parquet`` and ``labels/batch_NNN.parquet``.
+    """Write ``train.parquet``, ``evaluation.parquet``, ``inbox/batch_NNN.parquet`` and
+    ``labels/batch_NNN.parquet``.
+
+    ``evaluation.parquet`` holds labelled rows (features plus ``is_anomaly`` and ``kind``).
 
     Training rows are normal; each batch is generated with its own seed (``seed + i``), its
     timestamps follow the previous file's, and it carries planted anomalies whose labels go to
@@ -147,6 +153,12 @@ def write_demo(
     train_path = directory / "train.parquet"
     write_parquet_atomic(_generate(n_train, seed, day_offset=0), train_path)
     day = _n_days(n_train)
+    # a labelled evaluation set (features + truth together), as analysts' reviews give
+    evaluation, truth = plant_anomalies(
+        _generate(EVALUATION_ROWS, seed + EVALUATION_SEED_OFFSET, day_offset=0), 0.05, seed
+    )
+    evaluation_path = directory / "evaluation.parquet"
+    write_parquet_atomic(evaluation.merge(truth, on=ID), evaluation_path)
 
     batches: list[Path] = []
     labels: list[Path] = []
@@ -159,7 +171,7 @@ def write_demo(
         write_parquet_atomic(frame, inbox / name)
         labels.append(labels_dir / name)
         batches.append(inbox / name)
-    return DemoFiles(train=train_path, batches=batches, labels=labels)
+    return DemoFiles(train=train_path, batches=batches, labels=labels, evaluation=evaluation_path)
 
 
 # ---------------------------------------------------------------------------- generation

@@ -10,7 +10,7 @@ import pandas as pd
 from anomaly import registry
 from anomaly.config import Config
 from anomaly.io import SUFFIXES, read_table
-from anomaly.scoring import BatchSummary, batch_id_for, score_file
+from anomaly.scoring import BatchSummary, batch_id_for, output_paths, score_file
 from anomaly.tracking import log_training
 from anomaly.training import TrainResult, train
 
@@ -60,7 +60,7 @@ def pending_batches(config: Config) -> list[Path]:
         if p.is_file()
         and not p.name.startswith(".")
         and p.suffix.lower() in SUFFIXES
-        and not (done / f"{batch_id_for(p)}.parquet").exists()
+        and not output_paths(done, batch_id_for(p))[0].exists()
     ]
 
 

@@ -107,11 +107,11 @@ class Preprocessor:
         notes = pd.Series([""] * n, index=good.index, dtype=object)
         for col, cats in self.categories_.items():
             values = good[col].astype(str)
-            codes = pd.Categorical(values, categories=cats).codes
+            codes = pd.Index(cats).get_indexer(values)
             blocks.extend((codes == i).astype(np.float64) for i in range(len(cats)))
             unseen = codes < 0
             if unseen.any():
-                note = f"unseen category in {col}: " + values[unseen].map(repr)
+                note = f"unseen category in {col}: " + _text(values[unseen])
                 notes[unseen] = (notes[unseen] + "; " + note).str.lstrip("; ")
         X = np.column_stack(blocks) if blocks else np.zeros((n, 0))
         keep = [self.features.id] + ([self.features.timestamp] if self.features.timestamp else [])
@@ -178,12 +178,12 @@ class Preprocessor:
         out[f.id] = ids.astype(str).where(ids.notna(), None)
         add(ids.isna() | (out[f.id].str.strip() == ""), f"missing id ({f.id})")
         dup = ids.notna() & ids.astype(str).duplicated(keep="first")
-        add(dup, "duplicate id " + out[f.id].map(repr))
+        add(dup, f"duplicate id in {f.id}: " + _text(out[f.id]))
         for col in f.numeric:
             raw = df[col]
-            values = pd.to_numeric(raw, errors="coerce").astype(np.float64)
+            values = _to_float(raw)
             add(raw.isna(), f"missing value in {col}")
-            add(raw.notna() & values.isna(), f"non-numeric value in {col}: " + raw.map(_short))
+            add(raw.notna() & values.isna(), f"non-numeric value in {col}: " + _text(raw))
             add(np.isinf(values), f"infinite value in {col}")
             out[col] = values.where(np.isfinite(values), 0.0)
         for col in f.categorical:
@@ -230,6 +230,28 @@ class Preprocessor:
         return pre
 
 
-def _short(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
+def _text(values: pd.Series) -> pd.Series:
+    """Each value's short repr, as strings (also for empty or numeric series)."""
+
+    def short(value: object) -> str:
+        text = repr(value)
+        return text if len(text) <= 40 else text[:37] + "..."
+
+    return values.astype(object).map(short).astype(object)
+
+
+def _to_float(values: pd.Series) -> pd.Series:
+    """Numbers as float64; anything that is not a finite-or-infinite number becomes NaN."""
+    try:
+        return pd.to_numeric(values, errors="coerce").astype(np.float64)
+    except (OverflowError, TypeError, ValueError):  # e.g. an int too large for any dtype
+
+        def one(value: object) -> float:
+            try:
+                return float(value)  # type: ignore[arg-type]
+            except OverflowError:  # an integer beyond float range
+                return np.inf if value > 0 else -np.inf  # type: ignore[operator]
+            except (TypeError, ValueError):
+                return np.nan
+
+        return values.map(one).astype(np.float64)

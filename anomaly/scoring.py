@@ -8,6 +8,7 @@ it into place, so a reader never sees a partial output.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from dataclasses import asdict, dataclass
@@ -21,7 +22,7 @@ import pyarrow.parquet as pq
 
 from anomaly.detector import Detector
 from anomaly.io import DataError, iter_chunks, write_parquet_atomic
-from anomaly.preprocessing import SchemaError
+from anomaly.preprocessing import REASON, SchemaError
 
 
 @dataclass(frozen=True)
@@ -51,9 +52,37 @@ class BatchSummary:
 
 
 def batch_id_for(path: Path) -> str:
-    """A safe batch id from a file name: letters, digits, ``_``, ``-`` and ``.`` only."""
-    stem = path.name.removesuffix(path.suffix)
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", stem).strip("._") or "batch"
+    """A safe, unique batch id from a file name (never its folder).
+
+    The whole name is kept (``x.csv`` and ``x.parquet`` differ); characters other than
+    letters, digits, ``_``, ``-`` and ``.`` become ``_``, and when anything had to change a
+    hash of the original name is appended, so ``a b.csv`` and ``a_b.csv`` stay apart.
+    """
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", path.name).lstrip("-._") or "batch"
+    if safe != path.name:
+        safe += "-" + hashlib.sha1(path.name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return safe
+
+
+def output_paths(out_dir: Path, batch_id: str) -> tuple[Path, Path]:
+    """(scored output, quarantine output) of a batch."""
+    return out_dir / f"{batch_id}.scored.parquet", out_dir / f"{batch_id}.quarantine.parquet"
+
+
+class _SeenIds:
+    """64-bit hashes of the ids of earlier chunks (8 bytes an id; a false duplicate needs a
+    hash collision, odds about n² / 2⁶⁵)."""
+
+    def __init__(self) -> None:
+        self.hashes = np.zeros(0, dtype=np.uint64)
+
+    def repeated(self, ids: pd.Series) -> np.ndarray:
+        """Which ids were seen in an earlier chunk; remembers the new ones."""
+        h = pd.util.hash_pandas_object(ids.astype(str), index=False).to_numpy()
+        pos = np.searchsorted(self.hashes, h).clip(max=max(len(self.hashes) - 1, 0))
+        seen = self.hashes[pos] == h if len(self.hashes) else np.zeros(len(h), dtype=bool)
+        self.hashes = np.union1d(self.hashes, h[~seen])
+        return seen
 
 
 def score_file(
@@ -63,40 +92,45 @@ def score_file(
     chunk_rows: int = 100_000,
     model_version: str = "",
 ) -> BatchSummary:
-    """Score one batch file into ``out_dir/<batch_id>.parquet`` (+ ``.quarantine.parquet``)."""
+    """Score one batch file into ``out_dir/<batch_id>.scored.parquet`` (+ quarantined rows)."""
     batch_id = batch_id_for(path)
     out_dir.mkdir(parents=True, exist_ok=True)
-    output = out_dir / f"{batch_id}.parquet"
+    output, quarantine_path = output_paths(out_dir, batch_id)
     tmp = out_dir / f".{batch_id}.{os.getpid()}.pass1.tmp"
-    p_values, has_reason, quarantined = [], [], []
-    ll_sum, writer = 0.0, None
+    p_values, has_reason, quarantined = [np.zeros(0)], [np.zeros(0, bool)], []
+    ll_sum, seen = 0.0, _SeenIds()
+    id_col = detector.preprocessor.features.id
+    schema = output_schema(detector)
     try:
-        for chunk in iter_chunks(path, chunk_rows):
-            result = detector.score(chunk, flag=False)
-            scored = result.scored
-            if writer is None:
-                schema = output_schema(detector)
-                writer = pq.ParquetWriter(tmp, schema)
-            writer.write_table(pa.Table.from_pandas(scored, schema, preserve_index=False))
-            p_values.append(scored["p_value"].to_numpy())
-            has_reason.append(scored["reason"].to_numpy() != "")
-            ll_sum += float(scored["log_likelihood"].sum())
-            if len(result.quarantined):
-                quarantined.append(result.quarantined)
+        with pq.ParquetWriter(tmp, schema) as writer:
+            for chunk in iter_chunks(path, chunk_rows):
+                result = detector.score(chunk, flag=False)
+                scored = result.scored
+                repeated = seen.repeated(scored[id_col])
+                if repeated.any():  # duplicates of ids in earlier chunks
+                    again = chunk.iloc[scored.index[repeated]].copy()
+                    again[REASON] = f"duplicate id in {id_col}: " + again[id_col].astype(str)
+                    quarantined.append(again)
+                    scored = scored.loc[~repeated]
+                writer.write_table(pa.Table.from_pandas(scored, schema, preserve_index=False))
+                p_values.append(scored["p_value"].to_numpy())
+                has_reason.append(scored["reason"].to_numpy() != "")
+                ll_sum += float(scored["log_likelihood"].sum())
+                if len(result.quarantined):
+                    quarantined.append(result.quarantined)
     except (SchemaError, DataError) as exc:
-        if writer is not None:
-            writer.close()
         tmp.unlink(missing_ok=True)
         return BatchSummary(batch_id, str(path), "rejected", error=str(exc))
-    if writer is not None:
-        writer.close()
-    p = np.concatenate(p_values) if p_values else np.zeros(0)
-    flags = detector.flag(p, np.concatenate(has_reason)) if p_values else np.zeros(0, bool)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    p = np.concatenate(p_values)
+    flags = detector.flag(p, np.concatenate(has_reason))
     _write_flags(tmp, output, flags)
     quarantine_output = None
     if quarantined:
         frame = pd.concat(quarantined, ignore_index=True).astype(str)
-        quarantine_output = write_parquet_atomic(frame, out_dir / f"{batch_id}.quarantine.parquet")
+        quarantine_output = write_parquet_atomic(frame, quarantine_path)
     n_flagged, n_scored = int(flags.sum()), len(p)
     shift = detector.calibrator.shift_alarm(n_flagged, n_scored)
     n_quarantined = sum(len(q) for q in quarantined)
@@ -109,7 +143,7 @@ def score_file(
         rows_quarantined=n_quarantined,
         rows_flagged=n_flagged,
         model_version=model_version,
-        output=str(output) if n_scored else None,
+        output=str(output),
         quarantine_output=str(quarantine_output) if quarantine_output else None,
         flag_rate=shift.flag_rate,
         expected_rate=shift.expected_rate,
@@ -136,8 +170,6 @@ def output_schema(detector: Detector) -> pa.Schema:
 
 def _write_flags(tmp: Path, output: Path, flags: np.ndarray) -> None:
     """Copy the pass-1 file to ``output`` with ``is_anomaly`` set, atomically."""
-    if not tmp.exists():
-        return
     final = output.with_name(f".{output.name}.{os.getpid()}.tmp")
     start = 0
     with pq.ParquetFile(tmp) as source:

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from sklearn.metrics import average_precision_score, roc_auc_score
 
 from anomaly import __version__, models
 from anomaly.calibration import Calibrator
@@ -16,6 +17,9 @@ from anomaly.config import Config
 from anomaly.detector import Detector
 from anomaly.io import read_table
 from anomaly.preprocessing import Preprocessor
+
+#: the label column of labelled evaluation data
+LABEL = "is_anomaly"
 
 logger = logging.getLogger(__name__)
 
@@ -82,4 +86,31 @@ def train(config: Config, data: pd.DataFrame | None = None) -> TrainResult:
         p = calibrator.p_values(-test_ll)
         metrics["heldout_log_likelihood"] = float(test_ll.mean())
         metrics["heldout_fpr"] = float(calibrator.flag(p).mean())
+    if config.data.evaluation:
+        metrics.update(evaluate(detector, read_table(config.data.evaluation)))
     return TrainResult(detector, metrics, test_ll)
+
+
+def evaluate(detector: Detector, labelled: pd.DataFrame) -> dict[str, float]:
+    """Detection metrics on labelled rows (a boolean ``is_anomaly`` column).
+
+    AUROC and average precision rank rows by −log-likelihood; recall and FPR are those of the
+    detector's flag rule. Quarantined rows are left out and counted.
+    """
+    if LABEL not in labelled:
+        msg = f"labelled evaluation data needs a boolean {LABEL!r} column"
+        raise ValueError(msg)
+    truth = labelled[LABEL].astype(bool).to_numpy()
+    scored = detector.predict(labelled)
+    ok = ~scored["quarantined"].to_numpy()
+    y, score = truth[ok], -scored["log_likelihood"].to_numpy()[ok]
+    flags = scored["is_anomaly"].to_numpy()[ok].astype(bool)
+    metrics = {"eval_rows": float(ok.sum()), "eval_quarantined": float((~ok).sum())}
+    if 0 < y.sum() < len(y):
+        metrics |= {
+            "eval_auroc": float(roc_auc_score(y, score)),
+            "eval_auprc": float(average_precision_score(y, score)),
+            "eval_recall": float(flags[y].mean()),
+            "eval_fpr": float(flags[~y].mean()),
+        }
+    return metrics

@@ -177,9 +177,6 @@ def test_every_row_is_scored_or_quarantined(rows):
             assert reason == f"unseen category in {CHANNEL}: {value!r}"
 
 
-@pytest.mark.xfail(
-    strict=True, reason="BUG: empty float column crashes in _validate", raises=TypeError
-)
 def test_empty_frame_with_float_columns():
     # pd.DataFrame({...: []}) and an empty Parquet batch give float64 columns
     df = pd.DataFrame({c: [] for c in SPEC_COLUMNS})
