@@ -147,38 +147,10 @@ DATASETS: dict[str, Dataset] = {
 CONTRACT_DATA = ("mix1d", "banana2d")
 DENSITY_DATA = ("mix1d", "banana2d", "mix1d_shifted", "mix1d_scaled")
 
-# Known model bugs, kept as strict xfails so that fixing one turns its tests red until the mark
-# is removed. Keyed by (kind, dataset); each test says which of these apply to it.
-_KERNEL_SHIFT_BUG = (
-    "kernel.py: _prepare scales but does not centre the rows and _sq_distances expands "
-    "|q|²+|c|²-2q·c in float32, so distances between rows far from the origin cancel "
-    "catastrophically: on data around 1000 the kde/knn density integrates to ≫ 1"
-)
-_GMM_SCALE_BUG = (
-    "gmm.py: reg_covar=1e-3 is added to raw (unstandardised) covariances; on data with "
-    "std ~0.02 it swamps the component variances (~5e-5): BIC picks 1 wide component"
-)
-SHIFT_BUGS: dict[tuple[str, str], str] = {
-    ("kde", "mix1d_shifted"): _KERNEL_SHIFT_BUG,
-    ("knn", "mix1d_shifted"): _KERNEL_SHIFT_BUG,
-    # auto's held-out score rewards the unnormalised kde (+0.41 nats/row against a true -1.66)
-    ("auto", "mix1d_shifted"): "auto picks the unnormalised kde: " + _KERNEL_SHIFT_BUG,
-}
-SCALE_BUGS: dict[tuple[str, str], str] = {
-    ("gmm", "mix1d_scaled"): _GMM_SCALE_BUG,
-    ("auto", "mix1d_scaled"): "auto picks kde, not gmm as on mix1d: " + _GMM_SCALE_BUG,
-}
 
-
-def cases(datasets: tuple[str, ...], bugs: dict[tuple[str, str], str] | None = None) -> list[Any]:
-    """pytest params for every (kind, dataset), strict-xfail where a known bug applies."""
-    out = []
-    for data in datasets:
-        for kind in KINDS:
-            bug = (bugs or {}).get((kind, data))
-            marks = [pytest.mark.xfail(strict=True, reason=bug)] if bug else []
-            out.append(pytest.param(kind, data, id=f"{kind}-{data}", marks=marks))
-    return out
+def cases(datasets: tuple[str, ...]) -> list[Any]:
+    """pytest params for every (kind, dataset)."""
+    return [pytest.param(kind, data, id=f"{kind}-{data}") for data in datasets for kind in KINDS]
 
 
 # ---------------------------------------------------------------------- session cache of fits
@@ -523,11 +495,6 @@ def test_sample_shape_and_seeding(fitted, kind, data):
         model.sample(-1)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="base.py DensityModel.sample: reshape(n, -1) cannot infer -1 when n == 0",
-)
 @pytest.mark.parametrize(("kind", "data"), cases(CONTRACT_DATA))
 def test_sample_zero_rows(fitted, kind, data):
     model = fitted(kind, data).model
@@ -569,7 +536,7 @@ def test_sample_check_rejects_bad_samplers(fitted, kind, data):
 # ---------------------------------------------------------------------- densities
 @pytest.mark.parametrize(
     ("kind", "data"),
-    cases(DENSITY_DATA, {**SHIFT_BUGS, ("gmm", "mix1d_scaled"): _GMM_SCALE_BUG}),
+    cases(DENSITY_DATA),
 )
 def test_density_integrates_to_one(fitted, kind, data):
     dataset = DATASETS[data]
@@ -579,7 +546,7 @@ def test_density_integrates_to_one(fitted, kind, data):
     assert abs(integral - 1.0) < 0.05, f"∫ p = {integral:.4f}"
 
 
-@pytest.mark.parametrize(("kind", "data"), cases(DENSITY_DATA, SHIFT_BUGS))
+@pytest.mark.parametrize(("kind", "data"), cases(DENSITY_DATA))
 def test_heldout_likelihood_between_truth_and_garbage(fitted, kind, data):
     """Gibbs' inequality: no density beats the true one on average, E_p[log q - log p] ≤ 0.
 
@@ -601,7 +568,7 @@ TRANSFORMED = {
 }
 
 
-@pytest.mark.parametrize(("kind", "data"), cases(tuple(TRANSFORMED), {**SHIFT_BUGS, **SCALE_BUGS}))
+@pytest.mark.parametrize(("kind", "data"), cases(tuple(TRANSFORMED)))
 def test_density_does_not_depend_on_location_or_units(fitted, kind, data):
     """Fitted on y = a·x + b, the density is p_Y(y) = p_X(x) / |a| (change of variables).
 
@@ -674,9 +641,7 @@ def test_gaussian_recovers_true_parameters(fitted):
     [
         ("mix1d", 2),
         ("gauss2d", 1),
-        pytest.param(
-            "mix1d_scaled", 2, marks=pytest.mark.xfail(strict=True, reason=_GMM_SCALE_BUG)
-        ),
+        ("mix1d_scaled", 2),
     ],
 )
 def test_gmm_picks_components_by_bic(fitted, saved, data, components):
@@ -793,26 +758,11 @@ def test_auto_on_a_single_gaussian():
 
 
 # ---------------------------------------------------------------------- production defaults
-_DEFAULT_VAE_UNDERFITS = (
-    "vae defaults underfit 400 rows: batch_size=256 gives 2 steps per epoch and early stopping "
-    "watches a single-draw (random) ELBO on 40 validation rows; it stops after 137 epochs at "
-    "-3.76 nats/row, worse than a single Gaussian (-2.59; truth -2.15)"
-)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("kind", "params", "data"),
     [
-        pytest.param(
-            kind,
-            params,
-            data,
-            id=f"{name}-{data}",
-            marks=[pytest.mark.xfail(strict=True, reason=_DEFAULT_VAE_UNDERFITS)]
-            if (name, data) == ("vae", "banana2d")
-            else [],
-        )
+        pytest.param(kind, params, data, id=f"{name}-{data}")
         for data in CONTRACT_DATA
         for name, kind, params in [(kind, kind, {}) for kind in KINDS]
         + [("flow-nsf", "flow", {"flow_type": "nsf"})]

@@ -69,7 +69,9 @@ class DensityModel:
             raise ValueError(msg)
         rng = np.random.default_rng(seed)
         with _threads(getattr(self, "n_threads", None)):
-            return np.asarray(self._sample(n, rng), dtype=np.float64).reshape(n, -1)
+            return np.asarray(self._sample(n, rng), dtype=np.float64).reshape(
+                n, self.n_features_in_
+            )
 
     def get_params(self) -> dict[str, Any]:
         """Constructor arguments (of this class and its bases), as stored by ``__init__``."""

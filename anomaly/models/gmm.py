@@ -17,8 +17,9 @@ from anomaly.models.gaussian import gaussian_log_pdf, sample_gaussian
 class GMM(DensityModel):
     """Mixture of full-covariance Gaussians fitted by EM; components in 1..``max_components``.
 
-    The component count minimising BIC wins. ``reg_covar`` is added to every covariance's
-    diagonal so a component cannot collapse onto repeated (discrete) values.
+    The component count minimising BIC wins. ``reg_covar`` (in units of each feature's
+    variance) is added to every covariance's diagonal so a component cannot collapse onto
+    repeated (discrete) values.
     """
 
     kind = "gmm"
@@ -39,6 +40,11 @@ class GMM(DensityModel):
         if self.max_components < 1:
             msg = f"gmm: max_components must be ≥ 1, got {self.max_components}"
             raise ValueError(msg)
+        # fit in standardised units so reg_covar means the same for any units of X, then
+        # map the parameters back (an exact change of variables)
+        loc, scale = X.mean(axis=0), X.std(axis=0)
+        scale = np.where(scale > 0, scale, 1.0)
+        X = (X - loc) / scale
         best, self.bic_ = None, {}
         for k in range(1, min(self.max_components, X.shape[0]) + 1):
             gm = GaussianMixture(
@@ -56,8 +62,8 @@ class GMM(DensityModel):
                 best = gm
         self.n_components_ = best.n_components
         self.weights_ = best.weights_
-        self.means_ = best.means_
-        self.covariances_ = best.covariances_
+        self.means_ = best.means_ * scale + loc
+        self.covariances_ = best.covariances_ * np.outer(scale, scale)
         self._factorise()
 
     def _factorise(self) -> None:

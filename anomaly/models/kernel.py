@@ -63,12 +63,15 @@ class _KernelMixture(DensityModel):
 
     def _prepare(self, X: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Set the per-feature scale and return (fit-part, held-out) whitened tensors."""
+        # centre as well as scale: the |q|² + |c|² − 2q·c distance loses all float32
+        # precision when the data sit far from the origin
+        self.loc_ = X.mean(axis=0)
         scale = X.std(axis=0)
         self.scale_ = np.where(scale > 0, scale, 1.0)
         if self.max_points and X.shape[0] > self.max_points:
             keep = np.random.default_rng(self.seed).choice(X.shape[0], self.max_points, False)
             X = X[np.sort(keep)]
-        Z = torch.from_numpy(X / self.scale_).float()
+        Z = torch.from_numpy((X - self.loc_) / self.scale_).float()
         order = torch.randperm(Z.shape[0], generator=torch.Generator().manual_seed(self.seed))
         n_held = max(1, min(MAX_HELDOUT, Z.shape[0] // 5))
         self._all = Z
@@ -83,7 +86,7 @@ class _KernelMixture(DensityModel):
         self._norms = (centres * centres).sum(1)
 
     def _log_prob(self, X: np.ndarray) -> np.ndarray:
-        Q = torch.from_numpy(X / self.scale_).float()
+        Q = torch.from_numpy((X - self.loc_) / self.scale_).float()
         dim = Q.shape[1]
         out = np.empty(Q.shape[0])
         with torch.inference_mode():
@@ -96,17 +99,18 @@ class _KernelMixture(DensityModel):
         idx = rng.integers(0, self.centres_.shape[0], n)
         centres = self.centres_.double().numpy()[idx]
         h = self.bandwidths_.double().numpy()[idx, None]
-        return (centres + h * rng.standard_normal(centres.shape)) * self.scale_
+        return (centres + h * rng.standard_normal(centres.shape)) * self.scale_ + self.loc_
 
     def _state(self) -> dict[str, np.ndarray]:
         return {
+            "loc": self.loc_,
             "scale": self.scale_,
             "centres": self.centres_.numpy(),
             "bandwidths": self.bandwidths_.numpy(),
         }
 
     def _load_state(self, state: dict[str, np.ndarray], fitted: dict[str, Any]) -> None:
-        self.scale_ = state["scale"]
+        self.loc_, self.scale_ = state["loc"], state["scale"]
         self._set_centres(torch.from_numpy(state["centres"]), torch.from_numpy(state["bandwidths"]))
         for key, value in fitted.items():
             setattr(self, key, value)

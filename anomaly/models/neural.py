@@ -2,7 +2,7 @@
 
 A torch kind is a plain ``nn.Module`` plus four hooks; this base class owns the rest: input
 standardisation (its Jacobian added to every log-density), the seeded train/validation split,
-Adam with early stopping on validation loss, the progress bar, threads, and storage of the
+AdamW with early stopping on the validation log-likelihood, the progress bar, threads, and storage of the
 state dict as numpy arrays in ``weights.npz`` (no pickle).
 """
 
@@ -29,7 +29,7 @@ class TorchDensity(DensityModel):
         self,
         seed: int = 0,
         max_epochs: int = 200,
-        batch_size: int = 256,
+        batch_size: int = 128,
         learning_rate: float = 1e-3,
         weight_decay: float = 1e-5,
         patience: int = 15,
@@ -68,6 +68,10 @@ class TorchDensity(DensityModel):
 
     # ------------------------------------------------------------------ training loop
     def _fit(self, X: np.ndarray) -> None:
+        with torch.random.fork_rng():  # seed training without touching the caller's RNG
+            self._train(X)
+
+    def _train(self, X: np.ndarray) -> None:
         for name in ("max_epochs", "batch_size", "learning_rate", "patience"):
             check_positive(name, getattr(self, name), self.kind)
         if not 0 < self.validation_fraction < 1:
@@ -124,10 +128,11 @@ class TorchDensity(DensityModel):
         self.epochs_ = len(self.history_)
 
     def _validation_loss(self, val: torch.Tensor) -> float:
+        """Held-out negative log-likelihood (what the model is scored by, not the loss)."""
         self.module_.eval()
-        with torch.no_grad():
-            losses = [self._loss(self.module_, b).item() * len(b) for b in val.split(SCORE_BATCH)]
-        value = sum(losses) / val.shape[0]
+        with torch.inference_mode():
+            lp = [self._module_log_prob(self.module_, b).sum().item() for b in val.split(4096)]
+        value = -sum(lp) / val.shape[0]
         return value if np.isfinite(value) else np.inf
 
     # ------------------------------------------------------------------ scoring

@@ -82,7 +82,7 @@ class VAE(TorchDensity):
         self.importance_samples = importance_samples
 
     def _build(self, dim: int) -> nn.Module:
-        latent = self.latent or max(1, min(16, dim // 2))
+        latent = self.latent or max(2, min(16, dim // 2))
         generator = torch.Generator().manual_seed(self.seed)
         self._eps = torch.randn(self.importance_samples, latent, generator=generator)
         return VAEModule(dim, latent, tuple(self.hidden))
