@@ -2,8 +2,8 @@
 
 A torch kind is a plain ``nn.Module`` plus four hooks; this base class owns the rest: input
 standardisation (its Jacobian added to every log-density), the seeded train/validation split,
-AdamW with early stopping on the validation log-likelihood, the progress bar, threads, and storage of the
-state dict as numpy arrays in ``weights.npz`` (no pickle).
+AdamW with early stopping on the validation log-likelihood, the progress bar, threads, and
+storage of the state dict as numpy arrays in ``weights.npz`` (no pickle).
 """
 
 from __future__ import annotations
