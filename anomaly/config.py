@@ -114,6 +114,36 @@ class Tracking(_Strict):
     experiment: str | None = Field(None, description="experiment name (default: name)")
 
 
+class Promotion(_Strict):
+    """The gate a challenger must pass to become champion (all rules must hold)."""
+
+    max_loglik_drop: float = Field(
+        0.05, ge=0, description="held-out log-likelihood may fall by at most this (nats/record)"
+    )
+    max_auroc_drop: float = Field(0.0, ge=0, description="AUROC may fall by at most this")
+    max_fpr_ratio: float = Field(
+        2.0, gt=0, description="realised FPR on normal rows at most this × alpha"
+    )
+
+
+class Training(_Strict):
+    include_false_positives: bool = Field(
+        True, description="rows reviewed as false positives join the training data"
+    )
+
+
+class Schedule(_Strict):
+    """Cron schedules of the deployments ``anomaly serve`` runs (None: not scheduled)."""
+
+    timezone: str = "UTC"
+    score: str | None = Field("*/10 * * * *", description="scan the inbox")
+    train: str | None = Field("0 3 * * 0", description="retrain, then run the promotion gate")
+
+
+class Store(_Strict):
+    url: str | None = Field(None, description="SQLAlchemy URL; default SQLite under ANOMALY_HOME")
+
+
 class Config(_Strict):
     """A whole pipeline configuration."""
 
@@ -125,6 +155,10 @@ class Config(_Strict):
     calibration: Calibration = Calibration()
     scoring: Scoring = Scoring()
     mlflow: Tracking = Tracking()
+    promotion: Promotion = Promotion()
+    training: Training = Training()
+    schedule: Schedule = Schedule()
+    store: Store = Store()
     home: Path = Field(default_factory=anomaly_home)
 
 
@@ -158,9 +192,9 @@ def _describe(error: ValidationError) -> str:
 def load_config(path: str | Path, home: Path | None = None) -> Config:
     """Read and validate a YAML config; raise :class:`ConfigError` naming every bad key.
 
-    ``home`` overrides ``$ANOMALY_HOME`` as the state directory.
+    The state directory is, first to last: the ``home`` argument, the file's own ``home:``
+    key (relative to the file's folder), ``$ANOMALY_HOME``, ``./.anomaly``.
     """
-    home = (home or anomaly_home()).resolve()
     path = Path(path)
     if not path.is_file():
         msg = f"config file not found: {path}"
@@ -173,9 +207,9 @@ def load_config(path: str | Path, home: Path | None = None) -> Config:
     if not isinstance(raw, dict):
         msg = f"{path} must hold a mapping of settings, got {type(raw).__name__}"
         raise ConfigError(msg)
-    if "home" in raw:
-        msg = f"invalid config {path}:\n  home: set the ANOMALY_HOME environment variable instead"
-        raise ConfigError(msg)
+    if home is None and isinstance(raw.get("home"), str):
+        home = path.parent / os.path.expandvars(raw["home"])
+    home = (home or anomaly_home()).resolve()
     try:
         raw = _expand(raw, {**os.environ, "ANOMALY_HOME": str(home)})
     except ConfigError as exc:

@@ -1,4 +1,4 @@
-"""``anomaly demo``: generate card transactions, train, score the inbox, compare with the truth."""
+"""The demo: a config for generated card transactions, and how well flagging found the truth."""
 
 from __future__ import annotations
 
@@ -7,21 +7,17 @@ from importlib import resources
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
 from anomaly.config import Config, ModelSpec, load_config
-from anomaly.demo_data import ID, write_demo
+from anomaly.demo_data import ID
 from anomaly.io import read_table
-from anomaly.pipeline import Trained, pending_batches, score_batches, train_and_store
-from anomaly.scoring import BatchSummary
 
 
 @dataclass(frozen=True)
 class DemoReport:
-    """Everything the demo did, and how well it found the planted anomalies."""
+    """The flagged rows of the scored batches against the planted labels."""
 
-    config: Config
-    trained: Trained
-    batches: list[BatchSummary]
     flagged: pd.DataFrame  #: flagged rows joined with their true label and kind
     precision: float
     recall: float
@@ -33,26 +29,29 @@ def demo_config_path() -> Path:
     return Path(str(resources.files("anomaly") / "demo.yaml"))
 
 
-def run_demo(home: Path, kind: str | None = None, seed: int = 0) -> DemoReport:
-    """Write demo data under ``home/demo``, train, score every batch, evaluate."""
-    config = load_config(demo_config_path(), home=home)
+def write_demo_config(home: Path, kind: str | None = None) -> Path:
+    """The demo config with ``home`` filled in (and the model kind, if given), written to
+    ``home/demo/config.yaml``, so later commands can use it as it is, whatever
+    ``$ANOMALY_HOME`` says then."""
+    settings = {"home": str(home), **yaml.safe_load(demo_config_path().read_text())}
     if kind is not None:
-        model = ModelSpec(**{**config.model.model_dump(), "kind": kind})  # validates the kind
-        config = config.model_copy(update={"model": model})
-    write_demo(home / "demo", seed=seed)
-    trained = train_and_store(config)
-    summaries = score_batches(config, pending_batches(config), trained.version)
-    scored = pd.concat(
-        [pd.read_parquet(s.output) for s in summaries if s.output],
-        ignore_index=True,
-    )
+        settings["model"] = ModelSpec(**{**settings["model"], "kind": kind}).model_dump()
+    path = home / "demo" / "config.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = yaml.safe_dump(settings, sort_keys=False).replace("${ANOMALY_HOME}", str(home))
+    path.write_text(text)
+    load_config(path)  # fail here, not in a flow, if something is wrong
+    return path
+
+
+def compare_with_labels(config: Config, outputs: list[str]) -> DemoReport:
+    """Precision and recall of the scored outputs against ``data.labels``."""
+    scored = pd.concat([pd.read_parquet(p) for p in outputs], ignore_index=True)
     labels = read_table(config.data.labels)
     joined = scored.merge(labels, on=ID, how="left", validate="one_to_one")
     truth = joined["is_anomaly_y"].fillna(False).astype(bool)
     flag = joined["is_anomaly_x"].astype(bool)
     hits = int((truth & flag).sum())
-    precision = hits / max(int(flag.sum()), 1)
-    recall = hits / max(int(truth.sum()), 1)
     by_kind = {
         k: float(flag[joined["kind"] == k].mean())
         for k in sorted(joined.loc[truth, "kind"].unique())
@@ -60,5 +59,9 @@ def run_demo(home: Path, kind: str | None = None, seed: int = 0) -> DemoReport:
     flagged = joined.loc[flag].rename(
         columns={"is_anomaly_x": "is_anomaly", "is_anomaly_y": "true_anomaly"}
     )
-    flagged = flagged.sort_values("log_likelihood")
-    return DemoReport(config, trained, summaries, flagged, precision, recall, by_kind)
+    return DemoReport(
+        flagged=flagged.sort_values("log_likelihood"),
+        precision=hits / max(int(flag.sum()), 1),
+        recall=hits / max(int(truth.sum()), 1),
+        recall_by_kind=by_kind,
+    )

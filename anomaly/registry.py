@@ -124,17 +124,30 @@ def model_uri(config: Config, version: str | None = None) -> str:
     return f"models:/{config.name}/{version}" if version else f"models:/{config.name}@{CHAMPION}"
 
 
+def resolve_version(config: Config, version_or_alias: str) -> str:
+    """The version number an alias points to, or the version itself if it exists."""
+    if version_or_alias in (CHAMPION, CHALLENGER, PREVIOUS):
+        found = alias_version(config, version_or_alias)
+        if found is None:
+            hint = (
+                " (the first trained model becomes champion)"
+                if version_or_alias == CHAMPION
+                else ""
+            )
+            msg = f"model {config.name!r} has no {version_or_alias} yet: run `anomaly train`{hint}"
+            raise RegistryError(msg)
+        return found
+    try:
+        return str(client(config).get_model_version(config.name, version_or_alias).version)
+    except MlflowException as exc:
+        msg = f"model {config.name!r} has no version {version_or_alias!r}"
+        raise RegistryError(msg) from exc
+
+
 def load_detector(config: Config, version: str | None = None) -> tuple[Detector, str]:
     """The detector of the champion (or ``version``) and its version number, read directly
     from the registered model's artifacts (no pyfunc wrapper, no pickle)."""
-    if version is None:
-        version = alias_version(config, CHAMPION)
-        if version is None:
-            msg = (
-                f"model {config.name!r} has no champion yet: train one with "
-                "`anomaly train` (the first model is promoted automatically)"
-            )
-            raise RegistryError(msg)
+    version = resolve_version(config, version or CHAMPION)
     try:
         with active(config):  # models:/ URIs resolve through the global registry URI
             local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri(config, version))

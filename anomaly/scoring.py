@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -45,10 +45,13 @@ class BatchSummary:
     shift_alarm: bool = False
     mean_log_likelihood: float | None = None
     error: str | None = None
+    #: raw values + scores of the flagged rows, and the quarantined raw rows + reason
+    flagged: pd.DataFrame | None = field(default=None, repr=False, compare=False)
+    quarantined: pd.DataFrame | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable form."""
-        return asdict(self)
+        """JSON-serialisable form (the counts, not the rows)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.repr}
 
 
 def batch_id_for(path: Path) -> str:
@@ -67,6 +70,9 @@ def batch_id_for(path: Path) -> str:
 def output_paths(out_dir: Path, batch_id: str) -> tuple[Path, Path]:
     """(scored output, quarantine output) of a batch."""
     return out_dir / f"{batch_id}.scored.parquet", out_dir / f"{batch_id}.quarantine.parquet"
+
+
+_POSITION = "__position"
 
 
 class _SeenIds:
@@ -98,6 +104,7 @@ def score_file(
     output, quarantine_path = output_paths(out_dir, batch_id)
     tmp = out_dir / f".{batch_id}.{os.getpid()}.pass1.tmp"
     p_values, has_reason, quarantined = [np.zeros(0)], [np.zeros(0, bool)], []
+    candidates, n_before = [], 0  # raw rows that may be flagged: p <= alpha or a reason
     ll_sum, seen = 0.0, _SeenIds()
     id_col = detector.preprocessor.features.id
     schema = output_schema(detector)
@@ -115,6 +122,13 @@ def score_file(
                 writer.write_table(pa.Table.from_pandas(scored, schema, preserve_index=False))
                 p_values.append(scored["p_value"].to_numpy())
                 has_reason.append(scored["reason"].to_numpy() != "")
+                maybe = (p_values[-1] <= detector.calibrator.alpha) | has_reason[-1]
+                rows = chunk.iloc[scored.index[maybe]].reset_index(drop=True)
+                for col in ("log_likelihood", "p_value", "reason"):
+                    rows[col] = scored[col].to_numpy()[maybe]
+                rows[_POSITION] = n_before + np.flatnonzero(maybe)
+                candidates.append(rows)
+                n_before += len(scored)
                 ll_sum += float(scored["log_likelihood"].sum())
                 if len(result.quarantined):
                     quarantined.append(result.quarantined)
@@ -128,9 +142,12 @@ def score_file(
     flags = detector.flag(p, np.concatenate(has_reason))
     _write_flags(tmp, output, flags)
     quarantine_output = None
-    if quarantined:
-        frame = pd.concat(quarantined, ignore_index=True).astype(str)
-        quarantine_output = write_parquet_atomic(frame, quarantine_path)
+    quarantine_frame = pd.concat(quarantined, ignore_index=True) if quarantined else None
+    if quarantine_frame is not None:
+        quarantine_output = write_parquet_atomic(quarantine_frame.astype(str), quarantine_path)
+    flagged = pd.concat(candidates, ignore_index=True) if candidates else pd.DataFrame()
+    if len(flagged):
+        flagged = flagged.loc[flags[flagged[_POSITION].to_numpy()]].drop(columns=_POSITION)
     n_flagged, n_scored = int(flags.sum()), len(p)
     shift = detector.calibrator.shift_alarm(n_flagged, n_scored)
     n_quarantined = sum(len(q) for q in quarantined)
@@ -150,6 +167,8 @@ def score_file(
         shift_p_value=shift.p_value,
         shift_alarm=shift.alarm,
         mean_log_likelihood=ll_sum / n_scored if n_scored else None,
+        flagged=flagged.reset_index(drop=True),
+        quarantined=quarantine_frame,
     )
 
 

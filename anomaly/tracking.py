@@ -14,6 +14,7 @@ import json
 import os
 import sqlite3
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -24,16 +25,21 @@ import mlflow
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 from mlflow.tracking import MlflowClient
 from mlflow.tracking._model_registry import utils as registry_utils
 from mlflow.tracking._tracking_service import utils as tracking_utils
+from mlflow.utils.time import get_current_time_millis as now_ms
 
 from anomaly.config import Config
+from anomaly.scoring import BatchSummary
 from anomaly.training import TrainResult
 
 SCHEMA_READY = ".schema-ready"
+#: MLflow's fluent API keeps its URI in process globals: one user at a time
+_FLUENT = threading.RLock()
 
 
 def tracking_uri(config: Config) -> str:
@@ -70,6 +76,11 @@ def active(config: Config) -> Iterator[str]:
     ``mlflow.set_tracking_uri`` also exports ``MLFLOW_TRACKING_URI`` to the environment; left
     set, it would silently redirect every later config in this process and its children.
     """
+    with _FLUENT:
+        yield from _activated(config)
+
+
+def _activated(config: Config) -> Iterator[str]:
     uri = tracking_uri(config)
     saved_env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     saved = tracking_utils._tracking_uri, registry_utils._registry_uri
@@ -159,7 +170,8 @@ def log_training(
     """Log a training run and its pyfunc model; returns (run id, logged model id)."""
     from anomaly.pyfunc import log_detector
 
-    with active(config), mlflow.start_run(experiment_id=experiment_id(config)) as run:
+    tags = {"stage": "training"}
+    with active(config), mlflow.start_run(experiment_id=experiment_id(config), tags=tags) as run:
         config_json = config.model_dump(mode="json")
         mlflow.log_params(flat_params(config_json))
         mlflow.log_dict(config_json, "config.json")
@@ -172,3 +184,31 @@ def log_training(
             mlflow.log_artifact(str(score_histogram(result, Path(tmp) / "scores.png")), "plots")
         model_info = log_detector(result.detector, data)
         return run.info.run_id, model_info.model_id
+
+
+def log_batch(config: Config, summary: BatchSummary) -> str:
+    """Log a scored batch's numbers as an MLflow run (tagged ``stage=scoring``); its run id."""
+    metrics = {
+        "rows_in": summary.rows_in,
+        "rows_scored": summary.rows_scored,
+        "rows_quarantined": summary.rows_quarantined,
+        "rows_flagged": summary.rows_flagged,
+        "flag_rate": summary.flag_rate,
+        "shift_p_value": summary.shift_p_value,
+        "shift_alarm": float(summary.shift_alarm),
+    }
+    if summary.mean_log_likelihood is not None:
+        metrics["mean_log_likelihood"] = summary.mean_log_likelihood
+    tags = {
+        "stage": "scoring",
+        "batch_id": summary.batch_id,
+        "status": summary.status,
+        "model_version": summary.model_version,
+    }
+    c = client(config)  # the client API, not the fluent one: safe from many threads
+    run = c.create_run(experiment_id(config), tags=tags, run_name=f"score {summary.batch_id}")
+    c.log_batch(
+        run.info.run_id, metrics=[Metric(k, float(v), now_ms(), 0) for k, v in metrics.items()]
+    )
+    c.set_terminated(run.info.run_id)
+    return run.info.run_id

@@ -43,8 +43,11 @@ def split_rows(n: int, calibration: float, test: float, seed: int) -> list[np.nd
     return [order[n_cal + n_test :], order[:n_cal], order[n_cal : n_cal + n_test]]
 
 
-def train(config: Config, data: pd.DataFrame | None = None) -> TrainResult:
-    """Fit a detector on normal rows (``data`` or the config's ``data.train``)."""
+def train(
+    config: Config, data: pd.DataFrame | None = None, labelled: pd.DataFrame | None = None
+) -> TrainResult:
+    """Fit a detector on normal rows (``data`` or the config's ``data.train``) and evaluate
+    it on ``labelled`` rows (default: the config's ``data.evaluation``, if any)."""
     df = read_table(config.data.train) if data is None else data
     train_idx, cal_idx, test_idx = split_rows(
         len(df), config.split.calibration, config.split.test, config.model.seed
@@ -86,8 +89,10 @@ def train(config: Config, data: pd.DataFrame | None = None) -> TrainResult:
         p = calibrator.p_values(-test_ll)
         metrics["heldout_log_likelihood"] = float(test_ll.mean())
         metrics["heldout_fpr"] = float(calibrator.flag(p).mean())
-    if config.data.evaluation:
-        metrics.update(evaluate(detector, read_table(config.data.evaluation)))
+    if labelled is None and config.data.evaluation:
+        labelled = read_table(config.data.evaluation)
+    if labelled is not None:
+        metrics.update(evaluate(detector, labelled))
     return TrainResult(detector, metrics, test_ll)
 
 

@@ -170,7 +170,7 @@ def test_score_uses_the_champion_and_errors_without_one(trained, tmp_path):
 
 def _cli(*args: str, env: dict[str, str]) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "anomaly.cli", *args],
+        [sys.executable, "-m", "flows.cli", *args],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -179,9 +179,16 @@ def _cli(*args: str, env: dict[str, str]) -> subprocess.Popen:
 
 
 @pytest.mark.slow
-def test_two_concurrent_training_processes_both_land(tmp_path):
+def test_two_concurrent_training_processes_both_land(tmp_path, prefect_server):
+    from prefect.settings import PREFECT_API_URL
+
     path = write_config(tmp_path)
-    env = {**os.environ, "ANOMALY_HOME": str(tmp_path / "home")}
+    # both processes report to the session's Prefect server (no ephemeral server each)
+    env = {
+        **os.environ,
+        "ANOMALY_HOME": str(tmp_path / "home"),
+        "PREFECT_API_URL": str(PREFECT_API_URL.value()),
+    }
     procs = [_cli("train", "--config", str(path), env=env) for _ in range(2)]
     for p in procs:
         _, err = p.communicate(timeout=300)
@@ -211,7 +218,9 @@ def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
                 return
         except OSError:
             time.sleep(0.5)
-    pytest.fail(f"{url} not up after {timeout} s")
+    proc.terminate()
+    _, err = proc.communicate(timeout=30)
+    pytest.fail(f"{url} not up after {timeout} s; server said:\n{(err or '')[-3000:]}")
 
 
 def _stop(proc: subprocess.Popen) -> None:

@@ -1,4 +1,4 @@
-"""The ``anomaly`` command line."""
+"""The ``anomaly`` command line: runs the Prefect flows (ephemeral Prefect without a server)."""
 
 from __future__ import annotations
 
@@ -8,17 +8,18 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from anomaly import registry
 from anomaly.config import Config, ConfigError, anomaly_home, load_config
-from anomaly.io import DataError, write_parquet_atomic
+from anomaly.io import expand, write_parquet_atomic
 from anomaly.models import KINDS
-from anomaly.registry import RegistryError
-from anomaly.scoring import BatchSummary
+from anomaly.pipeline import pending_batches
+from flows.tasks import USER_ERRORS
 
 app = typer.Typer(
     help="Generative anomaly detection: learn p(x) of normal records, flag the improbable.",
@@ -42,20 +43,48 @@ def _fail(message: str) -> typer.Exit:
 
 def _config(path: Path) -> Config:
     try:
-        return load_config(path)
+        config = load_config(path)
     except ConfigError as exc:
         raise _fail(str(exc)) from exc
+    _prefect_defaults(config.home)
+    return config
+
+
+def _prefect_defaults(home: Path) -> None:
+    """Prefect settings for a machine with no server: state under ANOMALY_HOME, no telemetry,
+    a start-up timeout long enough for a fresh database (STACK.md). Set before Prefect is
+    imported; variables already set win."""
+    (home / "prefect").mkdir(parents=True, exist_ok=True)  # Prefect creates only the leaf
+    defaults = {
+        "PREFECT_HOME": str(home / "prefect"),
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "DO_NOT_TRACK": "true",
+    }
+    for key, value in defaults.items():
+        os.environ.setdefault(key, value)
 
 
 @app.callback()
 def main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
     """Generative anomaly detection for tabular data."""
-    for var in ("MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK"):  # offline-friendly defaults
-        os.environ.setdefault(var, "true")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     level = logging.INFO if verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(message)s")
     logging.getLogger("mlflow").setLevel(level)  # MLflow logs INFO chatter by default
+
+
+def _check(call: Any, *args: Any) -> None:
+    """Catch a user's mistake before a flow starts (a flow would log its traceback)."""
+    _run(call, *args)
+
+
+def _run(call: Any, *args: Any, **kwargs: Any) -> Any:
+    """Run a flow; user errors become one line and exit code 2."""
+    try:
+        return call(*args, **kwargs)
+    except USER_ERRORS as exc:
+        raise _fail(str(exc)) from exc
 
 
 @app.command()
@@ -66,17 +95,16 @@ def demo(
     kind: Annotated[str | None, typer.Option(help=f"Model kind: {', '.join(KINDS)}.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the generated data.")] = 0,
 ) -> None:
-    """Generate demo transactions, train, score the demo batches, report precision/recall."""
-    from anomaly.demo import run_demo
-
+    """Generate demo transactions, then train → promote → score through the flows."""
     home = (home or anomaly_home()).resolve()
+    _prefect_defaults(home)
+    from flows.demo import demo_flow, demo_report
+
     start = time.perf_counter()
-    console.print(f"demo: writing data, training and scoring under [bold]{home}[/]")
-    try:
-        report = run_demo(home, kind=kind, seed=seed)
-    except (ValueError, RegistryError) as exc:
-        raise _fail(str(exc)) from exc
-    _print_batches(report.batches)
+    console.print(f"demo: writing data, training, promoting and scoring under [bold]{home}[/]")
+    result = _run(demo_flow, str(home), kind=kind, seed=seed)
+    report = _run(demo_report, result, home)
+    _print_batches(result["batches"])
     cols = ["transaction_id", "log_likelihood", "p_value", "reason", "true_anomaly", "kind"]
     table = Table(title=f"Most improbable of {len(report.flagged)} flagged records")
     for c in cols:
@@ -84,43 +112,60 @@ def demo(
     for _, row in report.flagged.head(10).iterrows():
         table.add_row(*[_fmt(row[c]) for c in cols])
     out.print(table)
-    m = report.trained.result.metrics
+    m = result["train"]["metrics"]
     out.print(
-        f"model [bold]{report.config.name}[/] v{report.trained.version} "
-        f"({report.trained.result.detector.metadata['kind']}): held-out log-likelihood "
-        f"{m['heldout_log_likelihood']:.3f} nats/record, held-out FPR {m['heldout_fpr']:.4f} "
-        f"at alpha {report.config.calibration.alpha}"
+        f"model v{result['train']['version']}: held-out log-likelihood "
+        f"{m['heldout_log_likelihood']:.3f} nats/record, held-out FPR {m['heldout_fpr']:.4f}; "
+        f"promotion: {result['promote']['decision']}"
     )
     out.print(
         f"precision [bold]{report.precision:.3f}[/], recall [bold]{report.recall:.3f}[/] "
         "against the planted labels; recall by kind: "
         + ", ".join(f"{k} {v:.2f}" for k, v in report.recall_by_kind.items())
     )
-    out.print(f"scored batches: {home / 'scored' / report.config.name}")
-    out.print(
-        f"champion: models:/{report.config.name}@champion in MLflow at {home / 'mlflow'} "
-        f"(mlflow ui --backend-store-uri sqlite:///{home / 'mlflow' / 'mlflow.db'})"
-    )
+    out.print(f"config: {result['config']}")
+    out.print(f"scored batches: {home / 'scored'}; review store: {home / 'review.db'}")
+    out.print(f"MLflow: mlflow ui --backend-store-uri sqlite:///{home / 'mlflow' / 'mlflow.db'}")
     out.print(f"done in {time.perf_counter() - start:.1f} s")
 
 
 @app.command()
 def train(config: ConfigOption) -> None:
-    """Train a detector on the config's normal data and store it as a new version."""
-    from anomaly.pipeline import train_and_store
+    """Train a detector and register it as challenger (the first one becomes champion)."""
+    from flows.train import train_flow
 
     cfg = _config(config)
-    try:
-        trained = train_and_store(cfg)
-    except (DataError, ValueError, FileNotFoundError) as exc:
-        raise _fail(str(exc)) from exc
-    title = f"{cfg.name} v{trained.version} ({cfg.model.kind}), MLflow run {trained.run_id}"
+    _check(expand, cfg.data.train)
+    result = _run(train_flow, str(config))
+    title = f"{cfg.name} v{result['version']} ({cfg.model.kind}), MLflow run {result['run_id']}"
     table = Table(title=title)
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for key, value in trained.result.metrics.items():
+    for key, value in result["metrics"].items():
         table.add_row(key, f"{value:.6g}")
     out.print(table)
+
+
+@app.command()
+def promote(
+    config: ConfigOption,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Decide, move nothing.")] = False,
+) -> None:
+    """Run the promotion gate: challenger vs champion on the same labelled data."""
+    from flows.promote import promote_flow
+
+    cfg = _config(config)
+    _check(registry.resolve_version, cfg, registry.CHALLENGER)
+    result = _run(promote_flow, str(config), dry_run=dry_run)
+    table = Table(title=f"challenger v{result['challenger']} vs champion")
+    for col in ("metric", "challenger", "champion"):
+        table.add_column(col)
+    challenger, champion = result["challenger_metrics"], result["champion_metrics"]
+    for key in sorted(set(challenger) | set(champion)):
+        table.add_row(key, _fmt(challenger.get(key, "")), _fmt(champion.get(key, "")))
+    out.print(table)
+    verdict = "promoted" if result["promoted"] else "not promoted"
+    out.print(f"{verdict}{' (dry run)' if dry_run else ''}: {result['decision']}")
 
 
 @app.command()
@@ -133,23 +178,23 @@ def score(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per batch.")] = False,
     model_version: VersionOption = None,
 ) -> None:
-    """Score batch files; write scored Parquet and quarantined rows under ANOMALY_HOME."""
-    from anomaly.pipeline import pending_batches, score_batches
+    """Score batch files with the champion; store flagged and quarantined rows."""
+    from flows.score import score_flow
 
     cfg = _config(config)
-    try:
-        batches = batch or pending_batches(cfg)
-        summaries = score_batches(cfg, batches, model_version)
-    except (FileNotFoundError, ValueError, RegistryError) as exc:
-        raise _fail(str(exc)) from exc
+    _check(registry.resolve_version, cfg, model_version or registry.CHAMPION)
+    if not batch:
+        _check(pending_batches, cfg)
+    batches = [str(b) for b in batch] if batch else None
+    summaries = _run(score_flow, str(config), batches=batches, model_version=model_version)
     if as_json:
         for s in summaries:
-            out.print_json(json.dumps(s.to_dict()), indent=None)
+            out.print_json(json.dumps(s), indent=None)
     elif summaries:
         _print_batches(summaries)
     else:
         console.print("no new batches")
-    if any(s.status == "rejected" for s in summaries):
+    if any(s["status"] == "rejected" for s in summaries):
         raise typer.Exit(code=1)
 
 
@@ -163,14 +208,11 @@ def sample(
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
     model_version: VersionOption = None,
 ) -> None:
-    """Draw synthetic normal records from the trained model."""
+    """Draw synthetic normal records from the champion (or a version)."""
     from anomaly.pipeline import sample as draw
 
     cfg = _config(config)
-    try:
-        frame = draw(cfg, n, seed=seed, version=model_version)
-    except RegistryError as exc:
-        raise _fail(str(exc)) from exc
+    frame = _run(draw, cfg, n, seed=seed, version=model_version)
     if output.suffix.lower() == ".csv":
         frame.to_csv(output, index=False)
     else:
@@ -184,10 +226,7 @@ def history(config: ConfigOption) -> None:
     from anomaly.registry import history as events
 
     cfg = _config(config)
-    try:
-        rows = events(cfg)
-    except RegistryError as exc:
-        raise _fail(str(exc)) from exc
+    rows = _run(events, cfg)
     table = Table(title=f"Alias history of {cfg.name}")
     for col in ("at", "alias", "version", "replaced", "by", "reason"):
         table.add_column(col)
@@ -205,33 +244,40 @@ def rollback(
     from anomaly.registry import rollback as roll_back
 
     cfg = _config(config)
-    try:
-        events = roll_back(cfg, reason)
-    except RegistryError as exc:
-        raise _fail(str(exc)) from exc
-    for e in events:
+    for e in _run(roll_back, cfg, reason):
         out.print(f"{e.alias} → v{e.version} (was v{e.replaced})")
 
 
-def _print_batches(summaries: list[BatchSummary]) -> None:
+@app.command()
+def serve(config: ConfigOption) -> None:
+    """Serve the flows as deployments with the config's schedules (Ctrl-C stops)."""
+    from prefect import serve as prefect_serve
+
+    from flows.deployments import deployments
+
+    _config(config)
+    prefect_serve(*_run(deployments, config))
+
+
+def _print_batches(summaries: list[dict[str, Any]]) -> None:
     table = Table(title="Batches")
-    width = max(len(s.batch_id) for s in summaries)
+    width = max(len(s["batch_id"]) for s in summaries)
     table.add_column("batch", no_wrap=True, min_width=width)
     for header in ("status", "in", "scored", "quarantined", "flagged", "flag rate", "shift"):
         table.add_column(header)
     for s in summaries:
         table.add_row(
-            s.batch_id,
-            s.status,
-            str(s.rows_in),
-            str(s.rows_scored),
-            str(s.rows_quarantined),
-            str(s.rows_flagged),
-            f"{s.flag_rate:.4f}",
-            "[red]alarm[/]" if s.shift_alarm else "no",
+            s["batch_id"],
+            s["status"],
+            str(s["rows_in"]),
+            str(s["rows_scored"]),
+            str(s["rows_quarantined"]),
+            str(s["rows_flagged"]),
+            f"{s['flag_rate']:.4f}",
+            "[red]alarm[/]" if s["shift_alarm"] else "no",
         )
-        if s.error:
-            table.add_row(s.batch_id, f"[red]{s.error}[/]")
+        if s["error"]:
+            table.add_row(s["batch_id"], f"[red]{s['error']}[/]")
     out.print(table)
 
 

@@ -1,0 +1,63 @@
+"""Deployments of the flows, with the config's cron schedules, served by ``anomaly serve``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow
+from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+from prefect.client.schemas.schedules import CronSchedule
+from prefect.deployments.runner import RunnerDeployment
+
+from anomaly.config import load_config
+from flows.promote import promote_flow
+from flows.score import score_flow
+from flows.train import train_flow
+
+#: one run at a time; a run due while another is running is cancelled, so missed or slow
+#: scoring runs coalesce into the next one instead of piling up
+ONE_AT_A_TIME = ConcurrencyLimitConfig(
+    limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW
+)
+
+
+@flow(name="retrain")
+def retrain_flow(config_path: str) -> dict[str, object]:
+    """Train a challenger, then run the promotion gate on it."""
+    trained = train_flow(config_path)
+    return {"train": trained, "promote": promote_flow(config_path)}
+
+
+def deployments(config_path: str | Path) -> list[RunnerDeployment]:
+    """The deployments ``serve`` runs: scheduled scoring, scheduled retraining, and
+    on-demand train/promote/score."""
+    path = str(Path(config_path).resolve())
+    config = load_config(path)
+    tz = config.schedule.timezone
+    params = {"config_path": path}
+
+    def cron(expression: str | None) -> list[CronSchedule] | None:
+        return [CronSchedule(cron=expression, timezone=tz)] if expression else None
+
+    return [
+        score_flow.to_deployment(
+            name=f"{config.name}-score",
+            schedules=cron(config.schedule.score),
+            parameters=params,
+            concurrency_limit=ONE_AT_A_TIME,
+            description="score new inbox batches with the champion",
+        ),
+        retrain_flow.to_deployment(
+            name=f"{config.name}-retrain",
+            schedules=cron(config.schedule.train),
+            parameters=params,
+            concurrency_limit=ONE_AT_A_TIME,
+            description="train a challenger, then run the promotion gate",
+        ),
+        train_flow.to_deployment(
+            name=f"{config.name}-train", parameters=params, concurrency_limit=ONE_AT_A_TIME
+        ),
+        promote_flow.to_deployment(
+            name=f"{config.name}-promote", parameters=params, concurrency_limit=ONE_AT_A_TIME
+        ),
+    ]

@@ -1,0 +1,75 @@
+"""The ``score`` flow: new inbox batches → champion scores → outputs + review store → done."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task, unmapped
+from prefect.artifacts import create_table_artifact
+from sqlalchemy import Engine
+
+from anomaly import registry
+from anomaly.config import Config
+from anomaly.detector import Detector
+from anomaly.pipeline import pending_batches, process_batch, store_engine
+from flows.tasks import IO, read_config
+
+
+@task(name="find new batches", **IO)
+def find_batches(config: Config) -> list[Path]:
+    """Complete batch files waiting in the inbox."""
+    return pending_batches(config)
+
+
+@task(name="load model", **IO)
+def load_model(config: Config, version: str | None) -> tuple[Detector, str]:
+    """The champion's detector (or the given version's)."""
+    return registry.load_detector(config, version)
+
+
+@task(name="score batch", **IO)
+def score_batch(
+    path: Path, config: Config, detector: Detector, version: str, engine: Engine
+) -> dict[str, object]:
+    """Score, store (one transaction), log to MLflow and mark one batch done."""
+    summary = process_batch(config, detector, version, path, engine)
+    get_run_logger().info(
+        "%s: %s, %d rows, %d flagged, %d quarantined%s",
+        summary.batch_id,
+        summary.status,
+        summary.rows_in,
+        summary.rows_flagged,
+        summary.rows_quarantined,
+        ", SHIFT ALARM" if summary.shift_alarm else "",
+    )
+    return summary.to_dict()
+
+
+@flow(name="score")
+def score_flow(
+    config_path: str, batches: list[str] | None = None, model_version: str | None = None
+) -> list[dict[str, object]]:
+    """Score the given batch files, or every new file in the inbox, with the champion."""
+    config = read_config(config_path)
+    paths = [Path(b) for b in batches] if batches else find_batches(config)
+    if not paths:
+        get_run_logger().info("no new batches in %s", config.data.inbox)
+        create_table_artifact(key="score-summary", table=[], description="no new batches")
+        return []
+    detector, version = load_model(config, model_version)
+    futures = score_batch.map(
+        paths,
+        config=unmapped(config),
+        detector=unmapped(detector),
+        version=unmapped(version),
+        engine=unmapped(store_engine(config)),
+    )
+    summaries = [f.result() for f in futures]
+    columns = ["batch_id", "status", "rows_in", "rows_scored", "rows_quarantined",
+               "rows_flagged", "flag_rate", "shift_alarm", "model_version", "error"]  # fmt: skip
+    create_table_artifact(
+        key="score-summary",
+        table=[{c: s[c] for c in columns} for s in summaries],
+        description=f"{len(summaries)} batch(es) scored with {config.name} v{version}",
+    )
+    return summaries

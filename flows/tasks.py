@@ -1,0 +1,46 @@
+"""Tasks shared by the flows. Each is a small library call; those touching I/O retry."""
+
+from __future__ import annotations
+
+import pandas as pd
+from prefect import Task, task
+from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.objects import TaskRun
+from prefect.states import State
+
+from anomaly.config import Config, ConfigError, load_config
+from anomaly.io import DataError
+from anomaly.pipeline import store_engine
+from anomaly.registry import RegistryError
+from anomaly.store import current_labels
+
+#: errors a retry cannot fix
+USER_ERRORS = (ConfigError, DataError, RegistryError, FileNotFoundError, ValueError)
+
+
+def _transient(task: Task, task_run: TaskRun, state: State) -> bool:
+    """Retry unless the failure is the user's to fix (missing file, bad data, no model)."""
+    return not isinstance(state.result(raise_on_failure=False), USER_ERRORS)
+
+
+#: I/O tasks retry twice on transient errors, two seconds apart; nothing is cached (the
+#: inputs are large objects)
+IO = {
+    "retries": 2,
+    "retry_delay_seconds": 2,
+    "retry_condition_fn": _transient,
+    "cache_policy": NO_CACHE,
+}
+
+
+@task(name="load config", **IO)
+def read_config(config_path: str) -> Config:
+    """The validated config."""
+    return load_config(config_path)
+
+
+@task(name="read reviews", **IO)
+def read_reviews(config: Config) -> pd.DataFrame | None:
+    """Latest label of every reviewed record in the store (None when there are none)."""
+    reviewed = current_labels(store_engine(config))
+    return reviewed if len(reviewed) else None
