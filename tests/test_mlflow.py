@@ -33,12 +33,17 @@ FEATURES = {
 }
 
 
+def batch_frame() -> pd.DataFrame:
+    """The batch of these tests: 500 rows with planted anomalies."""
+    batch, _ = plant_anomalies(generate_normal(500, seed=5), rate=0.04, seed=5)
+    return batch
+
+
 def write_config(folder: Path, **extra: object) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     generate_normal(3000, seed=0).to_parquet(folder / "train.parquet")
     (folder / "inbox").mkdir(exist_ok=True)
-    batch, _ = plant_anomalies(generate_normal(500, seed=5), rate=0.04, seed=5)
-    batch.to_parquet(folder / "inbox" / "b1.parquet")
+    batch_frame().to_parquet(folder / "inbox" / "b1.parquet")
     config = {
         "name": "tx-test",
         "features": FEATURES,
@@ -126,7 +131,7 @@ def test_pyfunc_loads_without_pickle_and_matches_library(trained, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri(config))
     champion = registry.alias_version(config, "champion")
     model = mlflow.pyfunc.load_model(f"models:/{config.name}@champion")
-    batch = pd.read_parquet(Path(config.data.inbox) / "b1.parquet")
+    batch = batch_frame()
     batch["amount"] = batch["amount"].astype(object)
     batch.loc[7, "amount"] = "N/A"  # quarantined, not a failed request
     got = model.predict(batch)
@@ -292,7 +297,7 @@ def test_mlflow_models_serve_answers_invocations(trained, tmp_path):
     )  # fmt: skip
     try:
         _wait_http(f"http://127.0.0.1:{port}/ping", server)
-        batch = pd.read_parquet(Path(config.data.inbox) / "b1.parquet").head(20)
+        batch = batch_frame().head(20)
         batch["timestamp"] = batch["timestamp"].astype(str)
         body = json.dumps(
             {"dataframe_split": json.loads(batch.to_json(orient="split", index=False))}
