@@ -103,6 +103,9 @@ class Calibration(_Strict):
 
 class Scoring(_Strict):
     chunk_rows: int = Field(100_000, gt=0)
+    dask_address: str | None = Field(
+        None, description="Dask scheduler (tcp://host:8786): batches run on its workers"
+    )
 
 
 class Tracking(_Strict):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,8 +99,13 @@ def mark_done(config: Config, path: Path, summary: BatchSummary) -> Path | None:
 
 
 def store_engine(config: Config) -> Engine:
-    """The review store of ``config``."""
-    return connect(config.store.url or default_url(config.home))
+    """The review store of ``config`` (one engine per URL and process)."""
+    return _engine(config.store.url or default_url(config.home))
+
+
+@functools.cache
+def _engine(url: str) -> Engine:
+    return connect(url)
 
 
 def process_batch(

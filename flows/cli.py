@@ -179,14 +179,14 @@ def score(
     model_version: VersionOption = None,
 ) -> None:
     """Score batch files with the champion; store flagged and quarantined rows."""
-    from flows.score import score_flow
+    from flows.score import score_flow_for
 
     cfg = _config(config)
     _check(registry.resolve_version, cfg, model_version or registry.CHAMPION)
     if not batch:
         _check(pending_batches, cfg)
     batches = [str(b) for b in batch] if batch else None
-    summaries = _run(score_flow, str(config), batches=batches, model_version=model_version)
+    summaries = _run(score_flow_for(cfg), str(config), batches=batches, model_version=model_version)
     if as_json:
         for s in summaries:
             out.print_json(json.dumps(s), indent=None)

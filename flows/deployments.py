@@ -11,7 +11,7 @@ from prefect.deployments.runner import RunnerDeployment
 
 from anomaly.config import load_config
 from flows.promote import promote_flow
-from flows.score import score_flow
+from flows.score import score_flow_for
 from flows.train import train_flow
 
 #: one run at a time; a run due while another is running is cancelled, so missed or slow
@@ -40,7 +40,7 @@ def deployments(config_path: str | Path) -> list[RunnerDeployment]:
         return [CronSchedule(cron=expression, timezone=tz)] if expression else None
 
     return [
-        score_flow.to_deployment(
+        score_flow_for(config).to_deployment(
             name=f"{config.name}-score",
             schedules=cron(config.schedule.score),
             parameters=params,

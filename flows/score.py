@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prefect import flow, get_run_logger, task, unmapped
+from prefect import Flow, flow, get_run_logger, task, unmapped
 from prefect.artifacts import create_table_artifact
-from sqlalchemy import Engine
 
 from anomaly import registry
 from anomaly.config import Config
@@ -28,11 +27,9 @@ def load_model(config: Config, version: str | None) -> tuple[Detector, str]:
 
 
 @task(name="score batch", **IO)
-def score_batch(
-    path: Path, config: Config, detector: Detector, version: str, engine: Engine
-) -> dict[str, object]:
+def score_batch(path: Path, config: Config, detector: Detector, version: str) -> dict[str, object]:
     """Score, store (one transaction), log to MLflow and mark one batch done."""
-    summary = process_batch(config, detector, version, path, engine)
+    summary = process_batch(config, detector, version, path, store_engine(config))
     get_run_logger().info(
         "%s: %s, %d rows, %d flagged, %d quarantined%s",
         summary.batch_id,
@@ -62,7 +59,6 @@ def score_flow(
         config=unmapped(config),
         detector=unmapped(detector),
         version=unmapped(version),
-        engine=unmapped(store_engine(config)),
     )
     summaries = [f.result() for f in futures]
     columns = ["batch_id", "status", "rows_in", "rows_scored", "rows_quarantined",
@@ -73,3 +69,13 @@ def score_flow(
         description=f"{len(summaries)} batch(es) scored with {config.name} v{version}",
     )
     return summaries
+
+
+def score_flow_for(config: Config) -> Flow:
+    """The score flow with the config's task runner: threads, or the Dask cluster at
+    ``scoring.dask_address`` (needs the ``dask`` extra), where each batch runs on a worker."""
+    if not config.scoring.dask_address:
+        return score_flow
+    from prefect_dask import DaskTaskRunner
+
+    return score_flow.with_options(task_runner=DaskTaskRunner(address=config.scoring.dask_address))
