@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from mlflow.tracking import MlflowClient
 from prefect.client.orchestration import get_client
 
 from anomaly import registry
@@ -14,6 +15,7 @@ from anomaly.config import load_config
 from anomaly.demo_data import generate_normal, plant_anomalies
 from anomaly.pipeline import store_engine
 from anomaly.store import add_review, batch_counts, current_labels
+from anomaly.tracking import tracking_uri
 from flows.deployments import deployments
 from flows.promote import promote_flow
 from flows.score import score_flow
@@ -104,6 +106,16 @@ def test_train_promote_score_end_to_end(tmp_path, home):
         assert (inbox / "processed" / s["batch_id"]).is_file()
     assert (inbox / "batch_3.parquet.tmp").exists()
     assert "batch_1.parquet" in artifact("score-summary")
+    # each batch's numbers are an MLflow run of the experiment
+    c = MlflowClient(tracking_uri(config))
+    runs = c.search_runs(
+        [c.get_experiment_by_name(config.name).experiment_id], "tags.stage = 'scoring'"
+    )
+    logged = {r.data.tags["batch_id"]: r.data.metrics for r in runs}
+    assert logged.keys() == {s["batch_id"] for s in summaries}
+    for s in summaries:
+        assert logged[s["batch_id"]]["rows_flagged"] == s["rows_flagged"]
+        assert logged[s["batch_id"]]["flag_rate"] == pytest.approx(s["flag_rate"])
     # idempotent: nothing new to do, and the store is unchanged
     assert score_flow(str(path)) == []
     assert batch_counts(engine, "batch_1.parquet")[0] == summaries[0]["rows_flagged"]

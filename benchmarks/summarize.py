@@ -1,0 +1,132 @@
+"""Markdown summary of the detection-quality CSV written by ``benchmarks/quality.py``.
+
+    python benchmarks/summarize.py [benchmarks/results/quality.csv ...] [--detectors a,b]
+                                   [--datasets x,y]
+
+Table (BENCHMARK.md, section 1): rows = datasets, columns = detectors, cell = mean AUROC over the
+seeds (``fail`` when any seed of that detector failed on that dataset, ``—`` when not run). Bottom
+rows = mean AUROC, mean AUPRC, mean rank (per dataset, by mean AUROC, 1 = best, ties share the
+average rank), datasets won (ties count for every tied detector), median realised FPR at the 1 %
+target (over dataset × seed runs) and failures (failed dataset × seed runs, over all datasets).
+The aggregate rows use only the datasets on which every shown detector succeeded on every seed
+run for that dataset; the others are listed under the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _short(detector: str) -> str:
+    return detector.removeprefix("anomaly-")
+
+
+def summarize(df: pd.DataFrame) -> str:
+    detectors = list(dict.fromkeys(df["detector"]))
+    datasets = list(dict.fromkeys(df["dataset"]))
+    ok = df[df["status"] == "ok"]
+    auroc = ok.pivot_table(index="dataset", columns="detector", values="auroc", aggfunc="mean")
+    auprc = ok.pivot_table(index="dataset", columns="detector", values="auprc", aggfunc="mean")
+    auroc = auroc.reindex(index=datasets, columns=detectors)
+    auprc = auprc.reindex(index=datasets, columns=detectors)
+
+    # a dataset is complete when every detector has an ok row for every seed run on it
+    seeds_per_dataset = df.groupby("dataset")["seed"].nunique()
+    ok_counts = ok.groupby(["dataset", "detector"])["seed"].nunique().unstack()
+    ok_counts = ok_counts.reindex(index=datasets, columns=detectors).fillna(0)
+    failed = df[df["status"] != "ok"]
+    failed_cells = set(zip(failed["dataset"], failed["detector"], strict=True))
+    complete = [
+        d for d in datasets if (ok_counts.loc[d] == seeds_per_dataset[d]).all() and d in auroc.index
+    ]
+    left_out = [d for d in datasets if d not in complete]
+
+    header = "| dataset | " + " | ".join(_short(d) for d in detectors) + " |"
+    lines = [header, "|---|" + "---:|" * len(detectors)]
+    for ds in datasets:
+        cells = []
+        for det in detectors:
+            if (ds, det) in failed_cells:
+                cells.append("fail")
+            elif pd.isna(auroc.loc[ds, det]):
+                cells.append("—")
+            else:
+                value = f"{auroc.loc[ds, det]:.3f}"
+                best = auroc.loc[ds].max()
+                cells.append(f"**{value}**" if auroc.loc[ds, det] == best else value)
+        n_seeds = seeds_per_dataset[ds]
+        lines.append(f"| {ds} (n={n_seeds}) | " + " | ".join(cells) + " |")
+
+    def row(label: str, values: pd.Series, fmt: str) -> str:
+        return f"| **{label}** | " + " | ".join(format(values[d], fmt) for d in detectors) + " |"
+
+    sub_roc, sub_prc = auroc.loc[complete], auprc.loc[complete]
+    if complete:
+        ranks = sub_roc.rank(axis=1, ascending=False, method="average")
+        won = sub_roc.eq(sub_roc.max(axis=1), axis=0).sum()
+        in_complete = ok[ok["dataset"].isin(complete)]
+        fpr = in_complete.groupby("detector")["threshold_fpr"].median().reindex(detectors)
+        lines += [
+            row("mean AUROC", sub_roc.mean(), ".3f"),
+            row("mean AUPRC", sub_prc.mean(), ".3f"),
+            row("mean rank", ranks.mean(), ".2f"),
+            row("datasets won", won, "d"),
+            row("median FPR @1 %", fpr, ".3f"),
+        ]
+    n_failed = failed.groupby("detector").size().reindex(detectors).fillna(0).astype(int)
+    lines.append(row("failures", n_failed, "d"))
+
+    notes = [
+        "",
+        f"Aggregate rows over {len(complete)} dataset(s) where every detector has results: "
+        + (", ".join(complete) or "none")
+        + ".",
+    ]
+    if left_out:
+        notes.append("Left out of the aggregate rows (a detector failed or was not run): ")
+        for ds in left_out:
+            missing = [_short(d) for d in detectors if ok_counts.loc[ds, d] < seeds_per_dataset[ds]]
+            notes[-1] += f"{ds} ({', '.join(missing)}); "
+        notes[-1] = notes[-1].rstrip("; ") + "."
+    if not failed.empty:
+        notes.append("")
+        notes.append("Failures:")
+        for _, r in failed.iterrows():
+            notes.append(f"- {r['dataset']} seed {r['seed']} {r['detector']}: {r['error']}")
+    return "\n".join(lines + notes)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "csv", nargs="*", default=[str(REPO / "benchmarks" / "results" / "quality.csv")]
+    )
+    parser.add_argument("--detectors", default="", help="comma list of detectors to show")
+    parser.add_argument("--datasets", default="", help="comma list of name substrings")
+    args = parser.parse_args()
+    frames = []
+    for path in args.csv:
+        if not Path(path).is_file():
+            sys.exit(f"no results file {path}: run benchmarks/quality.py first")
+        frames.append(pd.read_csv(path, keep_default_na=False, na_values=[""]))
+    df = pd.concat(frames, ignore_index=True)
+    df = df.drop_duplicates(subset=["dataset", "seed", "detector"], keep="last")
+    if args.detectors:
+        wanted = [s.strip() for s in args.detectors.split(",") if s.strip()]
+        df = df[df["detector"].isin(wanted)]
+    if args.datasets:
+        subs = [s.strip().lower() for s in args.datasets.split(",") if s.strip()]
+        df = df[df["dataset"].str.lower().apply(lambda n: any(s in n for s in subs))]
+    if df.empty:
+        sys.exit("no rows to summarise")
+    print(summarize(df))
+
+
+if __name__ == "__main__":
+    main()
