@@ -14,8 +14,6 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from anomaly.models import KINDS
-
 
 class ConfigError(ValueError):
     """A config file that cannot be used; the message names the bad key and what was expected."""
@@ -75,6 +73,8 @@ class ModelSpec(_Strict):
     @field_validator("kind")
     @classmethod
     def _known_kind(cls, kind: str) -> str:
+        from anomaly.models import KINDS  # torch loads only when a config is validated
+
         if kind not in KINDS:
             msg = f"unknown model kind {kind!r}; expected one of {sorted(KINDS)}"
             raise ValueError(msg)

@@ -14,12 +14,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from anomaly import registry
-from anomaly.config import Config, ConfigError, anomaly_home, load_config
-from anomaly.io import expand, write_parquet_atomic
-from anomaly.models import KINDS
-from anomaly.pipeline import pending_batches
-from flows.tasks import USER_ERRORS
+from anomaly.config import Config, ConfigError, ModelSpec, anomaly_home, load_config
+
+# Everything heavier (torch, MLflow, Prefect) is imported inside the commands: `--help` stays
+# fast, and Prefect reads the settings `_prefect_defaults` puts in the environment.
 
 app = typer.Typer(
     help="Generative anomaly detection: learn p(x) of normal records, flag the improbable.",
@@ -81,6 +79,8 @@ def _check(call: Any, *args: Any) -> None:
 
 def _run(call: Any, *args: Any, **kwargs: Any) -> Any:
     """Run a flow; user errors become one line and exit code 2."""
+    from flows.tasks import USER_ERRORS
+
     try:
         return call(*args, **kwargs)
     except USER_ERRORS as exc:
@@ -92,12 +92,16 @@ def demo(
     home: Annotated[
         Path | None, typer.Option(help="State directory (default $ANOMALY_HOME).")
     ] = None,
-    kind: Annotated[str | None, typer.Option(help=f"Model kind: {', '.join(KINDS)}.")] = None,
+    kind: Annotated[
+        str | None, typer.Option(help="Model kind, e.g. knn, gmm, flow (default: knn).")
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the generated data.")] = 0,
 ) -> None:
     """Generate demo transactions, then train → promote → score through the flows."""
     home = (home or anomaly_home()).resolve()
     _prefect_defaults(home)
+    if kind is not None:
+        _check(lambda: ModelSpec(kind=kind))
     from flows.demo import demo_flow, demo_report
 
     start = time.perf_counter()
@@ -132,6 +136,7 @@ def demo(
 @app.command()
 def train(config: ConfigOption) -> None:
     """Train a detector and register it as challenger (the first one becomes champion)."""
+    from anomaly.io import expand
     from flows.train import train_flow
 
     cfg = _config(config)
@@ -152,6 +157,7 @@ def promote(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Decide, move nothing.")] = False,
 ) -> None:
     """Run the promotion gate: challenger vs champion on the same labelled data."""
+    from anomaly import registry
     from flows.promote import promote_flow
 
     cfg = _config(config)
@@ -179,6 +185,8 @@ def score(
     model_version: VersionOption = None,
 ) -> None:
     """Score batch files with the champion; store flagged and quarantined rows."""
+    from anomaly import registry
+    from anomaly.pipeline import pending_batches
     from flows.score import score_flow_for
 
     cfg = _config(config)
@@ -209,6 +217,7 @@ def sample(
     model_version: VersionOption = None,
 ) -> None:
     """Draw synthetic normal records from the champion (or a version)."""
+    from anomaly.io import write_parquet_atomic
     from anomaly.pipeline import sample as draw
 
     cfg = _config(config)
