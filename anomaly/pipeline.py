@@ -1,4 +1,5 @@
-"""The library-level pipeline steps the CLI (and later the flows) call: train, score, sample."""
+"""The library-level pipeline steps the flows call: train and register, score and store,
+mark done, sample."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from anomaly import registry
 from anomaly.config import Config
 from anomaly.detector import Detector
 from anomaly.io import SUFFIXES, read_table
+from anomaly.promotion import decide
 from anomaly.scoring import BatchSummary, score_file
 from anomaly.store import connect, default_url, write_batch
 from anomaly.tracking import log_batch, log_training
@@ -54,8 +56,8 @@ def register_result(config: Config, result: TrainResult, data: pd.DataFrame) -> 
     a model becomes ``champion`` directly (there is nothing to compare it with)."""
     run_id, model_id = log_training(config, result, data, source=config.data.train)
     version = registry.register(config, model_id, run_id)
-    if registry.alias_version(config, registry.CHAMPION) is None:
-        registry.promote(config, version, "first model: no champion to compare with")
+    if registry.alias_version(config, registry.CHAMPION) is None:  # the gate's first-model rule
+        registry.promote(config, version, decide(config, result.metrics, None).summary())
     return Trained(result, version, run_id)
 
 

@@ -141,16 +141,18 @@ def score_file(
     p = np.concatenate(p_values)
     flags = detector.flag(p, np.concatenate(has_reason))
     _write_flags(tmp, output, flags)
-    quarantine_output = None
     quarantine_frame = pd.concat(quarantined, ignore_index=True) if quarantined else None
-    if quarantine_frame is not None:
-        quarantine_output = write_parquet_atomic(quarantine_frame.astype(str), quarantine_path)
+    quarantine_output = (
+        None
+        if quarantine_frame is None
+        else write_parquet_atomic(quarantine_frame.astype(str), quarantine_path)
+    )
     flagged = pd.concat(candidates, ignore_index=True) if candidates else pd.DataFrame()
     if len(flagged):
         flagged = flagged.loc[flags[flagged[_POSITION].to_numpy()]].drop(columns=_POSITION)
     n_flagged, n_scored = int(flags.sum()), len(p)
     shift = detector.calibrator.shift_alarm(n_flagged, n_scored)
-    n_quarantined = sum(len(q) for q in quarantined)
+    n_quarantined = 0 if quarantine_frame is None else len(quarantine_frame)
     return BatchSummary(
         batch_id=batch_id,
         source=str(path),
