@@ -22,6 +22,7 @@ import pandas as pd
 from sklearn.exceptions import NotFittedError
 
 from anomaly.config import Features
+from anomaly.models.base import Block
 
 #: standardised values are clipped to ±CLIP so astronomically large inputs stay finite
 CLIP = 1e4
@@ -84,6 +85,17 @@ class Preprocessor:
         self._check_fitted()
         onehot = [f"{c}={v}" for c, cats in self.categories_.items() for v in cats]
         return [*self.features.numeric, *onehot]
+
+    @property
+    def layout_(self) -> list[Block]:
+        """Which model-matrix columns belong to which raw feature (numerics, then one-hots)."""
+        self._check_fitted()
+        blocks = [Block(col, j, j + 1) for j, col in enumerate(self.features.numeric)]
+        start = len(blocks)
+        for col, cats in self.categories_.items():
+            blocks.append(Block(col, start, start + len(cats), categorical=True))
+            start += len(cats)
+        return blocks
 
     # ------------------------------------------------------------------ transform
     def transform(self, df: pd.DataFrame) -> Prepared:

@@ -16,6 +16,7 @@ import inspect
 import json
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
@@ -26,6 +27,21 @@ from sklearn.exceptions import NotFittedError
 FORMAT_VERSION = 1
 #: log_prob never goes below this (a row astronomically far from the data stays finite).
 MIN_LOG_PROB = -1e12
+
+
+@dataclass(frozen=True)
+class Block:
+    """One raw feature's columns in the model matrix: a numeric column or a one-hot block."""
+
+    name: str
+    start: int
+    stop: int
+    categorical: bool = False
+
+
+def default_layout(n_columns: int) -> list[Block]:
+    """Every column its own numeric feature, named ``x0``, ``x1``, …"""
+    return [Block(f"x{j}", j, j + 1) for j in range(n_columns)]
 
 
 class DensityModel:
