@@ -34,6 +34,10 @@ class Features(_Strict):
     id: str = Field(description="column holding a unique record id")
     numeric: list[str] = Field(default_factory=list)
     categorical: list[str] = Field(default_factory=list)
+    context: list[str] = Field(
+        default_factory=list,
+        description="columns conditioned on, not judged: the model scores log p(x | context)",
+    )
     timestamp: str | None = None
     numeric_transform: Literal["auto", "none"] = Field(
         "auto", description="auto: signed log for heavy-tailed non-negative columns"
@@ -44,7 +48,7 @@ class Features(_Strict):
         if not self.numeric and not self.categorical:
             msg = "name at least one numeric or categorical column"
             raise ValueError(msg)
-        names = [self.id, *self.numeric, *self.categorical]
+        names = [self.id, *self.numeric, *self.categorical, *self.context]
         if self.timestamp:
             names.append(self.timestamp)
         duplicated = sorted({n for n in names if names.count(n) > 1})
@@ -147,6 +151,56 @@ class Store(_Strict):
     url: str | None = Field(None, description="SQLAlchemy URL; default SQLite under ANOMALY_HOME")
 
 
+_PASSWORD_HASH = r"^pbkdf2_sha256:\d+:[A-Za-z0-9_-]+:[0-9a-f]{64}$"
+_TOKEN_HASH = r"^sha256:[0-9a-f]{64}$"
+
+
+class Dashboard(_Strict):
+    """The review dashboard: who may write (hashed secrets only), and whether reading needs a
+    login. More users/tokens come from the environment variables named here, as
+    ``name=hash,name=hash``."""
+
+    users: dict[str, str] = Field(
+        default_factory=dict, description="reviewer → password hash (`anomaly hash-password`)"
+    )
+    tokens: dict[str, str] = Field(
+        default_factory=dict,
+        description="reviewer → API token hash (`anomaly hash-password --token`)",
+    )
+    users_env: str = "ANOMALY_DASHBOARD_USERS"
+    tokens_env: str = "ANOMALY_DASHBOARD_TOKENS"
+    secret_key_env: str = Field(
+        "ANOMALY_DASHBOARD_SECRET", description="env var holding the key that signs sessions"
+    )
+    open_reads: bool = Field(False, description="anyone may read pages and the API; writes never")
+    session_hours: float = Field(12.0, gt=0, description="a login lasts this long")
+    mlflow_url: str | None = Field(None, description="MLflow UI address the model page links to")
+
+    @field_validator("users")
+    @classmethod
+    def _hashed_passwords(cls, users: dict[str, str]) -> dict[str, str]:
+        return _check_hashes(users, _PASSWORD_HASH, "pbkdf2_sha256:ITERATIONS:SALT:HEX")
+
+    @field_validator("tokens")
+    @classmethod
+    def _hashed_tokens(cls, tokens: dict[str, str]) -> dict[str, str]:
+        return _check_hashes(tokens, _TOKEN_HASH, "sha256:HEX")
+
+
+def _check_hashes(entries: dict[str, str], pattern: str, form: str) -> dict[str, str]:
+    """Refuse plain-text secrets; the message names the user, never the secret."""
+    import re
+
+    bad = sorted(name for name, value in entries.items() if not re.fullmatch(pattern, value))
+    if bad:
+        msg = (
+            f"secrets of {bad} are not hashes of the form {form}: "
+            "create them with `anomaly hash-password`"
+        )
+        raise ValueError(msg)
+    return entries
+
+
 class Config(_Strict):
     """A whole pipeline configuration."""
 
@@ -162,6 +216,7 @@ class Config(_Strict):
     training: Training = Training()
     schedule: Schedule = Schedule()
     store: Store = Store()
+    dashboard: Dashboard = Dashboard()
     home: Path = Field(default_factory=anomaly_home)
 
 

@@ -13,6 +13,9 @@ from anomaly.config import Config, ModelSpec, load_config
 from anomaly.demo_data import ID
 from anomaly.io import read_table
 
+#: the reviewer whose password hash demo.yaml holds (a local demo only: replace it for real use)
+DEMO_REVIEWER = ("demo", "demo-review")
+
 
 @dataclass(frozen=True)
 class DemoReport:

@@ -55,7 +55,7 @@ class Detector:
     def log_likelihood(self, df: pd.DataFrame) -> tuple[np.ndarray, Scored]:
         """Raw-space log-likelihood of the valid rows of ``df`` (nats per record)."""
         prepared = self.preprocessor.transform(df)
-        ll = self.model.log_prob(prepared.X) + prepared.log_det
+        ll = self.model.log_prob(prepared.X, context=prepared.context) + prepared.log_det
         return ll, Scored(prepared.scored, prepared.quarantined)
 
     def score(self, df: pd.DataFrame, flag: bool = True) -> Scored:
@@ -99,6 +99,19 @@ class Detector:
         out.loc[bad, "quarantined"] = True
         return out
 
+    def sample(self, n: int, seed: int = 0, context: dict[str, Any] | None = None) -> pd.DataFrame:
+        """``n`` synthetic records in raw feature space; with context columns, ``context``
+        gives each one's value and the records are drawn from p(x | context)."""
+        pre = self.preprocessor
+        C = None if context is None else pre.encode_context(context, n)
+        if C is None and pre.features.context:
+            msg = f"this detector conditions on {pre.features.context}: give their values"
+            raise ValueError(msg)
+        frame = pre.inverse_transform(self.model.sample(n, seed=seed, context=C))
+        for col, value in (context or {}).items():
+            frame[col] = value
+        return frame
+
     def flag(self, p_values: np.ndarray, has_reason: np.ndarray) -> np.ndarray:
         """The calibrated flag rule; rows with a reason (unseen category) are always flagged."""
         return self.calibrator.flag(p_values) | has_reason
@@ -121,9 +134,21 @@ class Detector:
         if not (directory / "detector.json").is_file():
             msg = f"no saved detector in {directory}: detector.json is missing"
             raise FileNotFoundError(msg)
-        return cls(
-            Preprocessor.load(directory),
-            models.load(directory / "model"),
-            Calibrator.load(directory),
-            json.loads((directory / "detector.json").read_text()),
-        )
+        try:
+            return cls(
+                Preprocessor.load(directory),
+                models.load(directory / "model"),
+                Calibrator.load(directory),
+                json.loads((directory / "detector.json").read_text()),
+            )
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            msg = f"refusing to load the detector in {directory}: a .json file is not JSON text"
+            raise ValueError(msg) from exc
+        except ValueError as exc:
+            if "pickle" not in str(exc):
+                raise
+            msg = (
+                f"refusing to load the detector in {directory}: a weights file holds pickled "
+                "data, which is never loaded (weights are plain numpy arrays)"
+            )
+            raise ValueError(msg) from exc

@@ -19,6 +19,13 @@ class DataError(ValueError):
     """A data file that cannot be read; the message names the file and the problem."""
 
 
+def shown(path: Path | str, full: bool = False) -> str:
+    """A file's name (or ``full`` path) safe to print, log and store: control characters and
+    bytes that are not UTF-8 are escaped, so a message stays one line of valid text."""
+    text = str(path) if full else Path(path).name
+    return text if text.isprintable() else repr(text)[1:-1]
+
+
 def expand(pattern: str | Path) -> list[Path]:
     """Files matching a path or glob, sorted; a clear error when there are none."""
     paths = sorted(Path(p) for p in glob.glob(str(pattern)) if Path(p).is_file())
@@ -33,27 +40,45 @@ def iter_chunks(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
     suffix = path.suffix.lower()
     try:
         if suffix in (".parquet", ".pq"):
-            with pq.ParquetFile(path) as file:
+            # a Python file object: Arrow cannot open names that are not UTF-8 itself
+            with path.open("rb") as handle, pq.ParquetFile(handle) as file:
                 if file.metadata.num_rows == 0:
                     yield file.schema_arrow.empty_table().to_pandas()
                     return
                 for batch in file.iter_batches(batch_size=chunk_rows):
                     yield batch.to_pandas()
         elif suffix == ".csv":
+            _check_csv_header(path)
             reader = pd.read_csv(
                 path, chunksize=chunk_rows, dtype=str, keep_default_na=False, na_values=[""]
             )
             with reader:
                 yield from reader
         else:
-            msg = f"{path.name}: unsupported file type {suffix!r}; use one of {SUFFIXES}"
+            msg = f"{shown(path)}: unsupported file type {suffix!r}; use one of {SUFFIXES}"
             raise DataError(msg)
-    except (pa.ArrowException, pd.errors.ParserError, UnicodeDecodeError, OSError) as exc:
-        msg = f"cannot read {path.name}: {type(exc).__name__}: {exc}"
+    except UnicodeDecodeError as exc:
+        byte = exc.object[exc.start]
+        msg = (
+            f"cannot read {shown(path)}: it is not UTF-8 text (byte 0x{byte:02x}); save it as UTF-8"
+        )
+        raise DataError(msg) from exc
+    except (pa.ArrowException, pd.errors.ParserError, OSError) as exc:
+        msg = f"cannot read {shown(path)}: {type(exc).__name__}: {' '.join(str(exc).split())}"
         raise DataError(msg) from exc
     except pd.errors.EmptyDataError as exc:
-        msg = f"{path.name} is empty (no header row)"
+        msg = f"{shown(path)} is empty (no header row)"
         raise DataError(msg) from exc
+
+
+def _check_csv_header(path: Path) -> None:
+    """Refuse a CSV whose header names a column twice (pandas would rename one ``x.1``)."""
+    header = pd.read_csv(path, nrows=1, header=None, dtype=str, keep_default_na=False)
+    names = [] if header.empty else header.iloc[0].tolist()
+    dupes = sorted({name for name in names if names.count(name) > 1})
+    if dupes:
+        msg = f"{shown(path)}: the header has duplicated column names: {dupes}"
+        raise DataError(msg)
 
 
 def read_table(pattern: str | Path) -> pd.DataFrame:
@@ -62,10 +87,11 @@ def read_table(pattern: str | Path) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def write_parquet_atomic(df: pd.DataFrame, path: Path) -> Path:
-    """Write ``df`` to ``path`` via a temporary file in the same folder and an atomic rename."""
+def write_parquet_atomic(df: pd.DataFrame, path: Path, tmp_dir: Path | None = None) -> Path:
+    """Write ``df`` to ``path`` via a temporary file and an atomic rename; the temporary file
+    is in ``tmp_dir`` (same file system as ``path``) or beside ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+    tmp = (tmp_dir or path.parent) / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
     try:
         df.to_parquet(tmp, index=False)
         os.replace(tmp, path)

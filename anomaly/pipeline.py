@@ -3,10 +3,15 @@ mark done, sample."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
 import os
+import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from sqlalchemy import Engine
@@ -14,9 +19,9 @@ from sqlalchemy import Engine
 from anomaly import registry
 from anomaly.config import Config
 from anomaly.detector import Detector
-from anomaly.io import SUFFIXES, read_table
+from anomaly.io import SUFFIXES, read_table, shown
 from anomaly.promotion import decide
-from anomaly.scoring import BatchSummary, score_file
+from anomaly.scoring import BatchSummary, batch_id_for, score_file
 from anomaly.store import connect, default_url, write_batch
 from anomaly.tracking import log_batch, log_training
 from anomaly.training import TrainResult, train
@@ -70,7 +75,8 @@ def pending_batches(config: Config) -> list[Path]:
     """Batch files waiting in the inbox (a batch leaves it for ``processed/`` once stored).
 
     Only ``*.parquet``/``*.pq``/``*.csv`` files count: hidden files and names ending in
-    ``.tmp`` or ``.part`` (writes in progress) are skipped.
+    ``.tmp`` or ``.part`` (writes in progress) are skipped. Claims left by runs that died are
+    put back first (see :func:`recover_claims`).
     """
     if not config.data.inbox:
         msg = f"config {config.name!r} names no data.inbox; pass --batch PATH instead"
@@ -79,22 +85,125 @@ def pending_batches(config: Config) -> list[Path]:
     if not inbox.is_dir():
         msg = f"inbox folder {inbox} does not exist"
         raise FileNotFoundError(msg)
+    recover_claims(inbox)
     return [
         p
         for p in sorted(inbox.iterdir())
-        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in SUFFIXES
+        if (p.is_file() or p.is_symlink())
+        and not p.name.startswith(".")
+        and p.suffix.lower() in SUFFIXES
     ]
 
 
-def mark_done(config: Config, path: Path, summary: BatchSummary) -> Path | None:
-    """Move a stored inbox batch to ``processed/`` (rejected ones to ``rejected/``, with the
-    reason beside it); files from elsewhere stay where they are."""
-    if not config.data.inbox or path.parent.resolve() != Path(config.data.inbox).resolve():
+# ---------------------------------------------------------------------------- claims
+# Two runs started at once on the same inbox must not both process a batch. A run claims a
+# batch by renaming it into its own folder ``inbox/.claimed/<owner>/`` (a rename is atomic:
+# exactly one run wins, the others find the file gone and skip it). The owner is
+# ``host@pid@process-start-time``; a claim whose owner died (same host, process gone) is put
+# back into the inbox by the next run, and one whose owner cannot be checked (another host)
+# after STALE_CLAIM_SECONDS. Outputs and the store are idempotent per batch, so a batch put
+# back and processed again ends exactly as if it had been processed once.
+
+CLAIMS = ".claimed"
+#: a claim by another host is taken back after this long (longer than any batch takes)
+STALE_CLAIM_SECONDS = 6 * 3600
+
+
+def _start_time(pid: int) -> str:
+    """The process's start time in clock ticks since boot ("0" where /proc is missing)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return "0"
+
+
+def claim_owner() -> str:
+    """This process's claim folder name: ``host@pid@start-time`` (pid reuse tells apart)."""
+    pid = os.getpid()
+    return f"{socket.gethostname()}@{pid}@{_start_time(pid)}"
+
+
+def _owner_alive(owner: str) -> bool | None:
+    """Whether a claim's owner still runs; None when it cannot be told (another host)."""
+    host, _, rest = owner.partition("@")
+    pid_text, _, start = rest.partition("@")
+    if host != socket.gethostname() or not pid_text.isdigit():
         return None
-    folder = path.parent / ("processed" if summary.status == "scored" else "rejected")
+    pid = int(pid_text)
+    if start != "0":
+        return _start_time(pid) == start
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def claim(inbox: Path, path: Path) -> Path | None:
+    """Move an inbox batch into this process's claim folder; None if another run has it."""
+    folder = inbox / CLAIMS / claim_owner()
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / path.name
+    try:
+        os.rename(path, target)
+    except FileNotFoundError:
+        return None
+    with contextlib.suppress(OSError):  # the claim's time, for the stale-claim timeout
+        os.utime(target, follow_symlinks=False)
+    return target
+
+
+def release(inbox: Path, claimed: Path) -> None:
+    """Put a claimed batch back into the inbox (after an error, so a re-run retries it)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.rename(claimed, inbox / claimed.name)
+
+
+def recover_claims(inbox: Path, stale_seconds: float = STALE_CLAIM_SECONDS) -> list[Path]:
+    """Put back into the inbox the batches claimed by runs that died; the files put back."""
+    root = inbox / CLAIMS
+    if not root.is_dir():
+        return []
+    recovered = []
+    for folder in root.iterdir():
+        alive = _owner_alive(folder.name)
+        if alive or folder.name == claim_owner():
+            continue
+        for claimed in folder.iterdir():
+            if alive is None and time.time() - claimed.lstat().st_mtime < stale_seconds:
+                continue
+            target = inbox / claimed.name
+            if target.exists() or target.is_symlink():  # a new file of that name arrived
+                continue
+            with contextlib.suppress(FileNotFoundError):  # another run recovered it first
+                os.rename(claimed, target)
+                recovered.append(target)
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+    return recovered
+
+
+def _in_inbox(config: Config, path: Path) -> Path | None:
+    """The inbox if ``path`` is a file in it (or claimed from it), else None."""
+    if not config.data.inbox:
+        return None
+    inbox = Path(config.data.inbox).resolve()
+    parent = path.parent.resolve()
+    return inbox if parent == inbox or parent.parent == inbox / CLAIMS else None
+
+
+def mark_done(config: Config, path: Path, summary: BatchSummary) -> Path | None:
+    """Move a stored inbox batch (or its claim) to ``processed/`` (rejected ones to
+    ``rejected/``, with the reason beside it); files from elsewhere stay where they are."""
+    inbox = _in_inbox(config, path)
+    if inbox is None:
+        return None
+    folder = inbox / ("processed" if summary.status == "scored" else "rejected")
     folder.mkdir(exist_ok=True)
     if summary.error:
-        (folder / f"{path.name}.reason.txt").write_text(summary.error + "\n")
+        (folder / f"{summary.batch_id}.reason.txt").write_text(summary.error + "\n")
     target = folder / path.name
     os.replace(path, target)
     return target
@@ -112,36 +221,69 @@ def _engine(url: str) -> Engine:
 
 def process_batch(
     config: Config, detector: Detector, version: str, path: Path, engine: Engine
-) -> BatchSummary:
+) -> BatchSummary | None:
     """Score one batch, store it (one transaction), log its numbers to MLflow, then mark it
-    done — in that order, so a crash at any point leaves the file in the inbox and a re-run
-    redoes it: the store replaces the batch's rows and the outputs are rewritten atomically."""
-    if not path.is_file():
-        msg = f"batch file {path} is gone (moved by another run?)"
-        raise FileNotFoundError(msg)
-    summary = score_file(detector, path, scored_dir(config), config.scoring.chunk_rows, version)
-    empty = pd.DataFrame()
-    flagged = summary.flagged if summary.flagged is not None else empty
-    quarantined = summary.quarantined if summary.quarantined is not None else empty
-    write_batch(
-        engine, summary, config.name, flagged, quarantined, detector.preprocessor.features.id
-    )
-    log_batch(config, summary)
-    mark_done(config, path, summary)
+    done — in that order, so a crash at any point leaves the file in the inbox (or in a claim
+    that the next run puts back) and a re-run redoes it: the store replaces the batch's rows
+    and the outputs are rewritten atomically.
+
+    An inbox batch is claimed first (see :func:`claim`); None means another run claimed it.
+    """
+    inbox = _in_inbox(config, path)
+    if inbox is None:
+        if not path.is_file():
+            msg = f"batch file {path} is gone (moved by another run?)"
+            raise FileNotFoundError(msg)
+        work: Path | None = path
+    else:
+        work = claim(inbox, path)
+        if work is None:
+            return None
+    try:
+        summary = _score(config, detector, version, work)
+        summary = dataclasses.replace(summary, source=shown(path, full=True))
+        empty = pd.DataFrame()
+        flagged = summary.flagged if summary.flagged is not None else empty
+        quarantined = summary.quarantined if summary.quarantined is not None else empty
+        write_batch(
+            engine, summary, config.name, flagged, quarantined, detector.preprocessor.features.id
+        )
+        log_batch(config, summary)
+        mark_done(config, work, summary)
+    except BaseException:
+        if inbox is not None:
+            release(inbox, work)
+        raise
     return summary
+
+
+def _score(config: Config, detector: Detector, version: str, path: Path) -> BatchSummary:
+    """Score a batch file; a symbolic link is rejected (it could point outside the inbox)."""
+    if path.is_symlink():
+        msg = f"{shown(path)} is a symbolic link; put the batch file itself in the inbox"
+        return BatchSummary(batch_id_for(path), str(path), "rejected", error=msg)
+    return score_file(detector, path, scored_dir(config), config.scoring.chunk_rows, version)
 
 
 def score_batches(
     config: Config, batches: list[Path], version: str | None = None
 ) -> list[BatchSummary]:
-    """Score, store and mark done each batch with the champion (or the given version)."""
+    """Score, store and mark done each batch with the champion (or the given version); batches
+    claimed by another run are left to it."""
     detector, version = registry.load_detector(config, version)
     engine = store_engine(config)
-    return [process_batch(config, detector, version, path, engine) for path in batches]
+    summaries = (process_batch(config, detector, version, path, engine) for path in batches)
+    return [s for s in summaries if s is not None]
 
 
-def sample(config: Config, n: int, seed: int = 0, version: str | None = None) -> pd.DataFrame:
-    """``n`` synthetic records in raw feature space from the champion (or ``version``)."""
+def sample(
+    config: Config,
+    n: int,
+    seed: int = 0,
+    version: str | None = None,
+    context: dict[str, Any] | None = None,
+) -> pd.DataFrame:
+    """``n`` synthetic records in raw feature space from the champion (or ``version``),
+    given the ``context`` column values when the feature spec has context columns."""
     detector, _ = registry.load_detector(config, version)
-    X = detector.model.sample(n, seed=seed)
-    return detector.preprocessor.inverse_transform(X)
+    return detector.sample(n, seed=seed, context=context)

@@ -4,6 +4,12 @@ Numeric columns are (optionally) log-transformed and standardised; categorical c
 one-hot encoded. Log-likelihoods are reported in the raw feature space: the log-determinant of
 the numeric transform's Jacobian is returned per row, to be added to the model's log-density.
 
+Context columns (``features.context``) are conditioned on, not judged: they go to a separate
+matrix (``Prepared.context``) and the model scores log p(x | context), with no Jacobian for
+them. A context column whose training values have a numeric dtype is standardised (no log
+transform); any other is one-hot encoded. Missing or non-numeric context values quarantine the
+row like other columns; an unseen context category is scored (all-zero one-hot) and noted.
+
 A row is either scored or quarantined with a reason; a frame whose schema is wrong raises
 :class:`SchemaError`. An unseen category is not a reason to quarantine: the row is scored (its
 one-hot block is all zeros) and the category is reported as a reason for suspicion.
@@ -43,6 +49,8 @@ class Prepared:
     scored: pd.DataFrame
     #: the raw quarantined rows with a ``reason`` column; index = position in df
     quarantined: pd.DataFrame
+    #: context matrix of the scored rows (None when the spec names no context columns)
+    context: np.ndarray | None = None
 
 
 def _signed_log(x: np.ndarray) -> np.ndarray:
@@ -58,6 +66,14 @@ class Preprocessor:
     # ------------------------------------------------------------------ fit
     def fit(self, df: pd.DataFrame) -> Self:
         """Learn transforms, scales and categories from training rows."""
+        _check_frame(df)
+        self.check_schema(list(df.columns))
+        self.context_kinds_ = {
+            col: "numeric"
+            if pd.api.types.is_numeric_dtype(df[col]) and not pd.api.types.is_bool_dtype(df[col])
+            else "categorical"
+            for col in self.features.context
+        }
         prepared = self._validate(df)
         good = prepared.loc[prepared[REASON] == ""]
         if good.empty:
@@ -77,6 +93,16 @@ class Preprocessor:
         self.categories_: dict[str, list[str]] = {
             col: sorted(good[col].astype(str).unique()) for col in self.features.categorical
         }
+        self.context_means_: dict[str, float] = {}
+        self.context_scales_: dict[str, float] = {}
+        self.context_categories_: dict[str, list[str]] = {}
+        for col, kind in self.context_kinds_.items():
+            if kind == "numeric":
+                x = good[col].to_numpy(np.float64)
+                self.context_means_[col] = float(x.mean())
+                self.context_scales_[col] = float(x.std()) or 1.0
+            else:
+                self.context_categories_[col] = sorted(good[col].astype(str).unique())
         return self
 
     @property
@@ -85,6 +111,14 @@ class Preprocessor:
         self._check_fitted()
         onehot = [f"{c}={v}" for c, cats in self.categories_.items() for v in cats]
         return [*self.features.numeric, *onehot]
+
+    @property
+    def context_names_(self) -> list[str]:
+        """Names of the context matrix's columns (numeric context columns, then one-hots)."""
+        self._check_fitted()
+        numeric = [c for c, kind in self.context_kinds_.items() if kind == "numeric"]
+        onehot = [f"{c}={v}" for c, cats in self.context_categories_.items() for v in cats]
+        return [*numeric, *onehot]
 
     @property
     def layout_(self) -> list[Block]:
@@ -126,10 +160,68 @@ class Preprocessor:
                 note = f"unseen category in {col}: " + _text(values[unseen])
                 notes[unseen] = (notes[unseen] + "; " + note).str.lstrip("; ")
         X = np.column_stack(blocks) if blocks else np.zeros((n, 0))
+        context = None
+        if self.features.context:
+            context, unseen_notes = self._encode_context(good)
+            for note in unseen_notes:
+                notes[note != ""] = (notes[note != ""] + "; " + note[note != ""]).str.lstrip("; ")
         keep = [self.features.id] + ([self.features.timestamp] if self.features.timestamp else [])
         scored = good[keep].copy()
         scored[REASON] = notes.to_numpy()
-        return Prepared(X=X, log_det=log_det, scored=scored, quarantined=quarantined)
+        return Prepared(
+            X=X, log_det=log_det, scored=scored, quarantined=quarantined, context=context
+        )
+
+    def _encode_context(self, good: pd.DataFrame) -> tuple[np.ndarray, list[pd.Series]]:
+        """Context matrix of validated rows and, per categorical column, unseen-value notes."""
+        columns, notes = [], []
+        for col, kind in self.context_kinds_.items():
+            if kind == "numeric":
+                x = good[col].to_numpy(np.float64)
+                z = (x - self.context_means_[col]) / self.context_scales_[col]
+                columns.append(np.clip(z, -CLIP, CLIP))
+        for col, cats in self.context_categories_.items():
+            values = good[col].astype(str)
+            codes = pd.Index(cats).get_indexer(values)
+            columns.extend((codes == i).astype(np.float64) for i in range(len(cats)))
+            note = pd.Series("", index=good.index, dtype=object)
+            note[codes < 0] = f"unseen category in context {col}: " + _text(values[codes < 0])
+            notes.append(note)
+        return np.column_stack(columns), notes
+
+    def encode_context(self, values: dict[str, Any], n: int) -> np.ndarray:
+        """The context matrix of ``n`` rows that all have the given context ``values``
+        (one per context column; for generating records in a given context)."""
+        self._check_fitted()
+        names = list(self.context_kinds_)
+        if not names:
+            msg = "the feature spec names no context columns (features.context)"
+            raise ValueError(msg)
+        unknown = sorted(set(values) - set(names))
+        missing = [c for c in names if c not in values]
+        if unknown or missing:
+            msg = f"give a value for each context column {names}"
+            msg += f"; unknown: {unknown}" if unknown else ""
+            msg += f"; missing: {missing}" if missing else ""
+            raise ValueError(msg)
+        frame = pd.DataFrame(index=range(n))
+        for col, kind in self.context_kinds_.items():
+            value = values[col]
+            if kind == "numeric":
+                number = _to_float(pd.Series([value])).iloc[0]
+                if not np.isfinite(number):
+                    msg = f"context {col} is numeric; got {value!r}"
+                    raise ValueError(msg)
+                frame[col] = number
+            else:
+                if str(value) not in self.context_categories_[col]:
+                    msg = (
+                        f"context {col}={value!r} was not seen in training; "
+                        f"known: {self.context_categories_[col]}"
+                    )
+                    raise ValueError(msg)
+                frame[col] = str(value)
+        return self._encode_context(frame)[0].reshape(n, len(self.context_names_))
 
     def inverse_transform(self, X: np.ndarray) -> pd.DataFrame:
         """Model-space rows (e.g. samples) back to raw feature values; one-hot → most likely."""
@@ -151,7 +243,8 @@ class Preprocessor:
     def check_schema(self, columns: list[str]) -> None:
         """Raise :class:`SchemaError` unless every required column is present exactly once."""
         f = self.features
-        required = [f.id, *f.numeric, *f.categorical] + ([f.timestamp] if f.timestamp else [])
+        required = [f.id, *f.numeric, *f.categorical, *f.context]
+        required += [f.timestamp] if f.timestamp else []
         dupes = sorted({str(c) for c in columns if list(columns).count(c) > 1})
         if dupes:
             msg = f"batch has duplicated column names: {dupes}"
@@ -171,9 +264,7 @@ class Preprocessor:
 
     def _validate(self, df: pd.DataFrame) -> pd.DataFrame:
         """The required columns, numerics coerced, with a per-row ``reason`` ("" = valid)."""
-        if not isinstance(df, pd.DataFrame):
-            msg = f"expected a pandas DataFrame, got {type(df).__name__}"
-            raise TypeError(msg)
+        _check_frame(df)
         self.check_schema(list(df.columns))
         df = df.reset_index(drop=True)
         f = self.features
@@ -183,22 +274,27 @@ class Preprocessor:
         def add(mask: pd.Series | np.ndarray, text: str | pd.Series) -> None:
             mask = pd.Series(np.asarray(mask, dtype=bool), index=df.index)
             if mask.any():
-                piece = text[mask] if isinstance(text, pd.Series) else text
+                # a Series of texts may hold only the masked rows (texts are built for those)
+                piece = text.reindex(mask.index[mask]) if isinstance(text, pd.Series) else text
                 reasons[mask] = (reasons[mask] + "; " + piece).str.lstrip("; ")
 
         ids = df[f.id]
         out[f.id] = ids.astype(str).where(ids.notna(), None)
         add(ids.isna() | (out[f.id].str.strip() == ""), f"missing id ({f.id})")
         dup = ids.notna() & ids.astype(str).duplicated(keep="first")
-        add(dup, f"duplicate id in {f.id}: " + _text(out[f.id]))
-        for col in f.numeric:
+        add(dup, f"duplicate id in {f.id}: " + _text(out[f.id][dup]))
+        context_numeric = [
+            c for c, k in getattr(self, "context_kinds_", {}).items() if k == "numeric"
+        ]
+        for col in [*f.numeric, *context_numeric]:
             raw = df[col]
             values = _to_float(raw)
             add(raw.isna(), f"missing value in {col}")
-            add(raw.notna() & values.isna(), f"non-numeric value in {col}: " + _text(raw))
+            non_numeric = raw.notna() & values.isna()
+            add(non_numeric, f"non-numeric value in {col}: " + _text(raw[non_numeric]))
             add(np.isinf(values), f"infinite value in {col}")
             out[col] = values.where(np.isfinite(values), 0.0)
-        for col in f.categorical:
+        for col in [*f.categorical, *(c for c in f.context if c not in context_numeric)]:
             add(df[col].isna(), f"missing value in {col}")
             out[col] = df[col]
         if f.timestamp:
@@ -224,6 +320,10 @@ class Preprocessor:
             "means": self.means_,
             "scales": self.scales_,
             "categories": self.categories_,
+            "context_kinds": self.context_kinds_,
+            "context_means": self.context_means_,
+            "context_scales": self.context_scales_,
+            "context_categories": self.context_categories_,
         }
 
     def save(self, directory: Path) -> None:
@@ -239,7 +339,18 @@ class Preprocessor:
         pre.means_ = state["means"]
         pre.scales_ = state["scales"]
         pre.categories_ = state["categories"]
+        # files written before context columns existed have none
+        pre.context_kinds_ = state.get("context_kinds", {})
+        pre.context_means_ = state.get("context_means", {})
+        pre.context_scales_ = state.get("context_scales", {})
+        pre.context_categories_ = state.get("context_categories", {})
         return pre
+
+
+def _check_frame(df: object) -> None:
+    if not isinstance(df, pd.DataFrame):
+        msg = f"expected a pandas DataFrame, got {type(df).__name__}"
+        raise TypeError(msg)
 
 
 def _text(values: pd.Series) -> pd.Series:

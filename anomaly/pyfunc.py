@@ -2,17 +2,21 @@
 
 The model's code is :mod:`anomaly.pyfunc_entry`; its one artifact is the detector folder
 (JSON + numpy arrays). ``predict(DataFrame)`` returns one row per input row with
-``log_likelihood``, ``p_value``, ``is_anomaly``, ``reason`` and ``quarantined``.
+``log_likelihood``, ``p_value``, ``is_anomaly``, ``reason``, ``quarantined`` and
+``contributions`` (a JSON list of the features to blame, for flagged rows; see
+:mod:`anomaly.explain`).
 """
 
 from __future__ import annotations
 
+import json
 import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import mlflow
+import numpy as np
 import pandas as pd
 from mlflow.models import ModelSignature, infer_signature
 from mlflow.models.model import ModelInfo
@@ -20,6 +24,7 @@ from mlflow.pyfunc import PythonModel, PythonModelContext
 from mlflow.types.schema import AnyType, ColSpec, Schema
 
 from anomaly.detector import Detector
+from anomaly.explain import explain
 
 #: what the served model needs; pinned to this environment's versions
 REQUIREMENTS = ("torch", "numpy", "scipy", "pandas", "scikit-learn", "pyarrow", "zuko", "mlflow")
@@ -36,7 +41,19 @@ class DetectorModel(PythonModel):
         self, context: PythonModelContext, model_input: pd.DataFrame, params: Any = None
     ) -> pd.DataFrame:
         """Score ``model_input``: one output row per input row."""
-        return self.detector.predict(pd.DataFrame(model_input))
+        return predict_explained(self.detector, pd.DataFrame(model_input))
+
+
+def predict_explained(detector: Detector, df: pd.DataFrame, top: int = 5) -> pd.DataFrame:
+    """``detector.predict`` plus ``contributions``: a JSON list (see :func:`explain`) for
+    flagged rows, ``"[]"`` for the others and for quarantined rows."""
+    out = detector.predict(df)
+    out["contributions"] = "[]"
+    flagged = np.flatnonzero(out["is_anomaly"].to_numpy(bool) & ~out["quarantined"].to_numpy(bool))
+    if len(flagged):
+        explained = explain(detector, df.iloc[flagged].reset_index(drop=True), top=top)
+        out.loc[flagged, "contributions"] = [json.dumps(e) for e in explained]
+    return out
 
 
 def pip_requirements() -> list[str]:
@@ -51,7 +68,7 @@ def signature(detector: Detector, example: pd.DataFrame) -> ModelSignature:
     numeric column quarantines that row with a reason instead of failing the whole request.
     """
     inputs = Schema([ColSpec(AnyType(), name) for name in example.columns])
-    outputs = infer_signature(example, detector.predict(example)).outputs
+    outputs = infer_signature(example, predict_explained(detector, example)).outputs
     return ModelSignature(inputs=inputs, outputs=outputs)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shutil
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from anomaly.detector import Detector
+from anomaly.explain import explain
 from anomaly.io import DataError, iter_chunks, write_parquet_atomic
 from anomaly.preprocessing import REASON, SchemaError
 
@@ -59,12 +61,19 @@ def batch_id_for(path: Path) -> str:
 
     The whole name is kept (``x.csv`` and ``x.parquet`` differ); characters other than
     letters, digits, ``_``, ``-`` and ``.`` become ``_``, and when anything had to change a
-    hash of the original name is appended, so ``a b.csv`` and ``a_b.csv`` stay apart.
+    hash of the original name is appended, so ``a b.csv`` and ``a_b.csv`` stay apart. Names
+    longer than :data:`MAX_BATCH_ID` are cut there (+ the hash), so output file names stay
+    within the file system's 255 bytes.
     """
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", path.name).lstrip("-._") or "batch"
-    if safe != path.name:
-        safe += "-" + hashlib.sha1(path.name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    if safe != path.name or len(safe) > MAX_BATCH_ID:
+        digest = hashlib.sha1(path.name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+        safe = f"{safe[:MAX_BATCH_ID]}-{digest}"
     return safe
+
+
+#: the longest batch id kept from a file name (its outputs add ``.quarantine.parquet``)
+MAX_BATCH_ID = 120
 
 
 def output_paths(out_dir: Path, batch_id: str) -> tuple[Path, Path]:
@@ -102,7 +111,8 @@ def score_file(
     batch_id = batch_id_for(path)
     out_dir.mkdir(parents=True, exist_ok=True)
     output, quarantine_path = output_paths(out_dir, batch_id)
-    tmp = out_dir / f".{batch_id}.{os.getpid()}.pass1.tmp"
+    work = _work_dir(out_dir, batch_id)
+    tmp = work / "pass1.parquet"
     p_values, has_reason, quarantined = [np.zeros(0)], [np.zeros(0, bool)], []
     candidates, n_before = [], 0  # raw rows that may be flagged: p <= alpha or a reason
     ll_sum, seen = 0.0, _SeenIds()
@@ -133,10 +143,10 @@ def score_file(
                 if len(result.quarantined):
                     quarantined.append(result.quarantined)
     except (SchemaError, DataError) as exc:
-        tmp.unlink(missing_ok=True)
+        shutil.rmtree(work, ignore_errors=True)
         return BatchSummary(batch_id, str(path), "rejected", error=str(exc))
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        shutil.rmtree(work, ignore_errors=True)
         raise
     p = np.concatenate(p_values)
     flags = detector.flag(p, np.concatenate(has_reason))
@@ -145,11 +155,13 @@ def score_file(
     quarantine_output = (
         None
         if quarantine_frame is None
-        else write_parquet_atomic(quarantine_frame.astype(str), quarantine_path)
+        else write_parquet_atomic(quarantine_frame.astype(str), quarantine_path, work)
     )
+    shutil.rmtree(work, ignore_errors=True)
     flagged = pd.concat(candidates, ignore_index=True) if candidates else pd.DataFrame()
     if len(flagged):
         flagged = flagged.loc[flags[flagged[_POSITION].to_numpy()]].drop(columns=_POSITION)
+        flagged["contributions"] = explain(detector, flagged.reset_index(drop=True))
     n_flagged, n_scored = int(flags.sum()), len(p)
     shift = detector.calibrator.shift_alarm(n_flagged, n_scored)
     n_quarantined = 0 if quarantine_frame is None else len(quarantine_frame)
@@ -189,9 +201,18 @@ def output_schema(detector: Detector) -> pa.Schema:
     return pa.schema(fields)
 
 
+def _work_dir(out_dir: Path, batch_id: str) -> Path:
+    """An empty scratch folder for one batch's temporary files; what a killed run left in it
+    goes, so outputs hold only finished files."""
+    work = out_dir / f".{batch_id}.work"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    return work
+
+
 def _write_flags(tmp: Path, output: Path, flags: np.ndarray) -> None:
     """Copy the pass-1 file to ``output`` with ``is_anomaly`` set, atomically."""
-    final = output.with_name(f".{output.name}.{os.getpid()}.tmp")
+    final = tmp.with_name(output.name)
     start = 0
     with pq.ParquetFile(tmp) as source:
         writer = pq.ParquetWriter(final, source.schema_arrow)

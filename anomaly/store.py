@@ -3,15 +3,22 @@ log. SQLAlchemy 2; SQLite (WAL, busy timeout) under ANOMALY_HOME by default, any
 
 Writing one batch is one transaction keyed by the batch id: its earlier rows are replaced, so a
 re-run never duplicates or loses records. Reviews are never updated or deleted; a record's
-current label is its latest review.
+current label is its latest review, copied into ``flagged.label`` in the review's own
+transaction so the queue filters and pages by label through an index.
+
+The schema is created and upgraded by the Alembic migrations in :mod:`anomaly.migrations`;
+:func:`connect` runs them.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import math
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import pandas as pd
 from sqlalchemy import (
@@ -20,21 +27,34 @@ from sqlalchemy import (
     DateTime,
     Engine,
     Float,
+    Index,
     Integer,
+    Select,
     String,
     Text,
     create_engine,
     delete,
     event,
     func,
+    insert,
     select,
+    tuple_,
+    update,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from anomaly.scoring import BatchSummary
+if TYPE_CHECKING:  # the scoring stack (torch) loads only where batches are scored
+    from anomaly.scoring import BatchSummary
 
 Label = Literal["confirmed", "false_positive", "unsure"]
 LABELS: tuple[str, ...] = ("confirmed", "false_positive", "unsure")
+#: the queue's label filter also accepts this: records nobody has reviewed yet
+UNREVIEWED = "unreviewed"
+Order = Literal["score_desc", "score_asc"]
+
+
+#: the queue's sort key, in index order
+_QUEUE_KEY = ("log_likelihood", "batch_id", "record_id")
 
 
 class Base(DeclarativeBase):
@@ -65,19 +85,32 @@ class Batch(Base):
 
 
 class Flagged(Base):
-    """A flagged record: its values, scores and the model that flagged it."""
+    """A flagged record: its values, scores, the model that flagged it and its current label."""
 
     __tablename__ = "flagged"
     batch_id: Mapped[str] = mapped_column(String(300), primary_key=True)
     record_id: Mapped[str] = mapped_column(String(300), primary_key=True)
     model_name: Mapped[str] = mapped_column(String(200))
     model_version: Mapped[str] = mapped_column(String(50), index=True)
-    log_likelihood: Mapped[float] = mapped_column(Float, index=True)
+    log_likelihood: Mapped[float] = mapped_column(Float)
     p_value: Mapped[float] = mapped_column(Float)
     reason: Mapped[str] = mapped_column(Text, default="")
     values: Mapped[dict[str, Any]] = mapped_column(JSON)
+    #: top features as ``{"feature", "contribution" (nats), "value", "typical"}``; None if absent
     contributions: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
     scored_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    #: the latest review's label (a copy kept by :func:`add_review`); None: not reviewed
+    label: Mapped[str | None] = mapped_column(String(20), nullable=True)
+
+    # the queue's orders: by score, optionally within one batch / model version / label
+    __table_args__ = (
+        Index("ix_flagged_queue", "log_likelihood", "batch_id", "record_id"),
+        Index("ix_flagged_batch_queue", "batch_id", "log_likelihood", "record_id"),
+        Index(
+            "ix_flagged_version_queue", "model_version", "log_likelihood", "batch_id", "record_id"
+        ),
+        Index("ix_flagged_label_queue", "label", "log_likelihood", "batch_id", "record_id"),
+    )
 
 
 class Quarantined(Base):
@@ -103,6 +136,8 @@ class Review(Base):
     reviewer: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
+    __table_args__ = (Index("ix_reviews_record_log", "batch_id", "record_id", "id"),)
+
 
 def default_url(home: Path) -> str:
     """SQLite file under ``home``."""
@@ -111,7 +146,10 @@ def default_url(home: Path) -> str:
 
 
 def connect(url: str) -> Engine:
-    """An engine with the schema in place; SQLite gets WAL and a 30 s busy timeout."""
+    """An engine with the schema migrated to the latest revision; SQLite gets WAL and a 30 s
+    busy timeout."""
+    from anomaly.migrations import upgrade  # Alembic loads only when a store is opened
+
     is_sqlite = url.startswith("sqlite")
     engine = create_engine(url, connect_args={"timeout": 30} if is_sqlite else {})
     if is_sqlite:
@@ -121,22 +159,37 @@ def connect(url: str) -> Engine:
             dbapi_connection.execute("PRAGMA journal_mode=WAL")
             dbapi_connection.execute("PRAGMA busy_timeout=30000")
 
-    Base.metadata.create_all(engine)
+    upgrade(engine)
     return engine
 
 
-def _json_row(row: pd.Series) -> dict[str, Any]:
+def _json_values(values: dict[Any, Any]) -> dict[str, Any]:
     """A record's values as JSON-safe scalars (NaN/inf become strings)."""
     out: dict[str, Any] = {}
-    for key, value in row.items():
+    for key, value in values.items():
         if isinstance(value, float) and not math.isfinite(value):
             value = str(value)
         elif isinstance(value, pd.Timestamp):
             value = value.isoformat()
-        elif hasattr(value, "item"):
+        elif hasattr(value, "item") and getattr(value, "size", 1) == 1:  # arrays: as text
             value = value.item()
         out[str(key)] = value if isinstance(value, str | int | float | bool | None) else str(value)
     return out
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _latest_label() -> Any:
+    """Correlated subquery: the label of a flagged record's latest review."""
+    return (
+        select(Review.label)
+        .where(Review.batch_id == Flagged.batch_id, Review.record_id == Flagged.record_id)
+        .order_by(Review.id.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
 
 
 def write_batch(
@@ -150,10 +203,46 @@ def write_batch(
     """Store one batch in one transaction, replacing whatever an earlier run stored for it.
 
     ``flagged`` holds the raw values plus ``log_likelihood``, ``p_value``, ``reason`` (and
-    optionally ``contributions``); ``quarantined`` the raw values plus ``reason``.
+    optionally ``contributions``); ``quarantined`` the raw values plus ``reason``. Records
+    reviewed before a re-run keep their label.
     """
     now = datetime.now(UTC)
     score_cols = {"log_likelihood", "p_value", "reason", "is_anomaly", "contributions"}
+    value_cols = [c for c in flagged.columns if c not in score_cols]
+    n = len(flagged)
+    contributions = flagged["contributions"].tolist() if "contributions" in flagged else [None] * n
+    flagged_rows = [
+        {
+            "batch_id": summary.batch_id,
+            "record_id": str(values[id_column]),
+            "model_name": model_name,
+            "model_version": summary.model_version,
+            "log_likelihood": float(ll),
+            "p_value": float(p),
+            "reason": str(reason),
+            "values": _json_values(values),
+            "contributions": None if _missing(contrib) else contrib,
+            "scored_at": now,
+        }
+        for values, ll, p, reason, contrib in zip(
+            flagged[value_cols].to_dict("records"),
+            flagged["log_likelihood"].tolist() if n else [],
+            flagged["p_value"].tolist() if n else [],
+            flagged["reason"].tolist() if n else [],
+            contributions,
+            strict=True,
+        )
+    ]
+    quarantined_rows = [
+        {
+            "batch_id": summary.batch_id,
+            "row": i,
+            "record_id": None if pd.isna(values.get(id_column)) else str(values.get(id_column)),
+            "reason": str(values.pop("reason")),
+            "values": _json_values(values),
+        }
+        for i, values in enumerate(quarantined.to_dict("records"))
+    ]
     with Session(engine) as session, session.begin():
         for table in (Flagged, Quarantined):
             session.execute(delete(table).where(table.batch_id == summary.batch_id))
@@ -164,42 +253,37 @@ def write_batch(
                 scored_at=now,
             )
         )
-        session.add_all(
-            Flagged(
-                batch_id=summary.batch_id,
-                record_id=str(row[id_column]),
-                model_name=model_name,
-                model_version=summary.model_version,
-                log_likelihood=float(row["log_likelihood"]),
-                p_value=float(row["p_value"]),
-                reason=str(row["reason"]),
-                values=_json_row(row.drop(labels=list(score_cols & set(row.index)))),
-                contributions=row.get("contributions"),
-                scored_at=now,
-            )
-            for _, row in flagged.iterrows()
+        if flagged_rows:
+            session.execute(insert(Flagged), flagged_rows)
+        if quarantined_rows:
+            session.execute(insert(Quarantined), quarantined_rows)
+        reviewed = select(Review.id).where(
+            Review.batch_id == Flagged.batch_id, Review.record_id == Flagged.record_id
         )
-        session.add_all(
-            Quarantined(
-                batch_id=summary.batch_id,
-                row=i,
-                record_id=None if pd.isna(row.get(id_column)) else str(row.get(id_column)),
-                reason=str(row["reason"]),
-                values=_json_row(row.drop(labels=["reason"])),
-            )
-            for i, (_, row) in enumerate(quarantined.iterrows())
+        session.execute(
+            update(Flagged)
+            .where(Flagged.batch_id == summary.batch_id, reviewed.exists())
+            .values(label=_latest_label())
         )
 
 
 def add_review(
     engine: Engine, batch_id: str, record_id: str, label: str, reviewer: str, note: str = ""
 ) -> Review:
-    """Append a review of a flagged record."""
+    """Append a review of a flagged record and make its label the record's current one."""
     if label not in LABELS:
         msg = f"label must be one of {LABELS}, got {label!r}"
         raise ValueError(msg)
     with Session(engine, expire_on_commit=False) as session, session.begin():
-        if session.get(Flagged, (batch_id, record_id)) is None:
+        # lock the record first: concurrent reviews of it get their ids in lock order, so the
+        # copied label is always that of the review with the highest id
+        record = None
+        for _ in range(3):  # PostgreSQL: a re-store of the batch replaced the row waited on;
+            # the next statement sees the new row (tests/test_concurrency.py)
+            record = session.get(Flagged, (batch_id, record_id), with_for_update=True)
+            if record is not None:
+                break
+        if record is None:
             msg = f"no flagged record {record_id!r} in batch {batch_id!r}"
             raise LookupError(msg)
         review = Review(
@@ -211,6 +295,7 @@ def add_review(
             created_at=datetime.now(UTC),
         )
         session.add(review)
+        record.label = label
     return review
 
 
@@ -246,3 +331,230 @@ def batch_counts(engine: Engine, batch_id: str) -> tuple[int, int]:
             select(func.count()).select_from(Quarantined).where(Quarantined.batch_id == batch_id)
         )
     return int(flagged or 0), int(quarantined or 0)
+
+
+# ---------------------------------------------------------------------------- the review queue
+
+
+@dataclass(frozen=True)
+class QueueFilter:
+    """Which flagged records the queue shows, and in which order.
+
+    ``label`` is one of :data:`LABELS` or :data:`UNREVIEWED`; ``since``/``until`` bound the
+    time the record was scored (``until`` excluded). ``score_desc`` (the default) puts the most
+    improbable record (lowest log-likelihood) first.
+    """
+
+    batch_id: str | None = None
+    model_version: str | None = None
+    label: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    order: Order = "score_desc"
+
+    def __post_init__(self) -> None:
+        if self.label is not None and self.label not in (*LABELS, UNREVIEWED):
+            msg = f"label filter must be one of {(*LABELS, UNREVIEWED)}, got {self.label!r}"
+            raise ValueError(msg)
+        if self.order not in ("score_desc", "score_asc"):
+            msg = f"order must be score_desc or score_asc, got {self.order!r}"
+            raise ValueError(msg)
+
+
+#: a record's position in the queue: (log-likelihood, batch id, record id)
+Key = tuple[float, str, str]
+
+
+def encode_cursor(key: Key) -> str:
+    """An opaque, URL-safe cursor for the queue position ``key``."""
+    return base64.urlsafe_b64encode(json.dumps(list(key)).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> Key:
+    """The queue position a cursor from :func:`encode_cursor` stands for."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        ll, batch_id, record_id = json.loads(raw)
+        return float(ll), str(batch_id), str(record_id)
+    except (ValueError, TypeError) as exc:
+        msg = f"invalid queue cursor {cursor!r}: use the `next` value of a previous page"
+        raise ValueError(msg) from exc
+
+
+def key_of(record: Flagged) -> Key:
+    """The queue position of a record."""
+    return record.log_likelihood, record.batch_id, record.record_id
+
+
+def _filtered(query: Select[Any], where: QueueFilter) -> Select[Any]:
+    if where.batch_id is not None:
+        query = query.where(Flagged.batch_id == where.batch_id)
+    if where.model_version is not None:
+        query = query.where(Flagged.model_version == where.model_version)
+    if where.label == UNREVIEWED:
+        query = query.where(Flagged.label.is_(None))
+    elif where.label is not None:
+        query = query.where(Flagged.label == where.label)
+    if where.since is not None:
+        query = query.where(Flagged.scored_at >= where.since)
+    if where.until is not None:
+        query = query.where(Flagged.scored_at < where.until)
+    return query
+
+
+def queue(
+    engine: Engine, where: QueueFilter, limit: int = 50, after: Key | None = None
+) -> tuple[list[Flagged], Key | None]:
+    """One page of flagged records and the key to pass as ``after`` for the next (None: last).
+
+    Keyset pagination over (log-likelihood, batch id, record id): every page costs the same
+    index range scan, however deep.
+    """
+    columns = (Flagged.log_likelihood, Flagged.batch_id, Flagged.record_id)
+    query = _filtered(select(Flagged), where)
+    if where.order == "score_desc":
+        if after is not None:
+            query = query.where(tuple_(*columns) > tuple_(*after))
+        query = query.order_by(*columns)
+    else:
+        if after is not None:
+            query = query.where(tuple_(*columns) < tuple_(*after))
+        query = query.order_by(*(c.desc() for c in columns))
+    with Session(engine) as session:
+        rows = list(session.scalars(query.limit(limit + 1)))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return rows, key_of(rows[-1]) if more else None
+
+
+def queue_count(engine: Engine, where: QueueFilter, limit: int | None = None) -> int:
+    """How many flagged records match ``where``, counting at most ``limit`` (a count stops
+    costing more once it is "many")."""
+    matching = _filtered(select(Flagged.batch_id), where)
+    if limit is not None:
+        matching = matching.limit(limit)
+    with Session(engine) as session:
+        return int(session.scalar(select(func.count()).select_from(matching.subquery())))
+
+
+def neighbour(engine: Engine, where: QueueFilter, record: Flagged) -> Flagged | None:
+    """The record after ``record`` in the queue ``where`` (None: it is the last)."""
+    rows, _ = queue(engine, where, limit=1, after=key_of(record))
+    return rows[0] if rows else None
+
+
+def get_record(engine: Engine, batch_id: str, record_id: str) -> Flagged | None:
+    """A flagged record, or None."""
+    with Session(engine) as session:
+        return session.get(Flagged, (batch_id, record_id))
+
+
+def reviews_of(engine: Engine, batch_id: str, record_id: str) -> list[Review]:
+    """A record's review log, newest first."""
+    query = (
+        select(Review)
+        .where(Review.batch_id == batch_id, Review.record_id == record_id)
+        .order_by(Review.id.desc())
+    )
+    with Session(engine) as session:
+        return list(session.scalars(query))
+
+
+def filter_choices(engine: Engine) -> dict[str, list[str]]:
+    """The batch ids and model versions present, for the queue's filter menus."""
+    with Session(engine) as session:
+        batches = session.scalars(select(Batch.batch_id).order_by(Batch.scored_at.desc()))
+        versions = session.scalars(select(Batch.model_version).distinct())
+        return {
+            "batches": list(batches),
+            "versions": sorted({v for v in versions if v}, key=lambda v: (len(v), v)),
+        }
+
+
+# ---------------------------------------------------------------------------- batches
+
+
+def batches(engine: Engine) -> list[Batch]:
+    """Every stored batch, oldest first."""
+    with Session(engine) as session:
+        return list(session.scalars(select(Batch).order_by(Batch.scored_at, Batch.batch_id)))
+
+
+def get_batch(engine: Engine, batch_id: str) -> Batch | None:
+    """One batch, or None."""
+    with Session(engine) as session:
+        return session.get(Batch, batch_id)
+
+
+def quarantined_rows(
+    engine: Engine, batch_id: str, limit: int = 200, offset: int = 0
+) -> list[Quarantined]:
+    """A batch's quarantined rows in file order."""
+    query = (
+        select(Quarantined)
+        .where(Quarantined.batch_id == batch_id)
+        .order_by(Quarantined.row)
+        .limit(limit)
+        .offset(offset)
+    )
+    with Session(engine) as session:
+        return list(session.scalars(query))
+
+
+# ---------------------------------------------------------------------------- export
+
+EXPORT_COLUMNS = [
+    "batch_id", "record_id", "label", "note", "reviewer", "reviewed_at", "model_name",
+    "model_version", "log_likelihood", "p_value", "reason", "scored_at",
+]  # fmt: skip
+
+
+def reviewed_records(engine: Engine) -> pd.DataFrame:
+    """Every reviewed record with its current label (latest review), its scores and its values
+    as columns (prefixed ``value.``), for export."""
+    latest = (
+        select(func.max(Review.id).label("id"))
+        .group_by(Review.batch_id, Review.record_id)
+        .subquery()
+    )
+    query = (
+        select(Review, Flagged)
+        .join(latest, Review.id == latest.c.id)
+        .join(Flagged, (Flagged.batch_id == Review.batch_id)
+              & (Flagged.record_id == Review.record_id))
+        .order_by(Review.id)
+    )  # fmt: skip
+    with Session(engine) as session:
+        pairs = session.execute(query).all()
+    rows = [
+        {
+            "batch_id": r.batch_id,
+            "record_id": r.record_id,
+            "label": r.label,
+            "note": r.note,
+            "reviewer": r.reviewer,
+            "reviewed_at": r.created_at,
+            "model_name": f.model_name,
+            "model_version": f.model_version,
+            "log_likelihood": f.log_likelihood,
+            "p_value": f.p_value,
+            "reason": f.reason,
+            "scored_at": f.scored_at,
+            **{f"value.{k}": v for k, v in f.values.items()},
+        }
+        for r, f in pairs
+    ]
+    return pd.DataFrame(rows, columns=None if rows else EXPORT_COLUMNS)
+
+
+def write_export(frame: pd.DataFrame, path: Path) -> Path:
+    """Write an export frame as CSV or Parquet, chosen by the file's suffix."""
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        frame.to_csv(path, index=False)
+    elif suffix in (".parquet", ".pq"):
+        frame.to_parquet(path, index=False)
+    else:
+        msg = f"export file must end in .csv or .parquet, got {path.name!r}"
+        raise ValueError(msg)
+    return path

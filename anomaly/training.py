@@ -17,11 +17,15 @@ from anomaly.config import Config
 from anomaly.detector import Detector
 from anomaly.io import read_table
 from anomaly.preprocessing import Prepared, Preprocessor
+from anomaly.profile import feature_profile
+from anomaly.sample_check import sample_quality
 
 #: the label column of labelled evaluation data
 LABEL = "is_anomaly"
 #: training rows scored for the train_log_likelihood metric
 TRAIN_SAMPLE = 2_000
+#: held-out rows needed for the sample-quality metrics (``sample_*``)
+SAMPLE_CHECK_MIN_ROWS = 10
 
 logger = logging.getLogger(__name__)
 
@@ -62,20 +66,21 @@ def train(
     fit_part, cal_part, test_part = parts
     model = models.create(config.model.kind, seed=config.model.seed, **config.model.params)
     start = time.perf_counter()
-    model.fit(fit_part.X)
+    model.fit(fit_part.X, layout=pre.layout_, context=fit_part.context)
     fit_seconds = time.perf_counter() - start
-    cal_ll = model.log_prob(cal_part.X) + cal_part.log_det
+    cal_ll = model.log_prob(cal_part.X, context=cal_part.context) + cal_part.log_det
     calibrator = Calibrator(
         rule=config.calibration.rule,
         alpha=config.calibration.alpha,
         shift_pvalue=config.calibration.shift_pvalue,
     ).fit(-cal_ll)
-    test_ll = model.log_prob(test_part.X) + test_part.log_det
+    test_ll = model.log_prob(test_part.X, context=test_part.context) + test_part.log_det
     metadata: dict[str, Any] = {
         "name": config.name,
         "kind": config.model.kind,
         "anomaly_version": __version__,
         "trained_at": pd.Timestamp.now(tz="UTC").isoformat(),
+        "profile": feature_profile(df.iloc[train_idx], config.features),  # for reviewers
     }
     detector = Detector(pre, model, calibrator, metadata)
     metrics = {
@@ -91,6 +96,9 @@ def train(
         p = calibrator.p_values(-test_ll)
         metrics["heldout_log_likelihood"] = float(test_ll.mean())
         metrics["heldout_fpr"] = float(calibrator.flag(p).mean())
+    if len(test_ll) >= SAMPLE_CHECK_MIN_ROWS:  # samples vs held-out rows (sample_check.py)
+        heldout = df.iloc[test_idx].reset_index(drop=True).iloc[test_part.scored.index]
+        metrics.update(sample_quality(model, pre, heldout, seed=config.model.seed))
     if labelled is None and config.data.evaluation:
         labelled = read_table(config.data.evaluation)
     if labelled is not None:
@@ -102,7 +110,8 @@ def _mean_log_likelihood(model: models.DensityModel, part: Prepared, seed: int) 
     """Mean log-likelihood of at most TRAIN_SAMPLE rows (beside the held-out mean it shows
     overfitting; scoring every training row would cost kernel models as much as fitting)."""
     rows = np.random.default_rng(seed).permutation(len(part.X))[:TRAIN_SAMPLE]
-    return float(np.mean(model.log_prob(part.X[rows]) + part.log_det[rows]))
+    context = None if part.context is None else part.context[rows]
+    return float(np.mean(model.log_prob(part.X[rows], context=context) + part.log_det[rows]))
 
 
 def evaluate(detector: Detector, labelled: pd.DataFrame) -> dict[str, float]:

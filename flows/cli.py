@@ -130,6 +130,12 @@ def demo(
     out.print(f"config: {result['config']}")
     out.print(f"scored batches: {home / 'scored'}; review store: {home / 'review.db'}")
     out.print(f"MLflow: mlflow ui --backend-store-uri sqlite:///{home / 'mlflow' / 'mlflow.db'}")
+    from anomaly.demo import DEMO_REVIEWER
+
+    out.print(
+        f"dashboard: anomaly dashboard --config {result['config']}  "
+        f"(log in as {DEMO_REVIEWER[0]!r}, password {DEMO_REVIEWER[1]!r}, to review)"
+    )
     out.print(f"done in {time.perf_counter() - start:.1f} s")
 
 
@@ -215,18 +221,73 @@ def sample(
     ),
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
     model_version: VersionOption = None,
+    context: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--context",
+            help="col=value for each features.context column (repeat): draw from p(x | context).",
+        ),
+    ] = None,
 ) -> None:
     """Draw synthetic normal records from the champion (or a version)."""
     from anomaly.io import write_parquet_atomic
     from anomaly.pipeline import sample as draw
 
     cfg = _config(config)
-    frame = _run(draw, cfg, n, seed=seed, version=model_version)
+    values = {}
+    for item in context or []:
+        col, sep, value = item.partition("=")
+        if not sep or not col:
+            msg = f"--context expects col=value, got {item!r}"
+            raise _fail(msg)
+        values[col] = value
+    frame = _run(draw, cfg, n, seed=seed, version=model_version, context=values or None)
     if output.suffix.lower() == ".csv":
         frame.to_csv(output, index=False)
     else:
         write_parquet_atomic(frame, output)
     console.print(f"wrote {len(frame)} samples to {output}")
+
+
+@app.command()
+def explain(
+    config: ConfigOption,
+    input_file: Annotated[
+        Path, typer.Option("--input", "-i", help="CSV/Parquet file of records to explain.")
+    ],
+    top: Annotated[int, typer.Option(min=1, help="Features per record.")] = 5,
+    all_rows: Annotated[
+        bool, typer.Option("--all", help="Explain every scored row, not only flagged ones.")
+    ] = False,
+    model_version: VersionOption = None,
+) -> None:
+    """Print why records are improbable: per record (JSON lines) the features most to blame,
+    with their contribution in nats, the value and a typical value (docs/explanations.md)."""
+    from anomaly.explain import explain as explain_rows
+    from anomaly.io import read_table
+    from anomaly.registry import load_detector
+
+    cfg = _config(config)
+    detector, _ = _run(load_detector, cfg, model_version)
+    df = _run(read_table, input_file)
+    scored = detector.predict(df)
+    keep = ~scored["quarantined"].to_numpy(bool)
+    if not all_rows:
+        keep &= scored["is_anomaly"].to_numpy(bool)
+    rows = [int(i) for i in keep.nonzero()[0]]
+    explained = explain_rows(detector, df.iloc[rows].reset_index(drop=True), top=top)
+    id_col = detector.preprocessor.features.id
+    for i, contributions in zip(rows, explained, strict=True):
+        record = {
+            id_col: str(scored[id_col].iat[i]),
+            "log_likelihood": float(scored["log_likelihood"].iat[i]),
+            "p_value": float(scored["p_value"].iat[i]),
+            "is_anomaly": bool(scored["is_anomaly"].iat[i]),
+            "reason": str(scored["reason"].iat[i]),
+            "contributions": contributions,
+        }
+        typer.echo(json.dumps(record))  # one line per record, never wrapped
+    console.print(f"explained {len(rows)} of {len(df)} records")
 
 
 @app.command()
@@ -266,6 +327,73 @@ def serve(config: ConfigOption) -> None:
 
     _config(config)
     prefect_serve(*_run(deployments, config))
+
+
+@app.command()
+def dashboard(
+    config: ConfigOption,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+) -> None:
+    """Serve the review dashboard (queue, records, batches, model; JSON API under /api)."""
+    import uvicorn
+
+    from anomaly.dashboard import create_app
+
+    cfg = _config(config)
+    for key, value in {
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+    }.items():
+        os.environ.setdefault(key, value)  # an unreachable MLflow server degrades pages quickly
+    try:
+        application = create_app(cfg)
+    except ValueError as exc:  # a bad users/tokens environment variable
+        raise _fail(str(exc)) from exc
+    if not (cfg.dashboard.users or cfg.dashboard.tokens or os.environ.get(cfg.dashboard.users_env)):
+        console.print("no reviewers configured: nobody can review; see `anomaly hash-password`")
+    console.print(f"dashboard of {cfg.name}: http://{host}:{port}/  (API docs: /docs)")
+    uvicorn.run(application, host=host, port=port, log_level="warning")
+
+
+@app.command()
+def export(
+    config: ConfigOption,
+    output: Annotated[Path, typer.Option("--out", help="CSV or Parquet file to write.")],
+) -> None:
+    """Write every reviewed record (current label, note, reviewer, scores, values) to a file."""
+    from anomaly.pipeline import store_engine
+    from anomaly.store import reviewed_records, write_export
+
+    cfg = _config(config)
+    if output.suffix.lower() not in (".csv", ".parquet", ".pq"):
+        msg = f"--out must end in .csv or .parquet, got {output.name!r}"
+        raise _fail(msg)
+    frame = reviewed_records(store_engine(cfg))
+    write_export(frame, output)
+    console.print(f"wrote {len(frame)} reviewed records to {output}")
+
+
+@app.command("hash-password")
+def hash_password(
+    token: Annotated[
+        bool, typer.Option("--token", help="Make a random API token and print it with its hash.")
+    ] = False,
+) -> None:
+    """Hash a reviewer's password (asked for, never echoed) or make an API token, for the
+    config's ``dashboard.users`` / ``dashboard.tokens``."""
+    from anomaly.dashboard.auth import hash_password as hashed
+    from anomaly.dashboard.auth import hash_token, new_token
+
+    if token:
+        secret = new_token()
+        typer.echo(f"token (give it to the reviewer; shown once): {secret}")
+        typer.echo(f"hash (put it under dashboard.tokens): {hash_token(secret)}")
+        return
+    password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
+    if len(password) < 8:
+        raise _fail("use at least 8 characters")
+    typer.echo(hashed(password))  # plain: no line wrapping inside the hash
 
 
 def _print_batches(summaries: list[dict[str, Any]]) -> None:

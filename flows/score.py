@@ -6,6 +6,7 @@ from pathlib import Path
 
 from prefect import Flow, flow, get_run_logger, task, unmapped
 from prefect.artifacts import create_table_artifact
+from prefect.task_runners import ThreadPoolTaskRunner
 
 from anomaly import registry
 from anomaly.config import Config
@@ -27,9 +28,17 @@ def load_model(config: Config, version: str | None) -> tuple[Detector, str]:
 
 
 @task(name="score batch", **IO)
-def score_batch(path: Path, config: Config, detector: Detector, version: str) -> dict[str, object]:
-    """Score, store (one transaction), log to MLflow and mark one batch done."""
+def score_batch(
+    path: Path, config: Config, detector: Detector, version: str
+) -> dict[str, object] | None:
+    """Score, store (one transaction), log to MLflow and mark one batch done; None when
+    another run claimed the batch first."""
     summary = process_batch(config, detector, version, path, store_engine(config))
+    if summary is None:
+        get_run_logger().info("%s: claimed by another run, skipped", path.name)
+        return None
+    if summary.error:
+        get_run_logger().warning("%s rejected: %s", summary.batch_id, summary.error)
     get_run_logger().info(
         "%s: %s, %d rows, %d flagged, %d quarantined%s",
         summary.batch_id,
@@ -42,7 +51,13 @@ def score_batch(path: Path, config: Config, detector: Detector, version: str) ->
     return summary.to_dict()
 
 
-@flow(name="score")
+#: batches scored at once by one flow run (threads): scoring is CPU-bound, and each batch holds
+#: a connection of MLflow's and the store's pools (15 each) while it finishes; unbounded, a
+#: full inbox exhausted them ("QueuePool limit ... reached")
+BATCH_THREADS = 4
+
+
+@flow(name="score", task_runner=ThreadPoolTaskRunner(max_workers=BATCH_THREADS))
 def score_flow(
     config_path: str, batches: list[str] | None = None, model_version: str | None = None
 ) -> list[dict[str, object]]:
@@ -60,7 +75,7 @@ def score_flow(
         detector=unmapped(detector),
         version=unmapped(version),
     )
-    summaries = [f.result() for f in futures]
+    summaries = [s for f in futures if (s := f.result()) is not None]
     columns = ["batch_id", "status", "rows_in", "rows_scored", "rows_quarantined",
                "rows_flagged", "flag_rate", "shift_alarm", "model_version", "error"]  # fmt: skip
     create_table_artifact(

@@ -30,7 +30,7 @@ from sklearn.neighbors import NearestNeighbors
 
 from anomaly import models
 from anomaly.models import KINDS
-from anomaly.models.base import MIN_LOG_PROB
+from anomaly.models.base import MIN_LOG_PROB, UNSEEN_PROB, Block
 
 N_TRAIN = 400
 N_HELDOUT = 2_000
@@ -53,6 +53,7 @@ SMALL: dict[str, dict[str, Any]] = {
         "candidates": ("gaussian", "gmm", "kde"),
         "candidate_params": {"gmm": {"max_components": 3}},
     },
+    "autoregressive": {**_TORCH, "hidden": (64, 64), "components": 4, "orders": 2},
 }
 
 # Invalid parameter values each kind must reject with a ValueError: (params, message pattern).
@@ -72,6 +73,17 @@ BAD_PARAMS: dict[str, list[tuple[dict[str, Any], str]]] = {
         ({"candidates": ()}, "candidates"),
         ({"candidates": ("gaussian", "auto")}, "candidates"),
         ({"candidates": ("gaussian", "no-such-kind")}, "no-such-kind"),
+    ],
+    "independent": [
+        ({"bandwidth": 0.0}, "bandwidth"),
+        ({"alpha": -1.0}, "alpha"),
+        ({"bins": 1}, "bins"),
+        ({"heldout_fraction": 1.5}, "heldout_fraction"),
+    ],
+    "autoregressive": [
+        ({"components": 0}, "components"),
+        ({"orders": 0}, "orders"),
+        ({"max_epochs": 0}, "max_epochs"),
     ],
 }
 
@@ -227,6 +239,7 @@ def grid_integral(
 # ---------------------------------------------------------------------- registry and create
 def test_kinds_registry():
     assert {"gaussian", "gmm", "kde", "knn", "flow", "vae", "auto"} <= set(KINDS)
+    assert {"independent", "autoregressive"} <= set(KINDS)
     for kind, cls in KINDS.items():
         assert cls.kind == kind
         assert issubclass(cls, models.DensityModel)
@@ -592,6 +605,11 @@ def test_density_does_not_depend_on_location_or_units(fitted, kind, data):
         ("knn", "gaussian", "banana2d", 0.2),
         ("flow", "gaussian", "banana2d", 0.2),
         ("gmm", "gaussian", "banana2d", 0.1),
+        ("independent", "gaussian", "mix1d", 0.2),
+        ("autoregressive", "gaussian", "mix1d", 0.2),
+        ("autoregressive", "gaussian", "banana2d", 0.2),
+        # the dependency between the two features is worth ~0.4 nats per row
+        ("autoregressive", "independent", "banana2d", 0.2),
     ],
 )
 def test_better_model_has_higher_heldout_likelihood(fitted, better, worse, data, margin):
@@ -779,3 +797,242 @@ def test_default_settings_give_a_normalised_density(kind, params, data, tmp_path
     assert -0.75 < excess < 0.05, f"{excess:.3f} nats per row from the true density"
     loaded = models.load(model.save(tmp_path / "model"))
     np.testing.assert_array_equal(loaded.log_prob(heldout), model.log_prob(heldout))
+
+
+# ---------------------------------------------------------------------- layouts: mixed types
+#: kinds that model a one-hot block as a categorical distribution (the others see numbers)
+NATIVE_MIXED = ("independent", "autoregressive")
+MIXED_LAYOUT = [Block("x", 0, 1), Block("c", 1, 4, categorical=True)]
+MIXED_P = np.array([0.5, 0.3, 0.2])
+MIXED_MEAN, MIXED_STD = np.array([-2.0, 0.0, 3.0]), np.array([0.5, 1.0, 0.7])
+
+
+def mixed_draw(n: int, rng: np.random.Generator) -> np.ndarray:
+    """x | c ~ N(mean_c, std_c), c one-hot in columns 1–3."""
+    c = rng.choice(3, size=n, p=MIXED_P)
+    return np.column_stack([rng.normal(MIXED_MEAN[c], MIXED_STD[c]), np.eye(3)[c]])
+
+
+def mixed_logpdf(X: np.ndarray) -> np.ndarray:
+    c = X[:, 1:].argmax(axis=1)
+    return np.log(MIXED_P[c]) + norm.logpdf(X[:, 0], MIXED_MEAN[c], MIXED_STD[c])
+
+
+@pytest.fixture(scope="session")
+def mixed_fitted() -> Callable[[str], models.DensityModel]:
+    cache: dict[str, models.DensityModel] = {}
+
+    def get(kind: str) -> models.DensityModel:
+        if kind not in cache:
+            X = mixed_draw(N_TRAIN, np.random.default_rng(1))
+            cache[kind] = make(kind).fit(X, layout=MIXED_LAYOUT)
+        return cache[kind]
+
+    return get
+
+
+def mixed_grid(c: int) -> tuple[np.ndarray, np.ndarray]:
+    x = np.linspace(-8.0, 8.0, 4_001)
+    return x, np.column_stack([x, np.tile(np.eye(3)[c], (len(x), 1))])
+
+
+@pytest.mark.parametrize("kind", NATIVE_MIXED)
+def test_mixed_layout_sums_over_categories_to_one(mixed_fitted, kind):
+    """Σ_c ∫ p(x, c) dx = 1, and each category's mass is near its true probability."""
+    model = mixed_fitted(kind)
+    masses = []
+    for c in range(3):
+        x, rows = mixed_grid(c)
+        masses.append(np.trapezoid(np.exp(model.log_prob(rows)), x))
+    assert sum(masses) == pytest.approx(1.0, abs=0.02), masses
+    np.testing.assert_allclose(masses, MIXED_P, atol=0.07)
+
+
+def test_mixed_layout_heldout_likelihood_near_truth(mixed_fitted):
+    """autoregressive models x | c; independent cannot, and loses the mutual information."""
+    heldout = mixed_draw(N_HELDOUT, np.random.default_rng(2))
+    excess = {
+        kind: float(np.mean(mixed_fitted(kind).log_prob(heldout) - mixed_logpdf(heldout)))
+        for kind in NATIVE_MIXED
+    }
+    assert -0.25 < excess["autoregressive"] < 0.05, excess
+    assert excess["independent"] < 0.05, excess
+    assert excess["autoregressive"] > excess["independent"] + 0.5, excess
+
+
+@pytest.mark.parametrize("kind", NATIVE_MIXED)
+def test_unseen_category_is_finite_and_very_improbable(mixed_fitted, kind):
+    model = mixed_fitted(kind)
+    rows = mixed_draw(20, np.random.default_rng(5))
+    unseen = rows.copy()
+    unseen[:, 1:] = 0.0
+    lp, lp_unseen = model.log_prob(rows), model.log_prob(unseen)
+    assert np.isfinite(lp_unseen).all()
+    # about log UNSEEN_PROB (−20.7 nats) below a seen category's score
+    assert (lp_unseen < lp - 15).all()
+    assert (lp_unseen > lp - 40).all()
+    block = model.feature_log_probs(unseen)[:, 1]
+    np.testing.assert_allclose(block, np.log(UNSEEN_PROB), rtol=1e-6)
+
+
+@pytest.mark.parametrize("kind", NATIVE_MIXED)
+def test_mixed_samples_are_one_hot_with_the_right_frequencies(mixed_fitted, kind):
+    samples = mixed_fitted(kind).sample(3_000, seed=1)
+    block = samples[:, 1:]
+    assert set(np.unique(block)) == {0.0, 1.0}
+    np.testing.assert_array_equal(block.sum(axis=1), 1.0)
+    np.testing.assert_allclose(block.mean(axis=0), MIXED_P, atol=0.06)
+    # x follows its category's distribution (autoregressive) or the marginal (independent)
+    for c in range(3):
+        x = samples[block[:, c] == 1, 0]
+        expected = MIXED_MEAN[c] if kind == "autoregressive" else MIXED_P @ MIXED_MEAN
+        assert abs(x.mean() - expected) < 0.35, (c, x.mean())
+
+
+def test_independent_category_probabilities_are_smoothed_frequencies(mixed_fitted):
+    model = mixed_fitted("independent")
+    X = mixed_draw(N_TRAIN, np.random.default_rng(1))
+    counts = X[:, 1:].sum(axis=0)
+    expected = np.log((counts + 1.0) / (len(X) + 3.0) * (1 - UNSEEN_PROB))
+    got = model.feature_log_probs(np.column_stack([np.zeros(3), np.eye(3)]))[:, 1]
+    np.testing.assert_allclose(got, expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("data", CONTRACT_DATA)
+def test_independent_log_prob_is_the_sum_of_feature_terms(fitted, data):
+    model = fitted("independent", data).model
+    X = DATASETS[data].heldout()[:300]
+    terms = model.feature_log_probs(X)
+    assert terms.shape == (300, X.shape[1])
+    np.testing.assert_allclose(terms.sum(axis=1), model.log_prob(X), rtol=1e-12)
+    # each numeric marginal is a 1-D density that integrates to one
+    for j in range(X.shape[1]):
+        grid = np.linspace(-15.0, 15.0, 6_001)
+        rows = np.zeros((len(grid), X.shape[1]))
+        rows[:, j] = grid
+        mass = np.trapezoid(np.exp(model.feature_log_probs(rows)[:, j]), grid)
+        assert mass == pytest.approx(1.0, abs=1e-3)
+
+
+# ---------------------------------------------------------------------- feature conditionals
+def _true_gauss_conditionals(X: np.ndarray) -> np.ndarray:
+    """log p(x_j | x_-j) of GAUSS_MEAN/GAUSS_COV: joint minus the other feature's marginal."""
+    joint = multivariate_normal(GAUSS_MEAN, GAUSS_COV).logpdf(X)
+    return np.column_stack(
+        [
+            joint - norm.logpdf(X[:, 1 - j], GAUSS_MEAN[1 - j], np.sqrt(GAUSS_COV[1 - j, 1 - j]))
+            for j in range(2)
+        ]
+    )
+
+
+def test_gaussian_feature_log_probs_are_its_closed_form_conditionals(fitted):
+    model = fitted("gaussian", "gauss2d").model
+    X = DATASETS["gauss2d"].heldout()[:200]
+    joint = multivariate_normal(model.mean_, model.covariance_)
+    expected = np.column_stack(
+        [
+            joint.logpdf(X)
+            - norm.logpdf(X[:, 1 - j], model.mean_[1 - j], np.sqrt(model.covariance_[1 - j, 1 - j]))
+            for j in range(2)
+        ]
+    )
+    np.testing.assert_allclose(model.feature_log_probs(X), expected, rtol=1e-9)
+
+
+def test_gaussian_feature_log_probs_one_hot_block_is_one_term(mixed_fitted):
+    model = make("gaussian").fit(mixed_draw(N_TRAIN, np.random.default_rng(1)), MIXED_LAYOUT)
+    X = mixed_draw(50, np.random.default_rng(3))
+    terms = model.feature_log_probs(X)
+    assert terms.shape == (50, 2)
+    # the block term is log p(x_block | x): the joint minus the marginal of x
+    marginal = norm.logpdf(X[:, 0], model.mean_[0], np.sqrt(model.covariance_[0, 0]))
+    np.testing.assert_allclose(terms[:, 1], model.log_prob(X) - marginal, rtol=1e-8)
+
+
+def test_autoregressive_feature_log_probs_approximate_true_conditionals():
+    """Order-agnostic training: the network's full conditionals are near the true ones."""
+    X = DATASETS["gauss2d"].draw(3_000, np.random.default_rng(4))
+    model = make("autoregressive", learning_rate=3e-3).fit(X)
+    X = DATASETS["gauss2d"].heldout()[:1_000]
+    terms = model.feature_log_probs(X)
+    assert terms.shape == (1_000, 2)
+    assert np.isfinite(terms).all()
+    truth = _true_gauss_conditionals(X)
+    gap = np.abs(terms - truth).mean(axis=0)
+    assert (gap < 0.2).all(), gap  # (a fitted Gaussian's joint is ~0.02 nats off here)
+    # far closer than the marginals, which ignore the other feature
+    sd = np.sqrt(np.diag(GAUSS_COV))
+    marginal_gap = np.abs(norm.logpdf(X, GAUSS_MEAN, sd) - truth).mean(axis=0)
+    assert (gap < marginal_gap / 2).all(), (gap, marginal_gap)
+    # shuffling which row is which breaks the dependency: the conditionals see it
+    broken = np.column_stack([X[:, 0], X[::-1, 1]])
+    assert terms.mean() > model.feature_log_probs(broken).mean() + 0.2
+
+
+def test_autoregressive_orders_form_a_normalised_mixture():
+    X = DATASETS["banana2d"].train()
+    for orders in (1, 3):
+        model = make("autoregressive", orders=orders).fit(X)
+        assert model.module_.orders.shape == (orders, 2)
+        np.testing.assert_array_equal(model.module_.orders[0].numpy(), [0, 1])  # natural first
+        integral = grid_integral(model.log_prob, DATASETS["banana2d"].grid)
+        assert abs(integral - 1.0) < 0.05, (orders, integral)
+
+
+# ---------------------------------------------------------------------- layout and context errors
+def test_layout_is_stored_saved_and_loaded(tmp_path, mixed_fitted):
+    for kind in ("gaussian", "independent"):
+        model = make(kind).fit(mixed_draw(100, np.random.default_rng(1)), layout=MIXED_LAYOUT)
+        assert model.layout_ == MIXED_LAYOUT
+        loaded = models.load(model.save(tmp_path / kind))
+        assert loaded.layout_ == MIXED_LAYOUT
+        assert loaded.n_context_ == 0
+    assert make("gaussian").fit(np.zeros((5, 2)) + np.arange(5)[:, None]).layout_ == [
+        Block("x0", 0, 1),
+        Block("x1", 1, 2),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("layout", "pattern"),
+    [
+        ([Block("x", 0, 1)], "covers 1 columns, but X has 4"),
+        ([Block("x", 0, 1), Block("c", 2, 4, True)], "does not fit"),
+        ([Block("x", 0, 2), Block("c", 2, 4, True)], "does not fit"),
+        ([Block("x", 0, 1), Block("x", 1, 4, True)], "unique"),
+    ],
+)
+def test_bad_layout_raises(layout, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        make("independent").fit(mixed_draw(50, np.random.default_rng(1)), layout=layout)
+
+
+@pytest.mark.parametrize("kind", [k for k in KINDS if not KINDS[k].supports_context])
+def test_kinds_without_context_refuse_it_naming_those_with(kind):
+    X = DATASETS["mix1d"].train()
+    with pytest.raises(ValueError, match="cannot condition on context") as info:
+        make(kind).fit(X, context=np.zeros((len(X), 1)))
+    for other in models.context_kinds():
+        assert other in str(info.value)
+
+
+def test_context_kinds():
+    assert {"gaussian", "flow", "autoregressive"} <= set(models.context_kinds())
+
+
+def test_context_must_match_the_fit(fitted):
+    model = fitted("gaussian", "mix1d").model
+    X = DATASETS["mix1d"].heldout()[:5]
+    with pytest.raises(ValueError, match="fitted without context"):
+        model.log_prob(X, context=np.zeros((5, 1)))
+    rng = np.random.default_rng(0)
+    with_context = make("gaussian").fit(rng.normal(size=(50, 2)), context=rng.normal(size=(50, 1)))
+    with pytest.raises(ValueError, match="pass context"):
+        with_context.log_prob(rng.normal(size=(5, 2)))
+    with pytest.raises(ValueError, match="context has 4 rows, expected 5"):
+        with_context.log_prob(rng.normal(size=(5, 2)), context=np.zeros((4, 1)))
+    with pytest.raises(ValueError, match="context has 2 columns"):
+        with_context.log_prob(rng.normal(size=(5, 2)), context=np.zeros((5, 2)))
+    with pytest.raises(ValueError, match="context has 4 rows, expected 3"):
+        with_context.sample(3, context=np.zeros((4, 1)))

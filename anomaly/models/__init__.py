@@ -8,18 +8,25 @@ from pathlib import Path
 from typing import Any
 
 from anomaly.models.auto import Auto
-from anomaly.models.base import FORMAT_VERSION, DensityModel
+from anomaly.models.autoregressive import Autoregressive
+from anomaly.models.base import FORMAT_VERSION, Block, DensityModel, default_layout
 from anomaly.models.flow import Flow
 from anomaly.models.gaussian import Gaussian
 from anomaly.models.gmm import GMM
+from anomaly.models.independent import Independent
 from anomaly.models.kernel import KDE, KNN
 from anomaly.models.vae import VAE
 
-__all__ = ["KINDS", "DensityModel", "create", "load"]
+__all__ = ["KINDS", "Block", "DensityModel", "context_kinds", "create", "load"]
 
 KINDS: dict[str, type[DensityModel]] = {
-    cls.kind: cls for cls in (Gaussian, GMM, KDE, KNN, Flow, VAE, Auto)
+    cls.kind: cls for cls in (Gaussian, GMM, KDE, KNN, Flow, VAE, Auto, Independent, Autoregressive)
 }
+
+
+def context_kinds() -> list[str]:
+    """The kinds that can model a density conditional on context columns."""
+    return [kind for kind, cls in KINDS.items() if cls.supports_context]
 
 
 def create(kind: str, seed: int = 0, **params: Any) -> DensityModel:
@@ -51,5 +58,11 @@ def load(directory: str | Path) -> DensityModel:
     params = dict(config["params"])
     model = create(config["kind"], **params)
     model.n_features_in_ = config["n_features_in"]
+    # models saved before layouts and contexts existed: every column numeric, no context
+    layout = config.get("layout")
+    model.layout_ = (
+        [Block(**block) for block in layout] if layout else default_layout(model.n_features_in_)
+    )
+    model.n_context_ = config.get("n_context", 0)
     model._load_weights(directory, config["fitted"])
     return model

@@ -49,11 +49,11 @@ class Auto(DensityModel):
         held, fit_part = X[order[:n_held]], X[order[n_held:]]
         self.scores_: dict[str, float] = {}
         for kind in self.candidates:
-            model = self._make(kind).fit(fit_part)
+            model = self._make(kind).fit(fit_part, layout=self.layout_)
             self.scores_[kind] = float(model.log_prob(held).mean())
             logger.info("auto: %s held-out log-likelihood %.4f", kind, self.scores_[kind])
         self.chosen_ = max(self.scores_, key=self.scores_.__getitem__)
-        self.model_ = self._make(self.chosen_).fit(X)
+        self.model_ = self._make(self.chosen_).fit(X, layout=self.layout_)
 
     def _log_prob(self, X: np.ndarray) -> np.ndarray:
         return self.model_.log_prob(X)

@@ -5,8 +5,14 @@ Every model estimates a probability density p(x) on real-valued rows by maximum 
 The base class owns validation, seeding, threads and save/load; subclasses fill small hooks:
 ``_fit``, ``_log_prob``, ``_sample`` and ``_state``/``_load_state``.
 
-Saved form (no pickle anywhere): ``config.json`` (kind, constructor arguments, fitted shape) plus
-``weights.npz`` (numpy arrays, loaded with ``allow_pickle=False``).
+Two optional inputs: ``layout`` (which columns form each raw feature: a numeric column or a
+one-hot block, see :class:`Block`; stored as ``layout_``; kinds that model mixed types natively
+use it, the others only keep it) and ``context`` (always-observed conditioning columns, one row
+per row of X: a model with ``supports_context`` then gives the conditional density
+log p(x | context); the others refuse a context).
+
+Saved form (no pickle anywhere): ``config.json`` (kind, constructor arguments, fitted shape,
+layout, context width) plus ``weights.npz`` (numpy arrays, loaded with ``allow_pickle=False``).
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import inspect
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
@@ -27,6 +33,10 @@ from sklearn.exceptions import NotFittedError
 FORMAT_VERSION = 1
 #: log_prob never goes below this (a row astronomically far from the data stays finite).
 MIN_LOG_PROB = -1e12
+#: probability that kinds modelling categories natively give to "a category not seen in
+#: training" (an all-zero one-hot block); the known categories share the remaining 1 − UNSEEN_PROB,
+#: so the distribution over categories still sums to one.
+UNSEEN_PROB = 1e-9
 
 
 @dataclass(frozen=True)
@@ -44,50 +54,104 @@ def default_layout(n_columns: int) -> list[Block]:
     return [Block(f"x{j}", j, j + 1) for j in range(n_columns)]
 
 
+def check_layout(layout: list[Block], n_columns: int) -> list[Block]:
+    """``layout`` as a list, or a ValueError unless its blocks tile the columns in order."""
+    layout = list(layout)
+    position = 0
+    for block in layout:
+        if not isinstance(block, Block):
+            msg = f"layout entries must be Block objects, got {type(block).__name__}"
+            raise TypeError(msg)
+        width = block.stop - block.start
+        if block.start != position or width < 1 or (width != 1 and not block.categorical):
+            msg = (
+                f"layout block {block} does not fit: blocks must tile columns 0..{n_columns} in "
+                "order, numeric blocks one column wide"
+            )
+            raise ValueError(msg)
+        position = block.stop
+    if position != n_columns:
+        msg = f"layout covers {position} columns, but X has {n_columns}"
+        raise ValueError(msg)
+    names = [b.name for b in layout]
+    if len(set(names)) != len(names):
+        msg = f"layout block names must be unique, got {names}"
+        raise ValueError(msg)
+    return layout
+
+
+def category_codes(block: np.ndarray) -> np.ndarray:
+    """Category index of each row of a one-hot block; −1 where no column is 1 (unseen)."""
+    codes = block.argmax(axis=1)
+    return np.where(block[np.arange(len(block)), codes] > 0.5, codes, -1)
+
+
 class DensityModel:
     """Base class: a density on R^d fitted by maximum likelihood."""
 
     kind: ClassVar[str] = ""
+    #: whether the kind models log p(x | context); see :func:`context_kinds`
+    supports_context: ClassVar[bool] = False
 
     def __init__(self, seed: int = 0) -> None:
         self.seed = seed
 
     # ------------------------------------------------------------------ public contract
-    def fit(self, X: np.ndarray) -> Self:
-        """Fit on normal rows (n_samples × n_features) and return ``self``."""
+    def fit(
+        self,
+        X: np.ndarray,
+        layout: list[Block] | None = None,
+        context: np.ndarray | None = None,
+    ) -> Self:
+        """Fit on normal rows (n_samples × n_features) and return ``self``.
+
+        ``layout``: the raw features' columns (None: every column numeric). ``context``: the
+        conditioning columns, one row per row of X (only kinds with ``supports_context``).
+        """
         X = _as_matrix(X, "fit")
         if X.shape[0] < 2:
             msg = f"{self.kind}: need at least 2 rows to fit, got {X.shape[0]}"
             raise ValueError(msg)
+        self._refuse_context(context)
+        C = None if context is None else _context_matrix(context, X.shape[0], "fit")
+        self.layout_ = check_layout(layout or default_layout(X.shape[1]), X.shape[1])
+        self.n_context_ = 0 if C is None else C.shape[1]
         self.n_features_in_ = X.shape[1]
         with _threads(getattr(self, "n_threads", None)):
-            self._fit(X)
+            if self.supports_context:
+                self._fit(X, context=C)
+            else:
+                self._fit(X)
         return self
 
-    def log_prob(self, X: np.ndarray) -> np.ndarray:
-        """Natural-log density of each row, float64, finite."""
+    def log_prob(self, X: np.ndarray, context: np.ndarray | None = None) -> np.ndarray:
+        """Natural-log density of each row (given its context row), float64, finite."""
         X = self._check_input(X)
+        C = self._check_context(context, X.shape[0], "log_prob")
         if X.shape[0] == 0:
             return np.zeros(0)
         with _threads(getattr(self, "n_threads", None)):
-            lp = np.asarray(self._log_prob(X), dtype=np.float64)
+            if self.supports_context:
+                lp = np.asarray(self._log_prob(X, context=C), dtype=np.float64)
+            else:
+                lp = np.asarray(self._log_prob(X), dtype=np.float64)
         return np.nan_to_num(lp, nan=MIN_LOG_PROB, neginf=MIN_LOG_PROB).clip(MIN_LOG_PROB)
 
     def score_samples(self, X: np.ndarray) -> np.ndarray:
         """scikit-learn's name for :meth:`log_prob`."""
         return self.log_prob(X)
 
-    def sample(self, n: int, seed: int = 0) -> np.ndarray:
-        """Draw ``n`` synthetic rows from the fitted density."""
+    def sample(self, n: int, seed: int = 0, context: np.ndarray | None = None) -> np.ndarray:
+        """Draw ``n`` synthetic rows from the fitted density (row i given context row i)."""
         self._check_fitted()
         if n < 0:
             msg = f"n must be ≥ 0, got {n}"
             raise ValueError(msg)
+        C = self._check_context(context, n, "sample")
         rng = np.random.default_rng(seed)
         with _threads(getattr(self, "n_threads", None)):
-            return np.asarray(self._sample(n, rng), dtype=np.float64).reshape(
-                n, self.n_features_in_
-            )
+            out = self._sample(n, rng, context=C) if self.supports_context else self._sample(n, rng)
+            return np.asarray(out, dtype=np.float64).reshape(n, self.n_features_in_)
 
     def get_params(self) -> dict[str, Any]:
         """Constructor arguments (of this class and its bases), as stored by ``__init__``."""
@@ -110,6 +174,8 @@ class DensityModel:
             "kind": self.kind,
             "params": self.get_params(),
             "n_features_in": self.n_features_in_,
+            "layout": [asdict(block) for block in self.layout_],
+            "n_context": self.n_context_,
             "fitted": self._fitted_json(),
         }
         (directory / "config.json").write_text(json.dumps(config, indent=2))
@@ -147,6 +213,39 @@ class DensityModel:
         self._load_state(state, fitted)
 
     # ------------------------------------------------------------------ helpers
+    def _refuse_context(self, context: np.ndarray | None) -> None:
+        if context is not None and not self.supports_context:
+            from anomaly.models import context_kinds
+
+            msg = (
+                f"model kind {self.kind!r} cannot condition on context columns; "
+                f"kinds that can: {', '.join(context_kinds())}"
+            )
+            raise ValueError(msg)
+
+    def _check_context(self, context: np.ndarray | None, n: int, what: str) -> np.ndarray | None:
+        """The context matrix for ``n`` rows, or an error if it is missing, extra or wrong."""
+        self._refuse_context(context)
+        if self.n_context_ == 0:
+            if context is not None:
+                msg = f"{what}: this {self.kind} model was fitted without context; pass none"
+                raise ValueError(msg)
+            return None
+        if context is None:
+            msg = (
+                f"{what}: this {self.kind} model was fitted with {self.n_context_} context "
+                "column(s); pass context (one row per row)"
+            )
+            raise ValueError(msg)
+        C = _context_matrix(context, n, what)
+        if C.shape[1] != self.n_context_:
+            msg = (
+                f"{what}: context has {C.shape[1]} columns, but this {self.kind} model was "
+                f"fitted on {self.n_context_}"
+            )
+            raise ValueError(msg)
+        return C
+
     def _check_fitted(self) -> None:
         if not hasattr(self, "n_features_in_"):
             msg = f"this {self.kind} model is not fitted yet: call fit(X) first"
@@ -162,6 +261,14 @@ class DensityModel:
             )
             raise ValueError(msg)
         return X
+
+
+def _context_matrix(context: np.ndarray, n: int, what: str) -> np.ndarray:
+    C = _as_matrix(context, f"{what} (context)")
+    if C.shape[0] != n:
+        msg = f"{what}: context has {C.shape[0]} rows, expected {n} (one per row)"
+        raise ValueError(msg)
+    return C
 
 
 def _as_matrix(X: np.ndarray, what: str) -> np.ndarray:

@@ -1,7 +1,9 @@
 """Normalising flows with exact likelihood: masked autoregressive (MAF) or neural spline (NSF).
 
 Built on zuko (Rozet et al.); the module is a plain zuko ``Flow`` and the training loop is
-:class:`~anomaly.models.neural.TorchDensity`'s.
+:class:`~anomaly.models.neural.TorchDensity`'s. Given context columns, the flow is conditional:
+zuko feeds the (standardised) context to every transform's network, and the density is
+log p(x | context).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ class Flow(TorchDensity):
     """A MAF (affine, Papamakarios et al. 2017) or NSF (splines, Durkan et al. 2019) flow."""
 
     kind = "flow"
+    supports_context = True
 
     def __init__(
         self,
@@ -39,14 +42,23 @@ class Flow(TorchDensity):
             msg = f"flow: flow_type must be one of {sorted(makers)}, got {self.flow_type!r}"
             raise ValueError(msg)
         return makers[self.flow_type](
-            dim, transforms=self.transforms, hidden_features=tuple(self.hidden)
+            dim,
+            context=self.n_context_,
+            transforms=self.transforms,
+            hidden_features=tuple(self.hidden),
         )
 
-    def _loss(self, module: nn.Module, batch: torch.Tensor) -> torch.Tensor:
-        return -module().log_prob(batch).mean()
+    def _loss(
+        self, module: nn.Module, batch: torch.Tensor, context: torch.Tensor | None
+    ) -> torch.Tensor:
+        return -module(context).log_prob(batch).mean()
 
-    def _module_log_prob(self, module: nn.Module, Z: torch.Tensor) -> torch.Tensor:
-        return module().log_prob(Z)
+    def _module_log_prob(
+        self, module: nn.Module, Z: torch.Tensor, context: torch.Tensor | None
+    ) -> torch.Tensor:
+        return module(context).log_prob(Z)
 
-    def _module_sample(self, module: nn.Module, n: int) -> torch.Tensor:
-        return module().sample((n,))
+    def _module_sample(
+        self, module: nn.Module, n: int, context: torch.Tensor | None
+    ) -> torch.Tensor:
+        return module().sample((n,)) if context is None else module(context).sample()

@@ -1,4 +1,10 @@
-"""Multivariate Gaussian with full covariance, fitted by maximum likelihood with shrinkage."""
+"""Multivariate Gaussian with full covariance, fitted by maximum likelihood with shrinkage.
+
+With context columns c it is the linear-conditional Gaussian: the joint Gaussian of [x, c] is
+fitted (with the same shrinkage) and rows are scored by the closed-form conditional
+x | c ~ N(μ_x + B (c − μ_c), Σ_x|c), B = Σ_xc Σ_cc⁻¹, Σ_x|c = Σ_xx − B Σ_cx: the mean moves
+linearly with the context (per category, for one-hot context columns), the covariance does not.
+"""
 
 from __future__ import annotations
 
@@ -31,9 +37,12 @@ class Gaussian(DensityModel):
     """N(μ, Σ) with Σ the Ledoit–Wolf shrunk covariance (``shrinkage=None``) or a fixed one.
 
     ``min_variance`` floors each variance so constant columns cannot make Σ singular.
+    ``mean_`` and ``covariance_`` are those of x (marginal over the context, if any);
+    :meth:`conditional` gives the parameters of x | context.
     """
 
     kind = "gaussian"
+    supports_context = True
 
     def __init__(
         self, seed: int = 0, shrinkage: float | None = None, min_variance: float = 1e-6
@@ -42,8 +51,10 @@ class Gaussian(DensityModel):
         self.shrinkage = shrinkage
         self.min_variance = min_variance
 
-    def _fit(self, X: np.ndarray) -> None:
-        self.mean_ = X.mean(axis=0)
+    def _fit(self, X: np.ndarray, context: np.ndarray | None = None) -> None:
+        if context is not None:
+            X = np.hstack([X, context])
+        mean = X.mean(axis=0)
         if self.shrinkage is None:
             cov, self.shrinkage_ = ledoit_wolf(X)
         else:
@@ -55,23 +66,76 @@ class Gaussian(DensityModel):
             cov = (1 - self.shrinkage) * emp + self.shrinkage * mu * np.eye(X.shape[1])
             self.shrinkage_ = float(self.shrinkage)
         cov = np.atleast_2d(cov) + self.min_variance * np.eye(X.shape[1])
-        self.covariance_ = cov
-        self.chol_ = np.linalg.cholesky(cov)
+        self._set_joint(mean, cov)
 
-    def _log_prob(self, X: np.ndarray) -> np.ndarray:
-        return gaussian_log_pdf(X, self.mean_, self.chol_)
+    def _set_joint(self, mean: np.ndarray, cov: np.ndarray) -> None:
+        """Keep the joint parameters of [x, context] and derive those of x | context."""
+        self.joint_mean_, self.joint_covariance_ = mean, cov
+        d = self.n_features_in_
+        self.mean_, self.covariance_ = mean[:d], cov[:d, :d]
+        self.context_mean_ = mean[d:]
+        cross, cov_c = cov[:d, d:], cov[d:, d:]
+        self.coef_ = np.linalg.solve(cov_c, cross.T).T if self.n_context_ else np.zeros((d, 0))
+        self.conditional_covariance_ = self.covariance_ - self.coef_ @ cross.T
+        self.chol_ = np.linalg.cholesky(self.conditional_covariance_)
 
-    def _sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
-        return sample_gaussian(n, self.mean_, self.chol_, rng)
+    def conditional(self, context: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Per-row means (n × d) and the shared covariance (d × d) of x | context.
+
+        Without context (a model fitted without one): ``mean_`` as one row and ``covariance_``.
+        """
+        self._check_fitted()
+        C = self._check_context(context, 0 if context is None else len(context), "conditional")
+        if C is None:
+            return self.mean_[None], self.conditional_covariance_
+        return self._means(C), self.conditional_covariance_
+
+    def _means(self, context: np.ndarray | None) -> np.ndarray:
+        if context is None:
+            return self.mean_
+        return self.mean_ + (context - self.context_mean_) @ self.coef_.T
+
+    def feature_log_probs(self, X: np.ndarray, context: np.ndarray | None = None) -> np.ndarray:
+        """Closed-form log p(x_b | x_-b, context) per layout block (n_rows × n_blocks).
+
+        A numeric block is one column: the 1-D Gaussian conditional. A one-hot block gets the
+        Gaussian density of its columns jointly given all other columns (a density on the
+        block's columns, not a probability of the category).
+        """
+        X = self._check_input(X)
+        C = self._check_context(context, X.shape[0], "feature_log_probs")
+        precision = np.linalg.inv(self.conditional_covariance_)
+        precision = (precision + precision.T) / 2
+        r = (X - self._means(C)) @ precision
+        out = np.empty((X.shape[0], len(self.layout_)))
+        for j, block in enumerate(self.layout_):
+            cols = slice(block.start, block.stop)
+            p_bb = precision[cols, cols]
+            chol = np.linalg.cholesky(p_bb)
+            z = solve_triangular(chol, r[:, cols].T, lower=True)  # r_bᵀ P_bb⁻¹ r_b = |z|²
+            width = block.stop - block.start
+            out[:, j] = (
+                -0.5 * (z * z).sum(axis=0) + np.log(np.diag(chol)).sum() - 0.5 * width * LOG_2PI
+            )
+        return out
+
+    def _log_prob(self, X: np.ndarray, context: np.ndarray | None = None) -> np.ndarray:
+        return gaussian_log_pdf(X, self._means(context), self.chol_)
+
+    def _sample(
+        self, n: int, rng: np.random.Generator, context: np.ndarray | None = None
+    ) -> np.ndarray:
+        if context is None:
+            return sample_gaussian(n, self.mean_, self.chol_, rng)
+        return self._means(context) + rng.standard_normal((n, self.n_features_in_)) @ self.chol_.T
 
     def _state(self) -> dict[str, np.ndarray]:
-        return {"mean": self.mean_, "covariance": self.covariance_}
+        # the joint parameters of [x, context] (of x alone without context)
+        return {"mean": self.joint_mean_, "covariance": self.joint_covariance_}
 
     def _fitted_json(self) -> dict[str, Any]:
         return {"shrinkage": float(self.shrinkage_)}
 
     def _load_state(self, state: dict[str, np.ndarray], fitted: dict[str, Any]) -> None:
-        self.mean_ = state["mean"]
-        self.covariance_ = state["covariance"]
-        self.chol_ = np.linalg.cholesky(self.covariance_)
+        self._set_joint(state["mean"], state["covariance"])
         self.shrinkage_ = fitted["shrinkage"]

@@ -1,7 +1,8 @@
 """The training loop shared by the torch density models (``flow``, ``vae``).
 
 A torch kind is a plain ``nn.Module`` plus four hooks; this base class owns the rest: input
-standardisation (its Jacobian added to every log-density), the seeded train/validation split,
+standardisation (its Jacobian added to every log-density; context columns are standardised too,
+without a Jacobian, as they are conditioned on), the seeded train/validation split,
 AdamW with early stopping on the validation log-likelihood, the progress bar, threads, and
 storage of the state dict as numpy arrays in ``weights.npz`` (no pickle).
 """
@@ -51,27 +52,44 @@ class TorchDensity(DensityModel):
 
     # ------------------------------------------------------------------ hooks
     def _build(self, dim: int) -> nn.Module:
-        """A fresh module for ``dim`` standardised features."""
+        """A fresh module for ``dim`` standardised features (and ``self.n_context_`` context
+        columns, for kinds that support context)."""
         raise NotImplementedError
 
-    def _loss(self, module: nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    def _loss(
+        self, module: nn.Module, batch: torch.Tensor, context: torch.Tensor | None
+    ) -> torch.Tensor:
         """Mean training loss (negative log-likelihood or a bound on it) of a batch."""
         raise NotImplementedError
 
-    def _module_log_prob(self, module: nn.Module, Z: torch.Tensor) -> torch.Tensor:
-        """log-density of standardised rows."""
+    def _module_log_prob(
+        self, module: nn.Module, Z: torch.Tensor, context: torch.Tensor | None
+    ) -> torch.Tensor:
+        """log-density of standardised rows (given their standardised context rows)."""
         raise NotImplementedError
 
-    def _module_sample(self, module: nn.Module, n: int) -> torch.Tensor:
+    def _module_sample(
+        self, module: nn.Module, n: int, context: torch.Tensor | None
+    ) -> torch.Tensor:
         """``n`` standardised rows (the caller seeds torch)."""
         raise NotImplementedError
 
-    # ------------------------------------------------------------------ training loop
-    def _fit(self, X: np.ndarray) -> None:
-        with torch.random.fork_rng():  # seed training without touching the caller's RNG
-            self._train(X)
+    def _scaling(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per-column location and scale of the standardisation (default: mean and std)."""
+        std = X.std(axis=0)
+        return X.mean(axis=0), np.where(std > 0, std, 1.0)
 
-    def _train(self, X: np.ndarray) -> None:
+    # ------------------------------------------------------------------ training loop
+    def _fit(self, X: np.ndarray, context: np.ndarray | None = None) -> None:
+        with torch.random.fork_rng():  # seed training without touching the caller's RNG
+            self._train(X, context)
+
+    def _standard_context(self, context: np.ndarray | None) -> torch.Tensor | None:
+        if context is None:
+            return None
+        return torch.from_numpy((context - self.context_mean_) / self.context_scale_).float()
+
+    def _train(self, X: np.ndarray, context: np.ndarray | None) -> None:
         for name in ("max_epochs", "batch_size", "learning_rate", "patience"):
             check_positive(name, getattr(self, name), self.kind)
         if not 0 < self.validation_fraction < 1:
@@ -81,13 +99,19 @@ class TorchDensity(DensityModel):
             )
             raise ValueError(msg)
         torch.manual_seed(self.seed)
-        self.mean_ = X.mean(axis=0)
-        std = X.std(axis=0)
-        self.scale_ = np.where(std > 0, std, 1.0)
+        self.mean_, self.scale_ = self._scaling(X)
         Z = torch.from_numpy((X - self.mean_) / self.scale_).float()
+        if context is not None:
+            std = context.std(axis=0)
+            self.context_mean_, self.context_scale_ = (
+                context.mean(axis=0),
+                np.where(std > 0, std, 1),
+            )
+        C = self._standard_context(context)
         order = torch.randperm(Z.shape[0], generator=torch.Generator().manual_seed(self.seed))
         n_val = max(1, round(self.validation_fraction * Z.shape[0]))
         train, val = Z[order[n_val:]], Z[order[:n_val]]
+        train_c, val_c = (None, None) if C is None else (C[order[n_val:]], C[order[:n_val]])
         self.module_ = self._build(Z.shape[1])
         optimiser = torch.optim.AdamW(
             self.module_.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay
@@ -107,12 +131,12 @@ class TorchDensity(DensityModel):
                 batch = train[idx]
                 if self.noise > 0:
                     batch = batch + self.noise * torch.randn_like(batch)
-                loss = self._loss(self.module_, batch)
+                loss = self._loss(self.module_, batch, None if train_c is None else train_c[idx])
                 optimiser.zero_grad()
                 loss.backward()
                 nn.utils.clip_grad_norm_(self.module_.parameters(), 10.0)
                 optimiser.step()
-            val_loss = self._validation_loss(val)
+            val_loss = self._validation_loss(val, val_c)
             self.history_.append(val_loss)
             bar.set_postfix(val_nll=f"{val_loss:.3f}")
             if val_loss < best - 1e-4:
@@ -127,30 +151,42 @@ class TorchDensity(DensityModel):
         self.module_.eval()
         self.epochs_ = len(self.history_)
 
-    def _validation_loss(self, val: torch.Tensor) -> float:
+    def _validation_loss(self, val: torch.Tensor, val_c: torch.Tensor | None) -> float:
         """Held-out negative log-likelihood (what the model is scored by, not the loss)."""
         self.module_.eval()
         with torch.inference_mode():
-            lp = [self._module_log_prob(self.module_, b).sum().item() for b in val.split(4096)]
+            lp = [
+                self._module_log_prob(self.module_, b, c).sum().item()
+                for b, c in _split(val, val_c, 4096)
+            ]
         value = -sum(lp) / val.shape[0]
         return value if np.isfinite(value) else np.inf
 
     # ------------------------------------------------------------------ scoring
-    def _log_prob(self, X: np.ndarray) -> np.ndarray:
+    def _log_prob(self, X: np.ndarray, context: np.ndarray | None = None) -> np.ndarray:
         Z = torch.from_numpy((X - self.mean_) / self.scale_).float()
+        C = self._standard_context(context)
         with torch.inference_mode():
-            lp = [self._module_log_prob(self.module_, b).double() for b in Z.split(SCORE_BATCH)]
+            lp = [
+                self._module_log_prob(self.module_, b, c).double()
+                for b, c in _split(Z, C, SCORE_BATCH)
+            ]
         return torch.cat(lp).numpy() - np.log(self.scale_).sum()
 
-    def _sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
+    def _sample(
+        self, n: int, rng: np.random.Generator, context: np.ndarray | None = None
+    ) -> np.ndarray:
         with torch.random.fork_rng(), torch.inference_mode():
             torch.manual_seed(int(rng.integers(2**31)))
-            Z = self._module_sample(self.module_, n).double().numpy()
+            C = self._standard_context(context)
+            Z = self._module_sample(self.module_, n, C).double().numpy()
         return Z * self.scale_ + self.mean_
 
     # ------------------------------------------------------------------ storage
     def _state(self) -> dict[str, np.ndarray]:
         state = {f"module.{k}": v.detach().numpy() for k, v in self.module_.state_dict().items()}
+        if self.n_context_:
+            state |= {"context_mean": self.context_mean_, "context_scale": self.context_scale_}
         return {"mean": self.mean_, "scale": self.scale_, **state}
 
     def _fitted_json(self) -> dict[str, Any]:
@@ -158,6 +194,8 @@ class TorchDensity(DensityModel):
 
     def _load_state(self, state: dict[str, np.ndarray], fitted: dict[str, Any]) -> None:
         self.mean_, self.scale_ = state["mean"], state["scale"]
+        if "context_mean" in state:
+            self.context_mean_, self.context_scale_ = state["context_mean"], state["context_scale"]
         self.module_ = self._build(self.mean_.shape[0])
         weights = {
             k.removeprefix("module."): torch.from_numpy(v)
@@ -167,3 +205,11 @@ class TorchDensity(DensityModel):
         self.module_.load_state_dict(weights)
         self.module_.eval()
         self.epochs_, self.history_ = fitted["epochs"], fitted["history"]
+
+
+def _split(
+    Z: torch.Tensor, C: torch.Tensor | None, size: int
+) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    """Row chunks of Z paired with the same rows of C (or None)."""
+    chunks = Z.split(size)
+    return list(zip(chunks, C.split(size) if C is not None else [None] * len(chunks), strict=True))

@@ -87,14 +87,14 @@ class VAE(TorchDensity):
         self._eps = torch.randn(self.importance_samples, latent, generator=generator)
         return VAEModule(dim, latent, tuple(self.hidden))
 
-    def _loss(self, module: nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    def _loss(self, module: nn.Module, batch: torch.Tensor, context: None) -> torch.Tensor:
         return -module.elbo(batch).mean()
 
-    def _module_log_prob(self, module: nn.Module, Z: torch.Tensor) -> torch.Tensor:
+    def _module_log_prob(self, module: nn.Module, Z: torch.Tensor, context: None) -> torch.Tensor:
         rows = max(1, 2_000_000 // (self.importance_samples * max(Z.shape[1], module.latent)))
         return torch.cat([module.importance_log_prob(b, self._eps) for b in Z.split(rows)])
 
-    def _module_sample(self, module: nn.Module, n: int) -> torch.Tensor:
+    def _module_sample(self, module: nn.Module, n: int, context: None) -> torch.Tensor:
         z = torch.randn(n, module.latent)
         mean = module.decoder(z)
         return mean + module.log_noise.clamp_min(-7.0).exp() * torch.randn_like(mean)

@@ -1,0 +1,264 @@
+"""``autoregressive``: p(x) = Π_t p(x_π(t) | x_π(<t)), mixed types modelled natively.
+
+One MLP gives every feature's conditional given any subset of the other features: its input is
+the row with the unobserved features zeroed, the observed/unobserved mask (one bit per feature)
+and the context columns, if any. Each numeric feature's conditional is a mixture of
+``components`` Gaussians in standardised units; each categorical feature (a one-hot block of the
+layout) gets a categorical distribution over its training categories, scaled by 1 − UNSEEN_PROB,
+and an all-zero block (a category not seen in training) gets probability UNSEEN_PROB (log ≈
+−20.7 nats), so every conditional sums/integrates to one.
+
+Training is order-agnostic (Uria, Murray & Larochelle 2014, "A deep and tractable density
+estimator"; the same idea as MADE's mask resampling, Germain et al. 2015): per row a random
+feature order and a random position k in it are drawn, the first k features are observed, and
+the loss is −D/(D−k) Σ_unobserved log p(x_j | x_observed), an unbiased estimate of the negative
+log-likelihood averaged over all D! orders.
+
+Scoring (``log_prob``): the exact log-density under ``orders`` fixed orders (the natural one
+first, then seeded random ones), combined by log-mean-exp: the mixture of the orders' densities,
+each a product of normalised conditionals, so the result is an exactly normalised density.
+``feature_log_probs`` gives each feature's full conditional log p(x_b | x_-b, context) from the
+same network (the order-agnostic training makes these the last step of some order); they are
+approximate conditionals of the model's joint, not terms that sum to ``log_prob``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from anomaly.models.base import UNSEEN_PROB, Block, check_positive
+from anomaly.models.neural import SCORE_BATCH, TorchDensity, _split
+
+LOG_2PI = math.log(2 * math.pi)
+#: standardised inputs to the network are clipped to ±INPUT_CLIP (their likelihood is not)
+INPUT_CLIP = 8.0
+#: bounds of the mixture components' log standard deviation (standardised units)
+LOG_STD_RANGE = (-7.0, 3.0)
+
+
+class ARModule(nn.Module):
+    """The conditional network: (masked row, mask, context) → every feature's conditional."""
+
+    def __init__(
+        self,
+        layout: list[Block],
+        n_context: int,
+        hidden: tuple[int, ...],
+        components: int,
+        orders: torch.Tensor,
+    ) -> None:
+        super().__init__()
+        self.n_blocks = len(layout)
+        self.components = components
+        self.numeric = [b.start for b in layout if not b.categorical]
+        self.numeric_blocks = [i for i, b in enumerate(layout) if not b.categorical]
+        self.categorical = [(i, b.start, b.stop) for i, b in enumerate(layout) if b.categorical]
+        block_of_col = [i for i, b in enumerate(layout) for _ in range(b.start, b.stop)]
+        self.register_buffer("block_of_col", torch.tensor(block_of_col, dtype=torch.long))
+        self.register_buffer("orders", orders)
+        n_out = 3 * components * len(self.numeric) + sum(s - a for _, a, s in self.categorical)
+        sizes = [len(block_of_col) + self.n_blocks + n_context, *hidden, n_out]
+        layers: list[nn.Module] = []
+        for a, b in itertools.pairwise(sizes):
+            layers += [nn.Linear(a, b), nn.SiLU()]
+        self.net = nn.Sequential(*layers[:-1])
+        # start each numeric conditional as components spread over the standard normal's
+        # quantiles, narrower than the data: a symmetric start stays stuck at one Gaussian
+        with torch.no_grad():
+            last = self.net[-1]
+            last.weight.mul_(0.1)
+            bias = last.bias[: 3 * components * len(self.numeric)].view(-1, 3, components)
+            bias[:, 0] = 0.0
+            bias[:, 1] = torch.special.ndtri((torch.arange(components) + 0.5) / components)
+            bias[:, 2] = math.log(0.5)
+
+    def forward(
+        self, Z: torch.Tensor, mask: torch.Tensor, context: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Raw conditional parameters for rows Z whose features ``mask`` (rows × blocks) shows."""
+        observed = Z.clamp(-INPUT_CLIP, INPUT_CLIP) * mask[:, self.block_of_col]
+        parts = [observed, mask] + ([context] if context is not None else [])
+        return self.net(torch.cat(parts, dim=1))
+
+    def _mixture(
+        self, raw: torch.Tensor, dtype: torch.dtype = torch.float64
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        k = 3 * self.components * len(self.numeric)
+        params = raw[:, :k].to(dtype).view(raw.shape[0], len(self.numeric), 3, self.components)
+        log_w = params[:, :, 0].log_softmax(-1)
+        return log_w, params[:, :, 1], params[:, :, 2].clamp(*LOG_STD_RANGE)
+
+    def _category_logits(
+        self, raw: torch.Tensor, dtype: torch.dtype = torch.float64
+    ) -> list[torch.Tensor]:
+        offset = 3 * self.components * len(self.numeric)
+        out = []
+        for _, start, stop in self.categorical:
+            out.append(raw[:, offset : offset + stop - start].to(dtype))
+            offset += stop - start
+        return out
+
+    def block_log_probs(
+        self, raw: torch.Tensor, Z: torch.Tensor, dtype: torch.dtype = torch.float64
+    ) -> torch.Tensor:
+        """log p of each feature's value in Z under the conditionals ``raw`` (rows × blocks;
+        numeric terms are densities in standardised units). Scoring uses float64, so values
+        astronomically far from the data keep a finite log-density; training uses float32."""
+        out = torch.empty(raw.shape[0], self.n_blocks, dtype=dtype)
+        if self.numeric:
+            log_w, mean, log_std = self._mixture(raw, dtype)
+            z = Z[:, self.numeric].to(dtype)[..., None]
+            log_pdf = -0.5 * ((z - mean) / log_std.exp()) ** 2 - log_std - 0.5 * LOG_2PI
+            out[:, self.numeric_blocks] = torch.logsumexp(log_w + log_pdf, dim=-1)
+        for (i, start, stop), logits in zip(
+            self.categorical, self._category_logits(raw, dtype), strict=True
+        ):
+            onehot = Z[:, start:stop]
+            code = onehot.argmax(dim=1)
+            seen = onehot.gather(1, code[:, None])[:, 0] > 0.5
+            lp = logits.log_softmax(-1).gather(1, code[:, None])[:, 0] + math.log1p(-UNSEEN_PROB)
+            out[:, i] = torch.where(seen, lp, math.log(UNSEEN_PROB))
+        return out
+
+    def sample_blocks(self, raw: torch.Tensor) -> torch.Tensor:
+        """One draw of every feature from its conditional (rows × columns, standardised)."""
+        n = raw.shape[0]
+        out = torch.zeros(n, len(self.block_of_col), dtype=torch.float64)
+        if self.numeric:
+            log_w, mean, log_std = self._mixture(raw)
+            pick = torch.distributions.Categorical(logits=log_w).sample()[..., None]
+            eps = torch.randn(mean.shape[:2], dtype=torch.float64)
+            chosen_mean = mean.gather(-1, pick)[..., 0]
+            out[:, self.numeric] = chosen_mean + log_std.gather(-1, pick)[..., 0].exp() * eps
+        for (_, start, _stop), logits in zip(
+            self.categorical, self._category_logits(raw), strict=True
+        ):
+            code = torch.distributions.Categorical(logits=logits).sample()
+            out[torch.arange(n), start + code] = 1.0
+        return out
+
+
+class Autoregressive(TorchDensity):
+    """Order-agnostic autoregressive density over mixed numeric/categorical features."""
+
+    kind = "autoregressive"
+    supports_context = True
+
+    def __init__(
+        self,
+        seed: int = 0,
+        hidden: tuple[int, ...] = (256, 256),
+        components: int = 8,
+        orders: int = 4,
+        max_epochs: int = 150,
+        batch_size: int = 256,
+        learning_rate: float = 2e-3,
+        patience: int = 10,
+        n_threads: int | None = 1,
+        **train: Any,
+    ) -> None:
+        # one thread by default: the network is small, and extra threads mostly wait on each
+        # other (badly so when the cores are shared)
+        super().__init__(
+            seed,
+            max_epochs=max_epochs,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            patience=patience,
+            n_threads=n_threads,
+            **train,
+        )
+        self.hidden = hidden
+        self.components = components
+        self.orders = orders
+
+    # ------------------------------------------------------------------ TorchDensity hooks
+    def _scaling(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Standardise numeric columns only: one-hot blocks stay 0/1."""
+        mean, scale = super()._scaling(X)
+        for block in self.layout_:
+            if block.categorical:
+                mean[block.start : block.stop], scale[block.start : block.stop] = 0.0, 1.0
+        return mean, scale
+
+    def _build(self, dim: int) -> nn.Module:
+        check_positive("components", self.components, self.kind)
+        check_positive("orders", self.orders, self.kind)
+        n_blocks = len(self.layout_)
+        generator = torch.Generator().manual_seed(self.seed)
+        orders = [torch.arange(n_blocks)] + [
+            torch.randperm(n_blocks, generator=generator) for _ in range(self.orders - 1)
+        ]
+        return ARModule(
+            self.layout_, self.n_context_, tuple(self.hidden), self.components, torch.stack(orders)
+        )
+
+    def _loss(
+        self, module: nn.Module, batch: torch.Tensor, context: torch.Tensor | None
+    ) -> torch.Tensor:
+        n, blocks = batch.shape[0], module.n_blocks
+        k = torch.randint(0, blocks, (n, 1))  # features observed in this row's random order
+        rank = torch.rand(n, blocks).argsort(dim=1).argsort(dim=1)
+        mask = (rank < k).float()
+        lp = module.block_log_probs(module(batch, mask, context), batch, torch.float32)
+        per_row = ((1 - mask) * lp).sum(dim=1) * blocks / (blocks - k[:, 0])
+        return -per_row.mean()
+
+    def _module_log_prob(
+        self, module: nn.Module, Z: torch.Tensor, context: torch.Tensor | None
+    ) -> torch.Tensor:
+        per_order = []
+        for order in module.orders:
+            mask = torch.zeros(Z.shape[0], module.n_blocks)
+            total = torch.zeros(Z.shape[0], dtype=torch.float64)
+            for block in order.tolist():
+                total += module.block_log_probs(module(Z, mask, context), Z)[:, block]
+                mask[:, block] = 1.0
+            per_order.append(total)
+        return torch.logsumexp(torch.stack(per_order), dim=0) - math.log(len(per_order))
+
+    def _module_sample(
+        self, module: nn.Module, n: int, context: torch.Tensor | None
+    ) -> torch.Tensor:
+        # a draw from the mixture over orders: each row picks an order, then samples along it
+        orders = module.orders[torch.randint(0, module.orders.shape[0], (n,))]
+        Z = torch.zeros(n, module.block_of_col.shape[0])
+        mask = torch.zeros(n, module.n_blocks)
+        rows = torch.arange(n)
+        for step in range(module.n_blocks):
+            draw = module.sample_blocks(module(Z, mask, context)).float()
+            target = orders[:, step]
+            columns = (module.block_of_col[None] == target[:, None]).float()
+            Z = Z * (1 - columns) + draw * columns
+            mask[rows, target] = 1.0
+        return Z
+
+    # ------------------------------------------------------------------ explanations
+    def feature_log_probs(self, X: np.ndarray, context: np.ndarray | None = None) -> np.ndarray:
+        """Each feature's full conditional log p(x_b | x_-b, context): n_rows × n_blocks.
+
+        Numeric terms are densities in the units of X; categorical terms are probabilities.
+        """
+        X = self._check_input(X)
+        C = self._check_context(context, X.shape[0], "feature_log_probs")
+        Z = torch.from_numpy((X - self.mean_) / self.scale_).float()
+        Ct = self._standard_context(C)
+        n_blocks = len(self.layout_)
+        chunks = []
+        with torch.inference_mode():
+            for z, c in _split(Z, Ct, SCORE_BATCH):
+                out = torch.empty(z.shape[0], n_blocks, dtype=torch.float64)
+                for b in range(n_blocks):
+                    mask = torch.ones(z.shape[0], n_blocks)
+                    mask[:, b] = 0.0
+                    out[:, b] = self.module_.block_log_probs(self.module_(z, mask, c), z)[:, b]
+                chunks.append(out)
+        lp = torch.cat(chunks).numpy() if chunks else np.zeros((0, n_blocks))
+        log_scale = np.array([np.log(self.scale_[b.start]) for b in self.layout_])
+        return lp - log_scale

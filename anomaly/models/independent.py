@@ -1,0 +1,186 @@
+"""``independent``: the naive-Bayes factorisation p(x) = Π_b p(x_b), one marginal per feature.
+
+Numeric feature: a 1-D Gaussian kernel density estimate, binned (Wand 1994): the standardised
+training values are spread linearly over ``bins`` grid points and the density is the mixture of
+Gaussians N(g_k, h²) with weight w_k = the share of values at grid point g_k. The weights sum to
+one, so the density is exactly normalised; the bandwidth h is a multiple of Silverman's rule
+chosen per feature by held-out log-likelihood (the joint held-out likelihood factorises, so the
+per-feature choice maximises it). Categorical feature (a one-hot block of the layout): the
+smoothed frequencies (count + ``alpha``) / (n + ``alpha`` × categories), scaled by
+1 − UNSEEN_PROB; an all-zero block (a category not seen in training) gets UNSEEN_PROB.
+
+Fast, mixed-type and exactly explainable (``feature_log_probs`` are the terms of the sum), and
+the baseline the dependent models (``autoregressive``) must beat.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from scipy.special import logsumexp
+
+from anomaly.models.base import UNSEEN_PROB, DensityModel, category_codes, check_positive
+
+LOG_2PI = float(np.log(2 * np.pi))
+#: multiples of Silverman's bandwidth tried on held-out rows
+FACTORS = (0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.0)
+#: query rows per chunk of the (rows × grid points) kernel matrix
+CHUNK = 4_096
+
+
+def _binned_log_pdf(z: np.ndarray, grid: np.ndarray, log_w: np.ndarray, h: float) -> np.ndarray:
+    """log Σ_k w_k N(z; g_k, h²) per value of ``z``."""
+    out = np.empty(len(z))
+    for start in range(0, len(z), CHUNK):
+        d = (z[start : start + CHUNK, None] - grid[None]) / h
+        out[start : start + CHUNK] = logsumexp(log_w[None] - 0.5 * d * d, axis=1)
+    return out - np.log(h) - 0.5 * LOG_2PI
+
+
+def _linear_binning(z: np.ndarray, low: float, high: float, bins: int) -> np.ndarray:
+    """Weights (summing to 1) of ``bins`` grid points from low to high, each value split
+    between its two neighbours in proportion to closeness."""
+    width = (high - low) / (bins - 1) if high > low else 1.0
+    pos = np.clip((z - low) / width, 0, bins - 1)
+    left = np.minimum(np.floor(pos).astype(int), bins - 2) if bins > 1 else np.zeros(len(z), int)
+    frac = pos - left
+    w = np.bincount(left, 1 - frac, minlength=bins) + np.bincount(left + 1, frac, minlength=bins)
+    return w[:bins] / len(z)
+
+
+class Independent(DensityModel):
+    """Product of per-feature marginals: binned KDE for numerics, frequencies for categories.
+
+    ``bandwidth``: fixed kernel width in standard deviations (None: chosen on held-out rows).
+    """
+
+    kind = "independent"
+
+    def __init__(
+        self,
+        seed: int = 0,
+        bandwidth: float | None = None,
+        bins: int = 1_024,
+        alpha: float = 1.0,
+        heldout_fraction: float = 0.2,
+    ) -> None:
+        super().__init__(seed)
+        self.bandwidth = bandwidth
+        self.bins = bins
+        self.alpha = alpha
+        self.heldout_fraction = heldout_fraction
+
+    # ------------------------------------------------------------------ fit
+    def _fit(self, X: np.ndarray) -> None:
+        if self.bandwidth is not None:
+            check_positive("bandwidth", self.bandwidth, self.kind)
+        check_positive("alpha", self.alpha, self.kind)
+        if self.bins < 2:
+            msg = f"independent: bins must be ≥ 2, got {self.bins}"
+            raise ValueError(msg)
+        if not 0 < self.heldout_fraction < 1:
+            msg = f"independent: heldout_fraction must be in (0, 1), got {self.heldout_fraction}"
+            raise ValueError(msg)
+        numeric = [b.start for b in self.layout_ if not b.categorical]
+        std = X[:, numeric].std(axis=0)
+        self.loc_ = X[:, numeric].mean(axis=0)
+        self.scale_ = np.where(std > 0, std, 1.0)
+        Z = (X[:, numeric] - self.loc_) / self.scale_
+        order = np.random.default_rng(self.seed).permutation(len(Z))
+        n_held = max(1, round(self.heldout_fraction * len(Z)))
+        held, part = Z[order[:n_held]], Z[order[n_held:]]
+        self.bandwidths_ = np.empty(len(numeric))
+        self.grid_ = np.empty((len(numeric), self.bins))
+        self.log_weights_ = np.empty((len(numeric), self.bins))
+        for j in range(len(numeric)):
+            self.bandwidths_[j] = self._choose_bandwidth(part[:, j], held[:, j])
+            self.grid_[j], self.log_weights_[j] = self._bin(Z[:, j])
+        log_probs = []
+        for block in self.layout_:
+            if block.categorical:
+                counts = X[:, block.start : block.stop].sum(axis=0) + self.alpha
+                log_probs.append(np.log(counts / counts.sum()) + np.log1p(-UNSEEN_PROB))
+        self.category_log_probs_ = np.concatenate(log_probs) if log_probs else np.zeros(0)
+
+    def _bin(self, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        grid = np.linspace(z.min(), z.max(), self.bins)
+        with np.errstate(divide="ignore"):
+            return grid, np.log(_linear_binning(z, z.min(), z.max(), self.bins))
+
+    def _choose_bandwidth(self, part: np.ndarray, held: np.ndarray) -> float:
+        if self.bandwidth is not None:
+            return float(self.bandwidth)
+        # Silverman's rule of thumb in standard deviations (the data are standardised)
+        iqr = np.subtract(*np.percentile(part, [75, 25])) / 1.349
+        spread = min(1.0, iqr) if iqr > 0 else 1.0
+        base = 0.9 * spread * len(part) ** -0.2
+        grid, log_w = self._bin(part)
+        scores = [_binned_log_pdf(held, grid, log_w, f * base).mean() for f in FACTORS]
+        return float(FACTORS[int(np.argmax(scores))] * base)
+
+    # ------------------------------------------------------------------ scoring
+    def feature_log_probs(self, X: np.ndarray, context: np.ndarray | None = None) -> np.ndarray:
+        """Each feature's exact log p(x_b) (= log p(x_b | x_-b) here): n_rows × n_blocks.
+
+        Numeric terms are densities in the units of X; categorical terms are probabilities.
+        """
+        X = self._check_input(X)
+        self._check_context(context, X.shape[0], "feature_log_probs")
+        out = np.empty((X.shape[0], len(self.layout_)))
+        j = offset = 0
+        for b, block in enumerate(self.layout_):
+            if block.categorical:
+                width = block.stop - block.start
+                codes = category_codes(X[:, block.start : block.stop])
+                lp = self.category_log_probs_[offset : offset + width]
+                out[:, b] = np.where(codes >= 0, lp[np.maximum(codes, 0)], np.log(UNSEEN_PROB))
+                offset += width
+            else:
+                z = (X[:, block.start] - self.loc_[j]) / self.scale_[j]
+                out[:, b] = _binned_log_pdf(
+                    z, self.grid_[j], self.log_weights_[j], self.bandwidths_[j]
+                ) - np.log(self.scale_[j])
+                j += 1
+        return out
+
+    def _log_prob(self, X: np.ndarray) -> np.ndarray:
+        return self.feature_log_probs(X).sum(axis=1)
+
+    def _sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        out = np.zeros((n, self.n_features_in_))
+        j = offset = 0
+        for block in self.layout_:
+            if block.categorical:
+                width = block.stop - block.start
+                p = np.exp(self.category_log_probs_[offset : offset + width])
+                codes = rng.choice(width, size=n, p=p / p.sum())
+                out[np.arange(n), block.start + codes] = 1.0
+                offset += width
+            else:
+                w = np.exp(self.log_weights_[j])
+                k = rng.choice(self.bins, size=n, p=w / w.sum())
+                z = self.grid_[j][k] + self.bandwidths_[j] * rng.standard_normal(n)
+                out[:, block.start] = z * self.scale_[j] + self.loc_[j]
+                j += 1
+        return out
+
+    # ------------------------------------------------------------------ storage
+    def _state(self) -> dict[str, np.ndarray]:
+        return {
+            "loc": self.loc_,
+            "scale": self.scale_,
+            "bandwidths": self.bandwidths_,
+            "grid": self.grid_,
+            "log_weights": self.log_weights_,
+            "category_log_probs": self.category_log_probs_,
+        }
+
+    def _fitted_json(self) -> dict[str, Any]:
+        return {"bandwidths": self.bandwidths_.tolist()}
+
+    def _load_state(self, state: dict[str, np.ndarray], fitted: dict[str, Any]) -> None:
+        self.loc_, self.scale_ = state["loc"], state["scale"]
+        self.bandwidths_, self.grid_ = state["bandwidths"], state["grid"]
+        self.log_weights_ = state["log_weights"]
+        self.category_log_probs_ = state["category_log_probs"]

@@ -1,0 +1,379 @@
+"""The review store against real databases: SQLite always, PostgreSQL 15 when its cluster tools
+are installed (a throwaway cluster on a free port, dropped afterwards)."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import sqlite3
+import subprocess
+import threading
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from store_data import ID, fill, flagged_frame, quarantined_frame, summary
+
+from anomaly import migrations, store
+
+PG_VERSION = "15"
+PG_BIN = Path(f"/usr/lib/postgresql/{PG_VERSION}/bin")
+
+# What `Base.metadata.create_all` made before the migrations existed (SQLite), verbatim.
+OLD_SCHEMA = """
+CREATE TABLE batches (
+	batch_id VARCHAR(300) NOT NULL,
+	source TEXT NOT NULL,
+	status VARCHAR(20) NOT NULL,
+	model_name VARCHAR(200) NOT NULL,
+	model_version VARCHAR(50) NOT NULL,
+	rows_in INTEGER NOT NULL,
+	rows_scored INTEGER NOT NULL,
+	rows_quarantined INTEGER NOT NULL,
+	rows_flagged INTEGER NOT NULL,
+	flag_rate FLOAT NOT NULL,
+	expected_rate FLOAT NOT NULL,
+	shift_p_value FLOAT NOT NULL,
+	shift_alarm BOOLEAN NOT NULL,
+	mean_log_likelihood FLOAT,
+	output TEXT,
+	error TEXT,
+	scored_at DATETIME NOT NULL,
+	PRIMARY KEY (batch_id)
+);
+CREATE TABLE flagged (
+	batch_id VARCHAR(300) NOT NULL,
+	record_id VARCHAR(300) NOT NULL,
+	model_name VARCHAR(200) NOT NULL,
+	model_version VARCHAR(50) NOT NULL,
+	log_likelihood FLOAT NOT NULL,
+	p_value FLOAT NOT NULL,
+	reason TEXT NOT NULL,
+	"values" JSON NOT NULL,
+	contributions JSON,
+	scored_at DATETIME NOT NULL,
+	PRIMARY KEY (batch_id, record_id)
+);
+CREATE TABLE quarantined (
+	batch_id VARCHAR(300) NOT NULL,
+	"row" INTEGER NOT NULL,
+	record_id VARCHAR(300),
+	reason TEXT NOT NULL,
+	"values" JSON NOT NULL,
+	PRIMARY KEY (batch_id, "row")
+);
+CREATE TABLE reviews (
+	id INTEGER NOT NULL,
+	batch_id VARCHAR(300) NOT NULL,
+	record_id VARCHAR(300) NOT NULL,
+	label VARCHAR(20) NOT NULL,
+	note TEXT NOT NULL,
+	reviewer VARCHAR(200) NOT NULL,
+	created_at DATETIME NOT NULL,
+	PRIMARY KEY (id)
+);
+CREATE INDEX ix_batches_scored_at ON batches (scored_at);
+CREATE INDEX ix_flagged_log_likelihood ON flagged (log_likelihood);
+CREATE INDEX ix_flagged_model_version ON flagged (model_version);
+CREATE INDEX ix_flagged_scored_at ON flagged (scored_at);
+CREATE INDEX ix_reviews_batch_id ON reviews (batch_id);
+CREATE INDEX ix_reviews_record_id ON reviews (record_id)
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """A PostgreSQL cluster of its own on 127.0.0.1 (trust auth), dropped after the session."""
+    if shutil.which("pg_createcluster") is None or not PG_BIN.is_dir():
+        pytest.skip(f"PostgreSQL {PG_VERSION} cluster tools are not installed (postgresql-common)")
+    name, port = f"anomaly{uuid.uuid4().hex[:8]}", _free_port()
+    created = subprocess.run(
+        ["pg_createcluster", PG_VERSION, name, "-p", str(port), "--", "--auth=trust"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if created.returncode:
+        pytest.skip(f"cannot create a PostgreSQL cluster: {created.stderr.strip()[:300]}")
+    try:
+        conf = Path(f"/etc/postgresql/{PG_VERSION}/{name}/postgresql.conf")
+        with conf.open("a") as handle:
+            handle.write("listen_addresses = '127.0.0.1'\nfsync = off\n")
+        subprocess.run(["pg_ctlcluster", PG_VERSION, name, "start"], check=True, timeout=120)
+        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}"
+    finally:
+        subprocess.run(["pg_dropcluster", "--stop", PG_VERSION, name], check=False, timeout=120)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database: a SQLite file, or a new database on the PostgreSQL server."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'review.db'}"
+        return
+    server = request.getfixturevalue("postgres_server")
+    database = f"t{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(f"{server}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE {database}")
+    try:
+        yield f"{server}/{database}"
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"DROP DATABASE {database} WITH (FORCE)")
+        admin.dispose()
+
+
+@pytest.fixture
+def engine(store_url: str) -> Iterator[sa.Engine]:
+    e = store.connect(store_url)
+    yield e
+    e.dispose()
+
+
+def _keys(rows: list[store.Flagged]) -> list[store.Key]:
+    return [store.key_of(r) for r in rows]
+
+
+def test_a_new_database_is_migrated_to_the_models_schema(engine: sa.Engine) -> None:
+    assert migrations.current(engine) == migrations.head()
+    with engine.connect() as conn:
+        assert compare_metadata(MigrationContext.configure(conn), store.Base.metadata) == []
+
+
+def test_a_create_all_database_is_stamped_then_upgraded(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(OLD_SCHEMA)
+        conn.execute(
+            "INSERT INTO flagged VALUES ('b', 'r1', 'm', '1', -30.0, 0.001, '', '{\"x\": 1}',"
+            " NULL, '2026-01-01 00:00:00')"
+        )
+        for label in ("unsure", "confirmed"):
+            conn.execute(
+                "INSERT INTO reviews (batch_id, record_id, label, note, reviewer, created_at)"
+                " VALUES ('b', 'r1', ?, '', 'ann', '2026-01-02 00:00:00')",
+                (label,),
+            )
+    engine = store.connect(f"sqlite:///{path}")
+    assert migrations.current(engine) == migrations.head()
+    with engine.connect() as conn:
+        assert compare_metadata(MigrationContext.configure(conn), store.Base.metadata) == []
+    record = store.get_record(engine, "b", "r1")
+    assert record is not None
+    assert record.label == "confirmed"  # the latest of the old reviews
+    assert store.queue_count(engine, store.QueueFilter(label="confirmed")) == 1
+
+
+def test_an_old_revision_with_data_upgrades_in_place(store_url: str) -> None:
+    engine = sa.create_engine(store_url)
+    migrations.upgrade(engine, migrations.INITIAL)
+    assert migrations.current(engine) == migrations.INITIAL
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO flagged (batch_id, record_id, model_name, model_version,"
+                ' log_likelihood, p_value, reason, "values", scored_at)'
+                " VALUES ('b', 'r1', 'm', '1', -30.0, 0.001, '', '{}', :t)"
+            ),
+            {"t": datetime(2026, 1, 1, tzinfo=UTC)},
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO reviews (batch_id, record_id, label, note, reviewer, created_at)"
+                " VALUES ('b', 'r1', 'false_positive', '', 'ann', :t)"
+            ),
+            {"t": datetime(2026, 1, 2, tzinfo=UTC)},
+        )
+    engine.dispose()
+    upgraded = store.connect(store_url)
+    assert migrations.current(upgraded) == migrations.head()
+    assert store.get_record(upgraded, "b", "r1").label == "false_positive"
+    upgraded.dispose()
+
+
+def test_concurrent_connects_migrate_a_new_sqlite_file_once(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'review.db'}"
+    errors: list[BaseException] = []
+
+    def open_store() -> None:
+        try:
+            store.connect(url).dispose()
+        except BaseException as exc:  # collected and re-raised in the test thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_store) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert migrations.current(sa.create_engine(url)) == migrations.head()
+
+
+def test_rewriting_a_batch_replaces_its_rows_and_keeps_labels(engine: sa.Engine) -> None:
+    fill(engine, batches=2, per_batch=20)
+    rows, _ = store.queue(engine, store.QueueFilter(batch_id="batch-000.parquet"), limit=2)
+    store.add_review(engine, rows[0].batch_id, rows[0].record_id, "confirmed", "ann", "card stolen")
+    s = summary(0, 20)
+    store.write_batch(engine, s, "demo", flagged_frame(0, 20), quarantined_frame(0), ID)
+    assert store.batch_counts(engine, s.batch_id) == (20, 3)
+    assert store.queue_count(engine, store.QueueFilter()) == 40
+    again = store.get_record(engine, rows[0].batch_id, rows[0].record_id)
+    assert again.label == "confirmed"
+    assert store.get_record(engine, rows[1].batch_id, rows[1].record_id).label is None
+
+
+def test_the_latest_review_is_the_label_and_the_log_keeps_all(engine: sa.Engine) -> None:
+    fill(engine, batches=1, per_batch=5)
+    b, r = "batch-000.parquet", "b0-r000003"
+    for label, who in (("unsure", "ann"), ("confirmed", "bob"), ("false_positive", "ann")):
+        store.add_review(engine, b, r, label, who)
+    assert store.get_record(engine, b, r).label == "false_positive"
+    log = store.reviews_of(engine, b, r)
+    assert [(x.label, x.reviewer) for x in log] == [
+        ("false_positive", "ann"), ("confirmed", "bob"), ("unsure", "ann")
+    ]  # fmt: skip
+    labels = store.current_labels(engine)
+    assert labels[["record_id", "label"]].values.tolist() == [[r, "false_positive"]]
+
+
+def test_reviews_of_bad_labels_or_unknown_records_are_refused(engine: sa.Engine) -> None:
+    fill(engine, batches=1, per_batch=3)
+    with pytest.raises(ValueError, match="label must be one of"):
+        store.add_review(engine, "batch-000.parquet", "b0-r000000", "fraud", "ann")
+    with pytest.raises(LookupError, match="no flagged record 'nope'"):
+        store.add_review(engine, "batch-000.parquet", "nope", "confirmed", "ann")
+    assert store.reviews_of(engine, "batch-000.parquet", "b0-r000000") == []
+
+
+@pytest.mark.parametrize("order", ["score_desc", "score_asc"])
+def test_queue_pages_cover_every_record_once_in_score_order(
+    engine: sa.Engine, order: store.Order
+) -> None:
+    fill(engine, batches=3, per_batch=40)
+    where = store.QueueFilter(order=order)
+    seen: list[store.Key] = []
+    after = None
+    while True:
+        rows, after = store.queue(engine, where, limit=7, after=after)
+        seen += _keys(rows)
+        if after is None:
+            break
+    assert len(seen) == len(set(seen)) == 120
+    assert seen == sorted(seen, reverse=order == "score_asc")
+    first = seen[0][0]
+    lowest = min(k[0] for k in seen)
+    assert (first == lowest) == (order == "score_desc")  # most anomalous = lowest first
+
+
+def test_queue_filters(engine: sa.Engine) -> None:
+    fill(engine, batches=3, per_batch=10)
+    s = summary(9, 10, version="2")
+    store.write_batch(engine, s, "demo", flagged_frame(9, 10), quarantined_frame(9), ID)
+    store.add_review(engine, "batch-001.parquet", "b1-r000002", "confirmed", "ann")
+    store.add_review(engine, "batch-002.parquet", "b2-r000004", "unsure", "ann")
+
+    def count(**kw: object) -> int:
+        where = store.QueueFilter(**kw)
+        rows, _ = store.queue(engine, where, limit=100)
+        assert len(rows) == store.queue_count(engine, where)
+        return len(rows)
+
+    assert count() == 40
+    assert count(batch_id="batch-001.parquet") == 10
+    assert count(model_version="2") == 10
+    assert count(label="confirmed") == 1
+    assert count(label="unreviewed") == 38
+    assert count(label="confirmed", batch_id="batch-002.parquet") == 0
+    now = datetime.now(UTC)
+    assert count(since=now - timedelta(hours=1)) == 40
+    assert count(since=now + timedelta(hours=1)) == 0
+    assert count(until=now - timedelta(hours=1)) == 0
+    with pytest.raises(ValueError, match="label filter must be one of"):
+        store.QueueFilter(label="fraud")
+
+
+def test_neighbour_follows_the_queue(engine: sa.Engine) -> None:
+    fill(engine, batches=2, per_batch=5)
+    rows, _ = store.queue(engine, store.QueueFilter(), limit=10)
+    assert store.key_of(store.neighbour(engine, store.QueueFilter(), rows[3])) == store.key_of(
+        rows[4]
+    )
+    back = store.QueueFilter(order="score_asc")
+    assert store.key_of(store.neighbour(engine, back, rows[3])) == store.key_of(rows[2])
+    assert store.neighbour(engine, store.QueueFilter(), rows[-1]) is None
+
+
+def test_cursor_round_trip_and_garbage() -> None:
+    key = (-31.123456789012345, "batch a.csv", "id/with/slash")
+    assert store.decode_cursor(store.encode_cursor(key)) == key
+    with pytest.raises(ValueError, match="invalid queue cursor"):
+        store.decode_cursor("not-a-cursor")
+
+
+def test_sqlite_queue_pages_come_from_indexes(tmp_path: Path) -> None:
+    """No full sort for any queue order: each filter has an index in score order."""
+    engine = store.connect(f"sqlite:///{tmp_path / 'review.db'}")
+    filters = [
+        store.QueueFilter(),
+        store.QueueFilter(order="score_asc"),
+        store.QueueFilter(batch_id="b"),
+        store.QueueFilter(model_version="1"),
+        store.QueueFilter(label="confirmed"),
+        store.QueueFilter(label="unreviewed"),
+    ]
+    for where in filters:
+        query = store._filtered(sa.select(store.Flagged), where).order_by(
+            store.Flagged.log_likelihood, store.Flagged.batch_id, store.Flagged.record_id
+        )
+        if where.order == "score_asc":
+            query = query.order_by(None).order_by(
+                store.Flagged.log_likelihood.desc(), store.Flagged.batch_id.desc(),
+                store.Flagged.record_id.desc(),
+            )  # fmt: skip
+        compiled = query.limit(51).compile(engine, compile_kwargs={"literal_binds": True})
+        with engine.connect() as conn:
+            plan = " ".join(
+                str(row[-1]) for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}")
+            )
+        assert "TEMP B-TREE" not in plan, (where, plan)
+        assert "USING INDEX" in plan, (where, plan)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_export_of_reviewed_records(engine: sa.Engine, tmp_path: Path, suffix: str) -> None:
+    fill(engine, batches=1, per_batch=5)
+    store.add_review(engine, "batch-000.parquet", "b0-r000001", "unsure", "ann")
+    store.add_review(engine, "batch-000.parquet", "b0-r000001", "confirmed", "bob", "called")
+    path = store.write_export(store.reviewed_records(engine), tmp_path / f"reviews{suffix}")
+    back = pd.read_csv(path) if suffix == ".csv" else pd.read_parquet(path)
+    assert len(back) == 1
+    row = back.iloc[0]
+    assert (row["label"], row["reviewer"], row["note"]) == ("confirmed", "bob", "called")
+    assert row["value.merchant_category"] in ("grocery", "fuel", "travel", "online")
+    with pytest.raises(ValueError, match=r"must end in \.csv or \.parquet"):
+        store.write_export(store.reviewed_records(engine), tmp_path / "reviews.xlsx")
+
+
+def test_export_with_no_reviews_has_the_columns(engine: sa.Engine) -> None:
+    frame = store.reviewed_records(engine)
+    assert frame.empty
+    assert list(frame.columns) == store.EXPORT_COLUMNS
+
+
+def test_queue_count_stops_at_its_limit(engine: sa.Engine) -> None:
+    fill(engine, batches=1, per_batch=30)
+    assert store.queue_count(engine, store.QueueFilter()) == 30
+    assert store.queue_count(engine, store.QueueFilter(), limit=10) == 10
+    assert store.queue_count(engine, store.QueueFilter(), limit=100) == 30
