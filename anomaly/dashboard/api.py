@@ -210,7 +210,7 @@ def list_flagged(
     try:
         after = store.decode_cursor(cursor) if cursor else None
     except ValueError as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, str(exc)) from exc
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
     rows, last = store.queue(_engine(request), where, limit=limit, after=after)
     total = store.queue_count(_engine(request), where, COUNT_LIMIT)
     return QueuePage(

@@ -65,7 +65,7 @@ def queue_page(request: Request, _user: Reader, where: Where, cursor: str | None
     try:
         after = store.decode_cursor(cursor) if cursor else None
     except ValueError as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, str(exc)) from exc
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
     rows, last = store.queue(engine, where, limit=PAGE_ROWS, after=after)
     query = _filter_query(where, request)
     next_url = None

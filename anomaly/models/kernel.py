@@ -116,7 +116,9 @@ class _KernelMixture(DensityModel):
                 qa = torch.cat([q, (q * q).sum(1, keepdim=True), torch.ones(len(q), 1)], dim=1)
                 log_kernel = torch.mm(qa, self._augmented, out=block[: len(q)])
                 top = log_kernel.amax(1, keepdim=True)
-                out[start : start + step] = log_kernel.sub_(top).exp_().sum(1).log_() + top[:, 0]
+                # clamp: exp below e^-80 would be a (slow) subnormal float; the error is ≤ n·e^-80
+                log_kernel.sub_(top).clamp_min_(-80.0).exp_()
+                out[start : start + step] = log_kernel.sum(1).log_() + top[:, 0]
         constant = np.log(n) + 0.5 * dim * LOG_2PI + np.log(self.scale_).sum()
         return out.double().numpy() - constant
 
