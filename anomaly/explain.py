@@ -84,7 +84,7 @@ def attribute(
         msg = f"layout must cover columns 0..{X.shape[1] - 1} exactly once; it covers {covered}"
         raise ValueError(msg)
     model = getattr(model, "model_", model)  # `auto`: explain the kind it chose
-    method = _resolve(model, method)
+    method = _resolve(model, method, blocks)
     if method == "closed_form":
         contributions, typical = _gaussian(model, X, blocks, context)
     else:
@@ -92,19 +92,25 @@ def attribute(
     return Attribution(contributions, typical, blocks, method)
 
 
-def _resolve(model: DensityModel, method: str) -> str:
+def _resolve(model: DensityModel, method: str, blocks: list[Block]) -> str:
+    # a model's conditionals are per block of the layout it was fitted with
+    own_blocks = getattr(model, "layout_", None) == blocks
     if method not in METHODS:
         msg = f"unknown explanation method {method!r}; choose one of {', '.join(METHODS)}"
         raise ValueError(msg)
     if method == "auto":
         if isinstance(model, Gaussian):
             return "closed_form"
-        return "conditional" if hasattr(model, "feature_log_probs") else "replacement"
+        has_conditionals = hasattr(model, "feature_log_probs") and own_blocks
+        return "conditional" if has_conditionals else "replacement"
     if method == "closed_form" and not isinstance(model, Gaussian):
         msg = f"method 'closed_form' needs a gaussian model, not {model.kind!r}"
         raise ValueError(msg)
     if method == "conditional" and not hasattr(model, "feature_log_probs"):
         msg = f"method 'conditional' needs a model with feature_log_probs; {model.kind!r} has none"
+        raise ValueError(msg)
+    if method == "conditional" and not own_blocks:
+        msg = "method 'conditional' needs the layout the model was fitted with"
         raise ValueError(msg)
     return method
 

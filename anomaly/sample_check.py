@@ -49,13 +49,23 @@ def sample_quality(
         msg = f"the sample check needs at least 10 held-out rows, got {len(heldout)}"
         raise ValueError(msg)
     real = heldout.sample(n, random_state=seed) if len(heldout) > n else heldout
-    fake = preprocessor.inverse_transform(model.sample(n, seed=seed))
-    for col in preprocessor.features.numeric:  # integer-valued columns: compare like with like
+    f = preprocessor.features
+    context = preprocessor.transform(real).context if f.context else None
+    if context is None:
+        fake = preprocessor.inverse_transform(model.sample(n, seed=seed))
+    else:  # sample x given each held-out row's own context, and compare the pairs
+        fake = preprocessor.inverse_transform(model.sample(n, seed=seed, context=context))
+        for col in f.context:
+            fake[col] = real[col].to_numpy()
+    for col in f.numeric:  # integer-valued columns: compare like with like
         values = real[col].to_numpy(np.float64)
         if np.array_equal(values, np.round(values)):
             fake[col] = np.round(fake[col])
-    f = preprocessor.features
-    return compare(real, fake, f.numeric, f.categorical, seed=seed)
+    given = [c for c in f.context if preprocessor.context_kinds_[c] == "numeric"]
+    given_categorical = [c for c in f.context if c not in given]
+    return compare(
+        real, fake, f.numeric, f.categorical, seed=seed, given=(given, given_categorical)
+    )
 
 
 def compare(
@@ -64,10 +74,16 @@ def compare(
     numeric: list[str],
     categorical: list[str],
     seed: int = 0,
+    given: tuple[list[str], list[str]] = ([], []),
 ) -> dict[str, float]:
-    """Two-sample metrics of two raw frames over the given columns."""
+    """Two-sample metrics of two raw frames over the given columns.
+
+    ``given``: (numeric, categorical) context columns, equal in both frames: the classifier
+    sees them (so it judges x given its context); the marginal metrics leave them out.
+    """
+    both_numeric, both_categorical = [*numeric, *given[0]], [*categorical, *given[1]]
     metrics: dict[str, float] = {
-        "sample_c2st_auroc": c2st_auroc(real, fake, numeric, categorical, seed=seed)
+        "sample_c2st_auroc": c2st_auroc(real, fake, both_numeric, both_categorical, seed=seed)
     }
     ks = {
         c: float(ks_2samp(real[c].astype(float), fake[c].astype(float), method="asymp").statistic)

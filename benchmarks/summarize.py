@@ -1,7 +1,7 @@
 """Markdown summary of the detection-quality CSV written by ``benchmarks/quality.py``.
 
     python benchmarks/summarize.py [benchmarks/results/quality.csv ...] [--detectors a,b]
-                                   [--datasets x,y]
+                                   [--exclude c,d] [--datasets x,y]
 
 Table (BENCHMARK.md, section 1): rows = datasets, columns = detectors, cell = mean AUROC over the
 seeds (``fail`` when any seed of that detector failed on that dataset, ``—`` when not run). Bottom
@@ -108,6 +108,7 @@ def main() -> None:
         "csv", nargs="*", default=[str(REPO / "benchmarks" / "results" / "quality.csv")]
     )
     parser.add_argument("--detectors", default="", help="comma list of detectors to show")
+    parser.add_argument("--exclude", default="", help="comma list of detectors to leave out")
     parser.add_argument("--datasets", default="", help="comma list of name substrings")
     args = parser.parse_args()
     frames = []
@@ -120,6 +121,9 @@ def main() -> None:
     if args.detectors:
         wanted = [s.strip() for s in args.detectors.split(",") if s.strip()]
         df = df[df["detector"].isin(wanted)]
+    if args.exclude:
+        unwanted = [s.strip() for s in args.exclude.split(",") if s.strip()]
+        df = df[~df["detector"].isin(unwanted)]
     if args.datasets:
         subs = [s.strip().lower() for s in args.datasets.split(",") if s.strip()]
         df = df[df["dataset"].str.lower().apply(lambda n: any(s in n for s in subs))]

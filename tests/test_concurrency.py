@@ -233,6 +233,7 @@ def _load_benchmark():
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "load.py"
     spec = importlib.util.spec_from_file_location("load_benchmark", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
     spec.loader.exec_module(module)
     return module
 

@@ -106,7 +106,9 @@ def test_replacement_search_agrees_with_the_closed_form(gaussian, data):
     lo, hi = np.quantile(data[:, :4], [0.03, 0.97], axis=0)
     inside = (exact.typical[:, :4] >= lo) & (exact.typical[:, :4] <= hi)
     assert inside.mean() > 0.8
-    np.testing.assert_allclose(searched[:, :4][inside], exact.contributions[:, :4][inside], atol=0.05)
+    np.testing.assert_allclose(
+        searched[:, :4][inside], exact.contributions[:, :4][inside], atol=0.05
+    )
     np.testing.assert_allclose(searched[:, 4], exact.contributions[:, 4], atol=1e-6)
 
 
@@ -157,6 +159,10 @@ def test_bad_arguments_say_what_to_do(gaussian, data):
         attribute(gmm, data[:3], LAYOUT, method="conditional")
     with pytest.raises(ValueError, match="layout must cover columns"):
         attribute(gaussian, data[:3], LAYOUT[:-1])
+    independent = models.create("independent").fit(data)  # every column its own feature
+    with pytest.raises(ValueError, match="needs the layout the model was fitted with"):
+        attribute(independent, data[:3], LAYOUT, method="conditional")
+    assert attribute(independent, data[:3], LAYOUT).method == "replacement"
 
 
 # ---------------------------------------------------------------------------- records
@@ -244,3 +250,38 @@ def test_scored_batch_stores_contributions(detector, tmp_path):
     assert first[0]["feature"] == "amount"
     assert first[0]["value"] == 250_000.0
     assert all(len(c) == 5 for c in stored.values())
+
+
+def test_cli_explain_prints_one_json_line_per_flagged_record(tmp_path, monkeypatch):
+    import yaml
+    from typer.testing import CliRunner
+
+    from anomaly.config import load_config
+    from anomaly.pipeline import train_and_store
+    from flows.cli import app
+
+    monkeypatch.setenv("ANOMALY_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    generate_normal(3000, seed=1).to_parquet(tmp_path / "train.parquet")
+    settings = {
+        "name": "explain-cli",
+        "features": FEATURES.model_dump(),
+        "data": {"train": "train.parquet"},
+        "model": {"kind": "gaussian"},
+    }
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(settings))
+    train_and_store(load_config(config))
+    df = records()
+    df.to_csv(tmp_path / "records.csv", index=False)
+    args = ["explain", "--config", str(config), "--input", str(tmp_path / "records.csv")]
+    result = CliRunner().invoke(app, [*args, "--top", "2"])
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+    by_id = {line[ID]: line for line in lines}
+    assert all(line["is_anomaly"] for line in lines)
+    assert by_id[df.loc[0, ID]]["contributions"][0]["feature"] == "amount"
+    assert all(len(line["contributions"]) == 2 for line in lines)
+    assert df.loc[3, ID] not in by_id  # quarantined
+    everything = CliRunner().invoke(app, [*args, "--all"])
+    assert len(everything.stdout.splitlines()) == len(df) - 1  # every scored row

@@ -117,3 +117,18 @@ def test_training_logs_the_sample_metrics(tmp_path):
     logged = MlflowClient(tracking_uri(config)).get_run(run_id).data.metrics
     assert logged["sample_c2st_auroc"] == pytest.approx(result.metrics["sample_c2st_auroc"])
     assert logged["sample_tv_c"] == pytest.approx(result.metrics["sample_tv_c"])
+
+
+def test_a_conditional_model_is_checked_given_each_rows_context():
+    """x depends on the context column m; samples drawn for each held-out row's m match."""
+    features = Features(id="id", numeric=["x", "y", "n"], categorical=["c"], context=["m"])
+    rows = two_modes(3000, seed=5)
+    rows["m"] = np.where(rows["x"] > 0, "up", "down")
+    pre = Preprocessor(features).fit(rows)
+    prepared = pre.transform(rows)
+    model = models.create("gaussian").fit(prepared.X, layout=pre.layout_, context=prepared.context)
+    heldout = two_modes(1500, seed=6)
+    heldout["m"] = np.where(heldout["x"] > 0, "up", "down")
+    metrics = sample_quality(model, pre, heldout)
+    assert metrics["sample_c2st_auroc"] < 0.7
+    assert metrics["sample_ks_x"] < 0.1  # both modes present: each row's context picks one
