@@ -295,7 +295,14 @@ def add_review(
             created_at=datetime.now(UTC),
         )
         session.add(review)
-        record.label = label
+        # an explicit UPDATE, not `record.label = label`: the ORM skips the write when the
+        # label read before the lock (SQLite has no FOR UPDATE) already equals this one, and a
+        # review committed meanwhile would keep its label (tests/test_concurrency.py)
+        session.execute(
+            update(Flagged)
+            .where(Flagged.batch_id == batch_id, Flagged.record_id == record_id)
+            .values(label=label)
+        )
     return review
 
 

@@ -1,7 +1,8 @@
 """Scoring speed and memory (BENCHMARK.md, section 2).
 
     python benchmarks/speed.py [--sizes 100000,1000000] [--kinds gaussian,knn] [--threads 2]
-                               [--work /tmp/anomaly-speed] [--out benchmarks/results/speed.csv]
+                               [--raw-only] [--work /tmp/anomaly-speed]
+                               [--out benchmarks/results/speed.csv]
 
 Data: a synthetic table of N rows × 20 numeric features plus an integer id (seeded: a
 three-cluster Gaussian mixture on 6 latent dimensions, mapped to 20 columns linearly and through
@@ -309,6 +310,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="100000,1000000", help="comma list of N")
     parser.add_argument("--kinds", default=",".join(DEFAULT_KINDS))
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--raw-only", action="store_true", help="measure (a) and (d) only")
     parser.add_argument("--work", default="/tmp/anomaly-speed")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "speed.csv"))
     parser.add_argument("--child", choices=["fit", "raw", "e2e"], help=argparse.SUPPRESS)
@@ -353,10 +355,10 @@ def main() -> None:
         )
         print(f"{kind}: fit {fit['fit_s']:.0f} s; raw/peer {raw}", flush=True)
         for n in sizes:
-            e2e = _in_child(
-                ["--child", "e2e", "--kind", kind, "--work", str(work), "--data", str(files[n])],
-                args.threads,
-            )
+            e2e = {}
+            if not args.raw_only:
+                child = ["--child", "e2e", "--kind", kind, "--work", str(work)]
+                e2e = _in_child([*child, "--data", str(files[n])], args.threads)
             row = {"kind": kind, "n_rows": n, "threads": args.threads, **raw, **e2e}
             row["e2e_over_raw"] = row.get("e2e_rows_s", np.nan) / row.get("raw_rows_s", np.nan)
             row["raw_over_peer"] = row.get("raw_rows_s", np.nan) / row.get("peer_rows_s", np.nan)
