@@ -13,8 +13,8 @@ continuous density cannot produce integers, and the classifier would only see th
 * ``sample_ks_<column>`` (numeric) and ``sample_tv_<column>`` (categorical): the
   Kolmogorov–Smirnov statistic and the total-variation distance of each marginal, with their
   maxima ``sample_ks_max`` and ``sample_tv_max``;
-* ``sample_corr_max_diff``: the largest absolute difference between the two correlation
-  matrices (numeric columns and category indicators).
+* ``sample_corr_max_diff``: the largest absolute difference between the two rank (Spearman)
+  correlation matrices (numeric columns and category indicators).
 
 Rows are capped (``max_rows`` of each) so the check costs a few seconds at training time.
 """
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from scipy.stats import ks_2samp
+from scipy.stats import ks_2samp, rankdata
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
@@ -58,6 +58,7 @@ def sample_quality(
         for col in f.context:
             fake[col] = real[col].to_numpy()
     for col in f.numeric:  # integer-valued columns: compare like with like
+        fake[col] = np.nan_to_num(fake[col].to_numpy(np.float64))  # a wild sample stays finite
         values = real[col].to_numpy(np.float64)
         if np.array_equal(values, np.round(values)):
             fake[col] = np.round(fake[col])
@@ -150,7 +151,7 @@ def _indicators(
 
 
 def _corr(a: np.ndarray) -> np.ndarray:
-    """Pearson correlations; a constant column correlates 0 with everything."""
+    """Spearman (rank) correlations, robust to heavy tails; a constant column correlates 0."""
     with np.errstate(invalid="ignore", divide="ignore"):
-        c = np.corrcoef(a, rowvar=False)
+        c = np.corrcoef(rankdata(a, axis=0), rowvar=False)
     return np.nan_to_num(np.atleast_2d(c))

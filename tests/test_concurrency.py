@@ -19,7 +19,6 @@ import pytest
 from reliability_support import make_inbox, snapshot, write_config
 from sqlalchemy import create_engine, func, select
 from sqlalchemy.orm import Session
-from test_store import postgres_server  # noqa: F401 (PostgreSQL fixture; belongs in conftest)
 
 from anomaly import registry
 from anomaly.config import load_config
@@ -215,7 +214,7 @@ def test_reviews_posted_while_scoring_are_kept_sqlite(base):
 
 
 @pytest.mark.postgres
-def test_reviews_posted_while_scoring_are_kept_postgresql(base, postgres_server):  # noqa: F811
+def test_reviews_posted_while_scoring_are_kept_postgresql(base, postgres_server):
     database = f"reviews{uuid.uuid4().hex[:8]}"
     admin = create_engine(f"{postgres_server}/postgres", isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:

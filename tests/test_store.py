@@ -3,10 +3,7 @@ are installed (a throwaway cluster on a free port, dropped afterwards)."""
 
 from __future__ import annotations
 
-import shutil
-import socket
 import sqlite3
-import subprocess
 import threading
 import uuid
 from collections.abc import Iterator
@@ -21,9 +18,6 @@ from alembic.runtime.migration import MigrationContext
 from store_data import ID, fill, flagged_frame, quarantined_frame, summary
 
 from anomaly import migrations, store
-
-PG_VERSION = "15"
-PG_BIN = Path(f"/usr/lib/postgresql/{PG_VERSION}/bin")
 
 # What `Base.metadata.create_all` made before the migrations existed (SQLite), verbatim.
 OLD_SCHEMA = """
@@ -85,34 +79,6 @@ CREATE INDEX ix_flagged_scored_at ON flagged (scored_at);
 CREATE INDEX ix_reviews_batch_id ON reviews (batch_id);
 CREATE INDEX ix_reviews_record_id ON reviews (record_id)
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[str]:
-    """A PostgreSQL cluster of its own on 127.0.0.1 (trust auth), dropped after the session."""
-    if shutil.which("pg_createcluster") is None or not PG_BIN.is_dir():
-        pytest.skip(f"PostgreSQL {PG_VERSION} cluster tools are not installed (postgresql-common)")
-    name, port = f"anomaly{uuid.uuid4().hex[:8]}", _free_port()
-    created = subprocess.run(
-        ["pg_createcluster", PG_VERSION, name, "-p", str(port), "--", "--auth=trust"],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    if created.returncode:
-        pytest.skip(f"cannot create a PostgreSQL cluster: {created.stderr.strip()[:300]}")
-    try:
-        conf = Path(f"/etc/postgresql/{PG_VERSION}/{name}/postgresql.conf")
-        with conf.open("a") as handle:
-            handle.write("listen_addresses = '127.0.0.1'\nfsync = off\n")
-        subprocess.run(["pg_ctlcluster", PG_VERSION, name, "start"], check=True, timeout=120)
-        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}"
-    finally:
-        subprocess.run(["pg_dropcluster", "--stop", PG_VERSION, name], check=False, timeout=120)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
