@@ -30,6 +30,8 @@ from sklearn.exceptions import NotFittedError
 from anomaly.config import Features
 from anomaly.models.base import Block
 
+#: longest record id the store keeps (its id columns are 300 characters wide)
+MAX_ID_LENGTH = 256
 #: standardised values are clipped to ±CLIP so astronomically large inputs stay finite
 CLIP = 1e4
 REASON = "reason"
@@ -281,6 +283,10 @@ class Preprocessor:
         ids = df[f.id]
         out[f.id] = ids.astype(str).where(ids.notna(), None)
         add(ids.isna() | (out[f.id].str.strip() == ""), f"missing id ({f.id})")
+        text_ids = out[f.id].fillna("")
+        too_long = f"id longer than {MAX_ID_LENGTH} characters ({f.id})"
+        add(text_ids.str.len() > MAX_ID_LENGTH, too_long)
+        add(text_ids.str.contains("\x00", regex=False), f"id contains a NUL character ({f.id})")
         dup = ids.notna() & ids.astype(str).duplicated(keep="first")
         add(dup, f"duplicate id in {f.id}: " + _text(out[f.id][dup]))
         context_numeric = [

@@ -237,7 +237,9 @@ def write_batch(
         {
             "batch_id": summary.batch_id,
             "row": i,
-            "record_id": None if pd.isna(values.get(id_column)) else str(values.get(id_column)),
+            "record_id": None
+            if pd.isna(values.get(id_column))
+            else str(values.get(id_column))[:300].replace("\x00", "?"),  # its column is 300 wide
             "reason": str(values.pop("reason")),
             "values": _json_values(values),
         }

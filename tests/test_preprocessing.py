@@ -399,3 +399,17 @@ def test_save_load_round_trip(tmp_path):
     pd.testing.assert_frame_equal(a.scored, b.scored)
     pd.testing.assert_frame_equal(a.quarantined, b.quarantined)
     assert len(a.quarantined) == 1
+
+
+def test_ids_the_store_cannot_hold_are_quarantined_with_a_reason():
+    df = training_frame(4)
+    df[ID] = df[ID].astype(object)
+    df.loc[1, ID] = "x" * 257
+    df.loc[2, ID] = "bad\x00id"
+    prepared = fitted().transform(df)
+    assert list(prepared.quarantined.index) == [1, 2]
+    assert list(prepared.quarantined["reason"]) == [
+        f"id longer than 256 characters ({ID})",
+        f"id contains a NUL character ({ID})",
+    ]
+    assert list(prepared.scored[ID]) == [df.loc[0, ID], df.loc[3, ID]]
