@@ -212,9 +212,9 @@ def child_raw(kind: str, model_dir: Path, data: Path, threads: int) -> dict[str,
     frame = pq.ParquetFile(data).read_row_group(0).to_pandas()
     X = detector.preprocessor.transform(frame).X.astype(np.float32)
     model = detector.model
+    peer, fn = _peer(kind, model, np.load(model_dir / "train_X.npy"))  # fits: no inference_mode
     with torch.inference_mode():
         raw = _rows_per_second(model.log_prob, X)
-        peer, fn = _peer(kind, model, np.load(model_dir / "train_X.npy"))
         peer_rows_s = _rows_per_second(fn, X) if fn is not None else float("nan")
     return {"raw_rows_s": raw, "peer": peer, "peer_rows_s": peer_rows_s}
 
