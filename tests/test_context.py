@@ -101,7 +101,9 @@ def test_samples_follow_their_context(fitted, kind):
         samples = model.sample(2_000, seed=c, context=np.tile(context, (2_000, 1)))
         assert samples.shape == (2_000, 1)
         assert abs(samples.mean() - MEANS[c]) < 0.15, (c, samples.mean())
-        assert samples.std() / std_of(model, c) == pytest.approx(1.0, abs=0.2)
+        q25, q75 = np.quantile(samples, [0.25, 0.75])  # a robust spread: rare wide mixture
+        spread = (q75 - q25) / 1.349  # components make the sample std noisy; std = IQR/1.349
+        assert spread / std_of(model, c) == pytest.approx(1.0, abs=0.2)
     # mixed contexts in one call: row i follows context row i
     mixed = np.tile(np.stack([A, B]), (500, 1))
     samples = model.sample(1_000, seed=5, context=mixed)[:, 0]
