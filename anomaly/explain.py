@@ -15,7 +15,9 @@ joint density, since p(x_-b) cancels. How the maximum is found depends on the ki
   feature is its conditional mean and c_b = ½ r_b² / P_bb with r = P (x − μ), P = Σ⁻¹; a
   categorical (one-hot) block is maximised exactly over its categories.
 * ``conditional`` (kinds with ``feature_log_probs``, e.g. ``autoregressive``, ``independent``):
-  the model's own conditional log p(x_b | x_-b), maximised over candidate values.
+  the model's own conditional log p(x_b | x_-b), maximised over candidate values — or, for a
+  kind with ``conditional_modes`` (``autoregressive``), at the conditional's own mode
+  candidates (its mixture components' means, each category), one network pass per feature.
 * ``replacement`` (every other kind: ``gmm``, ``kde``, ``knn``, ``flow``, ``vae``): the joint
   log p(x with x_b := v), maximised over candidate values, as one batched ``log_prob`` call
   per feature.
@@ -87,6 +89,8 @@ def attribute(
     method = _resolve(model, method, blocks)
     if method == "closed_form":
         contributions, typical = _gaussian(model, X, blocks, context)
+    elif method == "conditional" and hasattr(model, "conditional_modes"):
+        contributions, typical = _modes(model, X, blocks, context)
     else:
         contributions, typical = _search(model, X, blocks, method, grid, refine, seed, context)
     return Attribution(contributions, typical, blocks, method)
@@ -143,6 +147,21 @@ def _gaussian(
         best = q.argmin(axis=1)
         contributions[:, i] = np.maximum(q_observed - q[np.arange(len(X)), best], 0) / 2
         typical[:, cols] = np.eye(b.stop - b.start)[best]
+    return contributions, typical
+
+
+# ---------------------------------------------------------------------------- modes
+def _modes(
+    model: DensityModel, X: np.ndarray, blocks: list[Block], context: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Gains from the model's own conditional modes (``conditional_modes``)."""
+    kwargs = {} if context is None else {"context": context}
+    observed, best, modes = model.conditional_modes(X, **kwargs)  # type: ignore[attr-defined]
+    contributions = np.maximum(best - observed, 0)
+    typical = X.copy()
+    for i, b in enumerate(blocks):
+        cols = slice(b.start, b.stop)
+        typical[:, cols] = np.where((contributions[:, i] > 0)[:, None], modes[:, cols], X[:, cols])
     return contributions, typical
 
 
