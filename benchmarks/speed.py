@@ -296,10 +296,10 @@ def table(rows: list[dict[str, Any]]) -> str:
     ]
     for r in rows:
         lines.append(
-            f"| {r['kind']} | {int(r['n_rows']):,} | {_num(r['raw_rows_s'], ',.0f')} "
-            f"| {_num(r['e2e_rows_s'], ',.0f')} | {_num(r['e2e_over_raw'], '.2f')} "
-            f"| {_num(r['peak_rss_mb'], ',.0f')} | {r['peer'] or '—'} "
-            f"| {_num(r['peer_rows_s'], ',.0f')} | {_num(r['raw_over_peer'], '.2f')} |"
+            f"| {r['kind']} | {int(r['n_rows']):,} | {_num(r.get('raw_rows_s'), ',.0f')} "
+            f"| {_num(r.get('e2e_rows_s'), ',.0f')} | {_num(r.get('e2e_over_raw'), '.2f')} "
+            f"| {_num(r.get('peak_rss_mb'), ',.0f')} | {r.get('peer') or '—'} "
+            f"| {_num(r.get('peer_rows_s'), ',.0f')} | {_num(r.get('raw_over_peer'), '.2f')} |"
         )
     return "\n".join(lines)
 
