@@ -270,10 +270,9 @@ def explain(
     out: list[list[dict[str, Any]]] = [[] for _ in range(len(df))]
     if len(prepared.X) == 0:
         return out
-    context = getattr(prepared, "context", None)
-    if context is not None and not getattr(detector.model, "n_context_", 0):
-        context = None  # a model fitted without context columns
-    attr = attribute(detector.model, prepared.X, pre.layout_, method=method, context=context)
+    attr = attribute(
+        detector.model, prepared.X, pre.layout_, method=method, context=prepared.context
+    )
     typical = pre.inverse_transform(attr.typical)
     raw = df.reset_index(drop=True).iloc[prepared.scored.index]
     names = [b.name for b in attr.blocks]
