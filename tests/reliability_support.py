@@ -10,9 +10,9 @@ import yaml
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from anomaly.config import Config
+from anomaly.config import Config, load_config
 from anomaly.demo_data import generate_normal, plant_anomalies
-from anomaly.pipeline import scored_dir
+from anomaly.pipeline import scored_dir, train_and_store
 from anomaly.store import Batch, Flagged, Quarantined, connect
 
 CHUNK_ROWS = 150
@@ -56,6 +56,15 @@ def write_config(
     path = root / "config.yaml"
     path.write_text(yaml.safe_dump(settings))
     return path
+
+
+def trained_champion(top: Path) -> tuple[Path, str]:
+    """Training data under ``top`` and one registered champion in a shared SQLite MLflow;
+    returns (top, the MLflow URI)."""
+    generate_normal(3000, seed=0).to_parquet(top / "train.parquet")
+    uri = f"sqlite:///{top / 'mlflow.db'}?timeout=30"
+    train_and_store(load_config(write_config(top / "setup", uri, top / "train.parquet")))
+    return top, uri
 
 
 def snapshot(config: Config, root: Path) -> dict[str, object]:

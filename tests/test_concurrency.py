@@ -16,20 +16,18 @@ import uuid
 from pathlib import Path
 
 import pytest
-from reliability_support import make_inbox, snapshot, write_config
+from reliability_support import make_inbox, snapshot, trained_champion, write_config
 from sqlalchemy import create_engine, func, select
 from sqlalchemy.orm import Session
 
 from anomaly import registry
 from anomaly.config import load_config
-from anomaly.demo_data import generate_normal
 from anomaly.pipeline import (
     claim,
     pending_batches,
     process_batch,
     recover_claims,
     score_batches,
-    train_and_store,
 )
 from anomaly.store import Flagged, Review, add_review, connect
 
@@ -57,11 +55,7 @@ CHILD = textwrap.dedent(
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory) -> tuple[Path, str]:
-    top = tmp_path_factory.mktemp("concurrency")
-    generate_normal(3000, seed=0).to_parquet(top / "train.parquet")
-    uri = f"sqlite:///{top / 'mlflow.db'}?timeout=30"
-    train_and_store(load_config(write_config(top / "setup", uri, top / "train.parquet")))
-    return top, uri
+    return trained_champion(tmp_path_factory.mktemp("concurrency"))
 
 
 def run_at_once(base, name: str, how: str, env: dict[str, str] | None = None) -> list[list[str]]:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from reliability_support import make_inbox, snapshot, write_config
+from reliability_support import make_inbox, snapshot, trained_champion, write_config
 
 from anomaly import registry
 from anomaly.config import Config, load_config
@@ -127,11 +127,7 @@ def run_child(work: str, config_path: Path, point: str, nth: int) -> int:
 @pytest.fixture(scope="module")
 def base(tmp_path_factory) -> tuple[Path, str]:
     """Training data and one registered champion, shared by every trial (a shared MLflow)."""
-    top = tmp_path_factory.mktemp("faults")
-    generate_normal(3000, seed=0).to_parquet(top / "train.parquet")
-    uri = f"sqlite:///{top / 'mlflow.db'}?timeout=30"
-    train_and_store(load_config(write_config(top / "setup", uri, top / "train.parquet")))
-    return top, uri
+    return trained_champion(tmp_path_factory.mktemp("faults"))
 
 
 @pytest.fixture(scope="module")
