@@ -107,6 +107,12 @@ class Calibration(_Strict):
 
 class Scoring(_Strict):
     chunk_rows: int = Field(100_000, gt=0)
+    explain_rows: int = Field(
+        1_000,
+        ge=0,
+        description="flagged rows explained per batch, lowest log-likelihood first "
+        "(the rest are stored without contributions; `anomaly explain` explains any row)",
+    )
     dask_address: str | None = Field(
         None, description="Dask scheduler (tcp://host:8786): batches run on its workers"
     )

@@ -262,7 +262,14 @@ def _score(config: Config, detector: Detector, version: str, path: Path) -> Batc
     if path.is_symlink():
         msg = f"{shown(path)} is a symbolic link; put the batch file itself in the inbox"
         return BatchSummary(batch_id_for(path), str(path), "rejected", error=msg)
-    return score_file(detector, path, scored_dir(config), config.scoring.chunk_rows, version)
+    return score_file(
+        detector,
+        path,
+        scored_dir(config),
+        config.scoring.chunk_rows,
+        version,
+        explain_rows=config.scoring.explain_rows,
+    )
 
 
 def score_batches(

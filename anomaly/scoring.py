@@ -12,6 +12,7 @@ import hashlib
 import os
 import re
 import shutil
+import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,8 @@ class BatchSummary:
     shift_p_value: float = 1.0
     shift_alarm: bool = False
     mean_log_likelihood: float | None = None
+    #: wall-clock seconds spent explaining the flagged rows (part of the batch's time)
+    explain_seconds: float = 0.0
     error: str | None = None
     #: raw values + scores of the flagged rows, and the quarantined raw rows + reason
     flagged: pd.DataFrame | None = field(default=None, repr=False, compare=False)
@@ -96,7 +99,10 @@ class _SeenIds:
         h = pd.util.hash_pandas_object(ids.astype(str), index=False).to_numpy()
         pos = np.searchsorted(self.hashes, h).clip(max=max(len(self.hashes) - 1, 0))
         seen = self.hashes[pos] == h if len(self.hashes) else np.zeros(len(h), dtype=bool)
-        self.hashes = np.union1d(self.hashes, h[~seen])
+        # two sorted runs: the stable sort (timsort) merges them in linear time, where
+        # union1d would re-sort everything seen so far for every chunk
+        merged = np.concatenate([self.hashes, np.unique(h[~seen])])
+        self.hashes = np.sort(merged, kind="stable")
         return seen
 
 
@@ -106,8 +112,13 @@ def score_file(
     out_dir: Path,
     chunk_rows: int = 100_000,
     model_version: str = "",
+    explain_rows: int = 1_000,
 ) -> BatchSummary:
-    """Score one batch file into ``out_dir/<batch_id>.scored.parquet`` (+ quarantined rows)."""
+    """Score one batch file into ``out_dir/<batch_id>.scored.parquet`` (+ quarantined rows).
+
+    The ``explain_rows`` flagged rows with the lowest log-likelihood get contributions; the
+    others an empty list (``anomaly explain`` explains any row on demand).
+    """
     batch_id = batch_id_for(path)
     out_dir.mkdir(parents=True, exist_ok=True)
     output, quarantine_path = output_paths(out_dir, batch_id)
@@ -159,9 +170,18 @@ def score_file(
     )
     shutil.rmtree(work, ignore_errors=True)
     flagged = pd.concat(candidates, ignore_index=True) if candidates else pd.DataFrame()
+    explain_start = time.perf_counter()
     if len(flagged):
         flagged = flagged.loc[flags[flagged[_POSITION].to_numpy()]].drop(columns=_POSITION)
-        flagged["contributions"] = explain(detector, flagged.reset_index(drop=True))
+        flagged = flagged.reset_index(drop=True)
+        worst = np.argsort(flagged["log_likelihood"].to_numpy(), kind="stable")[:explain_rows]
+        contributions: list[list[dict[str, Any]]] = [[] for _ in range(len(flagged))]
+        if len(worst):
+            explained = explain(detector, flagged.iloc[worst].reset_index(drop=True))
+            for row, value in zip(worst.tolist(), explained, strict=True):
+                contributions[row] = value
+        flagged["contributions"] = contributions
+    explain_seconds = time.perf_counter() - explain_start
     n_flagged, n_scored = int(flags.sum()), len(p)
     shift = detector.calibrator.shift_alarm(n_flagged, n_scored)
     n_quarantined = 0 if quarantine_frame is None else len(quarantine_frame)
@@ -181,6 +201,7 @@ def score_file(
         shift_p_value=shift.p_value,
         shift_alarm=shift.alarm,
         mean_log_likelihood=ll_sum / n_scored if n_scored else None,
+        explain_seconds=explain_seconds,
         flagged=flagged.reset_index(drop=True),
         quarantined=quarantine_frame,
     )

@@ -19,6 +19,10 @@ warm-up:
 (b) end-to-end: rows/s of ``anomaly.scoring.score_file`` (read Parquet → validate → preprocess →
     score → calibrate → write the scored Parquet) + ``anomaly.store.write_batch`` (flagged and
     quarantined rows into a fresh SQLite review store), the path the score flow takes;
+    The seconds spent explaining the flagged rows (``BatchSummary.explain_seconds``) are
+    reported too, with the rows/s of (b) without them: an explanation searches each flagged
+    row's features (hundreds of ``log_prob`` rows per flagged row, except the closed-form
+    ``gaussian``), a cost that grows with the flag rate, not with the pipeline;
 (c) the peak resident memory (``ru_maxrss``) of the process that ran (b), per N;
 (d) the peer of the same family scoring the same rows as (a): ``gaussian`` → scikit-learn
     ``LedoitWolf.mahalanobis``, ``gmm`` → scikit-learn ``GaussianMixture.score_samples`` (as
@@ -63,6 +67,9 @@ FIELDS = [
     "raw_rows_s",
     "e2e_rows_s",
     "e2e_over_raw",
+    "explain_seconds",
+    "e2e_no_explain_rows_s",
+    "e2e_no_explain_over_raw",
     "peak_rss_mb",
     "peer",
     "peer_rows_s",
@@ -255,6 +262,8 @@ def child_e2e(model_dir: Path, data: Path, work: Path, threads: int) -> dict[str
     return {
         "e2e_rows_s": summary.rows_in / seconds,
         "e2e_seconds": seconds,
+        "explain_seconds": summary.explain_seconds,
+        "e2e_no_explain_rows_s": summary.rows_in / (seconds - summary.explain_seconds),
         "peak_rss_mb": peak,
         "rows_flagged": summary.rows_flagged,
     }
@@ -290,14 +299,17 @@ def _num(value: Any, fmt: str) -> str:
 def table(rows: list[dict[str, Any]]) -> str:
     """The markdown table of the CSV rows."""
     lines = [
-        "| kind | N | raw rows/s (a) | end-to-end rows/s (b) | (b)/(a) | peak RSS MB (c) "
-        "| peer (d) | peer rows/s | (a)/(d) |",
-        "|---|---:|---:|---:|---:|---:|---|---:|---:|",
+        "| kind | N | raw rows/s (a) | end-to-end rows/s (b) | (b)/(a) | explain s "
+        "| (b) w/o explain | ratio | peak RSS MB (c) | peer (d) | peer rows/s | (a)/(d) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {r['kind']} | {int(r['n_rows']):,} | {_num(r.get('raw_rows_s'), ',.0f')} "
             f"| {_num(r.get('e2e_rows_s'), ',.0f')} | {_num(r.get('e2e_over_raw'), '.2f')} "
+            f"| {_num(r.get('explain_seconds'), ',.1f')} "
+            f"| {_num(r.get('e2e_no_explain_rows_s'), ',.0f')} "
+            f"| {_num(r.get('e2e_no_explain_over_raw'), '.2f')} "
             f"| {_num(r.get('peak_rss_mb'), ',.0f')} | {r.get('peer') or '—'} "
             f"| {_num(r.get('peer_rows_s'), ',.0f')} | {_num(r.get('raw_over_peer'), '.2f')} |"
         )
@@ -361,6 +373,9 @@ def main() -> None:
                 e2e = _in_child([*child, "--data", str(files[n])], args.threads)
             row = {"kind": kind, "n_rows": n, "threads": args.threads, **raw, **e2e}
             row["e2e_over_raw"] = row.get("e2e_rows_s", np.nan) / row.get("raw_rows_s", np.nan)
+            row["e2e_no_explain_over_raw"] = row.get("e2e_no_explain_rows_s", np.nan) / row.get(
+                "raw_rows_s", np.nan
+            )
             row["raw_over_peer"] = row.get("raw_rows_s", np.nan) / row.get("peer_rows_s", np.nan)
             print(f"{kind} N={n:,}: {e2e}", flush=True)
             rows.append(row)

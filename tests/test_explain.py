@@ -252,6 +252,24 @@ def test_scored_batch_stores_contributions(detector, tmp_path):
     assert all(len(c) == 5 for c in stored.values())
 
 
+def test_score_file_explains_only_the_worst_explain_rows(detector, tmp_path):
+    df = records().drop(index=3)
+    df["hour"] = df["hour"].astype(float)
+    path = tmp_path / "batch.parquet"
+    df.to_parquet(path)
+    summary = score_file(detector, path, tmp_path / "out", explain_rows=2)
+    flagged = summary.flagged
+    assert summary.rows_flagged >= 3
+    explained = flagged["contributions"].map(len) > 0
+    assert explained.sum() == 2
+    # the two explained rows are the two least likely flagged rows
+    worst = flagged["log_likelihood"].nsmallest(2).index
+    assert set(flagged.index[explained]) == set(worst)
+    none = score_file(detector, path, tmp_path / "none", explain_rows=0)
+    assert (none.flagged["contributions"].map(len) == 0).all()
+    assert summary.explain_seconds > 0 and none.explain_seconds >= 0
+
+
 def test_cli_explain_prints_one_json_line_per_flagged_record(tmp_path, monkeypatch):
     import yaml
     from typer.testing import CliRunner

@@ -153,9 +153,9 @@ class Autoregressive(TorchDensity):
     def __init__(
         self,
         seed: int = 0,
-        hidden: tuple[int, ...] = (256, 256),
+        hidden: tuple[int, ...] = (128, 128),
         components: int = 16,
-        orders: int = 4,
+        orders: int = 2,
         max_epochs: int = 150,
         batch_size: int = 256,
         learning_rate: float = 1e-3,

@@ -3,7 +3,9 @@
 A torch kind is a plain ``nn.Module`` plus four hooks; this base class owns the rest: input
 standardisation (its Jacobian added to every log-density; context columns are standardised too,
 without a Jacobian, as they are conditioned on), the seeded train/validation split,
-AdamW with early stopping on the validation log-likelihood, the progress bar, threads, and
+AdamW with early stopping on the validation log-likelihood and a budget of gradient steps (so a
+large table trains in bounded time: more rows mean fewer epochs, not more steps), the progress
+bar, threads, and
 storage of the state dict as numpy arrays in ``weights.npz`` (no pickle).
 """
 
@@ -21,6 +23,8 @@ from anomaly.models.base import DensityModel, check_positive
 
 #: rows per forward pass when scoring
 SCORE_BATCH = 8_192
+#: early stopping is judged on at most this many held-out rows
+MAX_VALIDATION_ROWS = 2_048
 
 
 class TorchDensity(DensityModel):
@@ -30,6 +34,7 @@ class TorchDensity(DensityModel):
         self,
         seed: int = 0,
         max_epochs: int = 200,
+        max_steps: int = 4_000,
         batch_size: int = 128,
         learning_rate: float = 1e-3,
         weight_decay: float = 1e-5,
@@ -41,6 +46,7 @@ class TorchDensity(DensityModel):
     ) -> None:
         super().__init__(seed)
         self.max_epochs = max_epochs
+        self.max_steps = max_steps
         self.batch_size = batch_size
         self.learning_rate = learning_rate
         self.weight_decay = weight_decay
@@ -90,7 +96,7 @@ class TorchDensity(DensityModel):
         return torch.from_numpy((context - self.context_mean_) / self.context_scale_).float()
 
     def _train(self, X: np.ndarray, context: np.ndarray | None) -> None:
-        for name in ("max_epochs", "batch_size", "learning_rate", "patience"):
+        for name in ("max_epochs", "max_steps", "batch_size", "learning_rate", "patience"):
             check_positive(name, getattr(self, name), self.kind)
         if not 0 < self.validation_fraction < 1:
             msg = (
@@ -109,14 +115,14 @@ class TorchDensity(DensityModel):
             )
         C = self._standard_context(context)
         order = torch.randperm(Z.shape[0], generator=torch.Generator().manual_seed(self.seed))
-        n_val = max(1, round(self.validation_fraction * Z.shape[0]))
+        n_val = min(max(1, round(self.validation_fraction * Z.shape[0])), MAX_VALIDATION_ROWS)
         train, val = Z[order[n_val:]], Z[order[:n_val]]
         train_c, val_c = (None, None) if C is None else (C[order[n_val:]], C[order[:n_val]])
         self.module_ = self._build(Z.shape[1])
         optimiser = torch.optim.AdamW(
             self.module_.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay
         )
-        best, best_state, waited = np.inf, None, 0
+        best, best_state, waited, steps = np.inf, None, 0, 0
         self.history_: list[float] = []
         bar = tqdm(
             range(self.max_epochs),
@@ -136,6 +142,7 @@ class TorchDensity(DensityModel):
                 loss.backward()
                 nn.utils.clip_grad_norm_(self.module_.parameters(), 10.0)
                 optimiser.step()
+                steps += 1
             val_loss = self._validation_loss(val, val_c)
             self.history_.append(val_loss)
             bar.set_postfix(val_nll=f"{val_loss:.3f}")
@@ -145,6 +152,8 @@ class TorchDensity(DensityModel):
                 waited += 1
                 if waited >= self.patience:
                     break
+            if steps >= self.max_steps:
+                break
         bar.close()
         if best_state is not None:
             self.module_.load_state_dict(best_state)
