@@ -40,8 +40,10 @@ def iter_chunks(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
     suffix = path.suffix.lower()
     try:
         if suffix in (".parquet", ".pq"):
-            # a Python file object: Arrow cannot open names that are not UTF-8 itself
-            with path.open("rb") as handle, pq.ParquetFile(handle) as file:
+            # a Python file object: Arrow cannot open names that are not UTF-8 itself.
+            # pre_buffer=False: with pre-buffering (pyarrow's default) iter_batches kept every
+            # row group it had read resident, so memory grew with the file (~200 B/row here)
+            with path.open("rb") as handle, pq.ParquetFile(handle, pre_buffer=False) as file:
                 if file.metadata.num_rows == 0:
                     yield file.schema_arrow.empty_table().to_pandas()
                     return

@@ -235,7 +235,7 @@ def _write_flags(tmp: Path, output: Path, flags: np.ndarray) -> None:
     """Copy the pass-1 file to ``output`` with ``is_anomaly`` set, atomically."""
     final = tmp.with_name(output.name)
     start = 0
-    with pq.ParquetFile(tmp) as source:
+    with pq.ParquetFile(tmp, pre_buffer=False) as source:  # see io.iter_chunks
         writer = pq.ParquetWriter(final, source.schema_arrow)
         with writer:
             for batch in source.iter_batches():

@@ -192,6 +192,58 @@ def _latest_label() -> Any:
     )
 
 
+#: rows per INSERT statement when storing a batch
+INSERT_ROWS = 5_000
+
+
+def _flagged_rows(
+    flagged: pd.DataFrame, summary: BatchSummary, model_name: str, id_column: str, now: datetime
+) -> list[dict[str, Any]]:
+    score_cols = {"log_likelihood", "p_value", "reason", "is_anomaly", "contributions"}
+    value_cols = [c for c in flagged.columns if c not in score_cols]
+    n = len(flagged)
+    contributions = flagged["contributions"].tolist() if "contributions" in flagged else [None] * n
+    return [
+        {
+            "batch_id": summary.batch_id,
+            "record_id": str(values[id_column]),
+            "model_name": model_name,
+            "model_version": summary.model_version,
+            "log_likelihood": float(ll),
+            "p_value": float(p),
+            "reason": str(reason),
+            "values": _json_values(values),
+            "contributions": None if _missing(contrib) else contrib,
+            "scored_at": now,
+        }
+        for values, ll, p, reason, contrib in zip(
+            flagged[value_cols].to_dict("records"),
+            flagged["log_likelihood"].tolist(),
+            flagged["p_value"].tolist(),
+            flagged["reason"].tolist(),
+            contributions,
+            strict=True,
+        )
+    ]
+
+
+def _quarantined_rows(
+    quarantined: pd.DataFrame, summary: BatchSummary, id_column: str, first_row: int
+) -> list[dict[str, Any]]:
+    return [
+        {
+            "batch_id": summary.batch_id,
+            "row": first_row + i,
+            "record_id": None
+            if pd.isna(values.get(id_column))
+            else str(values.get(id_column))[:300].replace("\x00", "?"),  # its column is 300 wide
+            "reason": str(values.pop("reason")),
+            "values": _json_values(values),
+        }
+        for i, values in enumerate(quarantined.to_dict("records"))
+    ]
+
+
 def write_batch(
     engine: Engine,
     summary: BatchSummary,
@@ -207,44 +259,6 @@ def write_batch(
     reviewed before a re-run keep their label.
     """
     now = datetime.now(UTC)
-    score_cols = {"log_likelihood", "p_value", "reason", "is_anomaly", "contributions"}
-    value_cols = [c for c in flagged.columns if c not in score_cols]
-    n = len(flagged)
-    contributions = flagged["contributions"].tolist() if "contributions" in flagged else [None] * n
-    flagged_rows = [
-        {
-            "batch_id": summary.batch_id,
-            "record_id": str(values[id_column]),
-            "model_name": model_name,
-            "model_version": summary.model_version,
-            "log_likelihood": float(ll),
-            "p_value": float(p),
-            "reason": str(reason),
-            "values": _json_values(values),
-            "contributions": None if _missing(contrib) else contrib,
-            "scored_at": now,
-        }
-        for values, ll, p, reason, contrib in zip(
-            flagged[value_cols].to_dict("records"),
-            flagged["log_likelihood"].tolist() if n else [],
-            flagged["p_value"].tolist() if n else [],
-            flagged["reason"].tolist() if n else [],
-            contributions,
-            strict=True,
-        )
-    ]
-    quarantined_rows = [
-        {
-            "batch_id": summary.batch_id,
-            "row": i,
-            "record_id": None
-            if pd.isna(values.get(id_column))
-            else str(values.get(id_column))[:300].replace("\x00", "?"),  # its column is 300 wide
-            "reason": str(values.pop("reason")),
-            "values": _json_values(values),
-        }
-        for i, values in enumerate(quarantined.to_dict("records"))
-    ]
     with Session(engine) as session, session.begin():
         for table in (Flagged, Quarantined):
             session.execute(delete(table).where(table.batch_id == summary.batch_id))
@@ -255,10 +269,14 @@ def write_batch(
                 scored_at=now,
             )
         )
-        if flagged_rows:
-            session.execute(insert(Flagged), flagged_rows)
-        if quarantined_rows:
-            session.execute(insert(Quarantined), quarantined_rows)
+        # in slices, so memory holds one slice of row dicts, not the whole batch's
+        for start in range(0, len(flagged), INSERT_ROWS):
+            part = flagged.iloc[start : start + INSERT_ROWS]
+            rows = _flagged_rows(part, summary, model_name, id_column, now)
+            session.execute(insert(Flagged), rows)
+        for start in range(0, len(quarantined), INSERT_ROWS):
+            part = quarantined.iloc[start : start + INSERT_ROWS]
+            session.execute(insert(Quarantined), _quarantined_rows(part, summary, id_column, start))
         reviewed = select(Review.id).where(
             Review.batch_id == Flagged.batch_id, Review.record_id == Flagged.record_id
         )

@@ -200,6 +200,22 @@ def test_rewriting_a_batch_replaces_its_rows_and_keeps_labels(engine: sa.Engine)
     assert store.get_record(engine, rows[1].batch_id, rows[1].record_id).label is None
 
 
+def test_a_batch_is_stored_in_insert_slices(
+    engine: sa.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store, "INSERT_ROWS", 4)  # 11 flagged rows: slices of 4, 4, 3
+    s = summary(0, 11)
+    flagged = flagged_frame(0, 11)
+    store.write_batch(engine, s, "demo", flagged, quarantined_frame(0), ID)
+    assert store.batch_counts(engine, s.batch_id) == (11, 3)
+    rows, _ = store.queue(engine, store.QueueFilter(batch_id=s.batch_id), limit=50)
+    assert sorted(r.record_id for r in rows) == sorted(flagged[ID])
+    with sa.orm.Session(engine) as session:
+        kept = session.query(store.Quarantined).order_by(store.Quarantined.row).all()
+    assert [q.row for q in kept] == [0, 1, 2]
+    assert [q.reason for q in kept] == quarantined_frame(0)["reason"].tolist()
+
+
 def test_the_latest_review_is_the_label_and_the_log_keeps_all(engine: sa.Engine) -> None:
     fill(engine, batches=1, per_batch=5)
     b, r = "batch-000.parquet", "b0-r000003"
