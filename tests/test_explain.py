@@ -267,7 +267,7 @@ def test_score_file_explains_only_the_worst_explain_rows(detector, tmp_path):
     assert set(flagged.index[explained]) == set(worst)
     none = score_file(detector, path, tmp_path / "none", explain_rows=0)
     assert (none.flagged["contributions"].map(len) == 0).all()
-    assert summary.explain_seconds > 0 and none.explain_seconds >= 0
+    assert summary.explain_seconds > 0
 
 
 def test_cli_explain_prints_one_json_line_per_flagged_record(tmp_path, monkeypatch):

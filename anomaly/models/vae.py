@@ -73,7 +73,7 @@ class VAE(TorchDensity):
         seed: int = 0,
         latent: int | None = None,
         hidden: tuple[int, ...] = (128, 64),
-        importance_samples: int = 32,
+        importance_samples: int = 16,
         **train: Any,
     ) -> None:
         super().__init__(seed, **train)
