@@ -1,7 +1,9 @@
 """Scoring a batch file in bounded memory: read by chunks, score, flag, write atomically.
 
-Pass 1 scores each chunk and streams the rows to a temporary Parquet file, keeping only the
-p-values (8 bytes a row) for the flag rule, which may need the whole batch (Benjamini–Hochberg).
+Pass 1 scores each chunk and streams the rows to a temporary Parquet file, keeping per row only
+its flag (1 byte) under the ``fpr`` rule or its p-value (8 bytes) under ``fdr``, which needs the
+whole batch (Benjamini–Hochberg), plus an 8-byte hash of its id for the duplicate check, and the
+rows that may be flagged.
 Pass 2 streams the temporary file into the final output with ``is_anomaly`` set, then renames
 it into place, so a reader never sees a partial output.
 """
@@ -101,8 +103,8 @@ class _SeenIds:
         seen = self.hashes[pos] == h if len(self.hashes) else np.zeros(len(h), dtype=bool)
         # two sorted runs: the stable sort (timsort) merges them in linear time, where
         # union1d would re-sort everything seen so far for every chunk
-        merged = np.concatenate([self.hashes, np.unique(h[~seen])])
-        self.hashes = np.sort(merged, kind="stable")
+        self.hashes = np.concatenate([self.hashes, np.unique(h[~seen])])
+        self.hashes.sort(kind="stable")  # in place: no third copy
         return seen
 
 
@@ -124,7 +126,11 @@ def score_file(
     output, quarantine_path = output_paths(out_dir, batch_id)
     work = _work_dir(out_dir, batch_id)
     tmp = work / "pass1.parquet"
-    p_values, has_reason, quarantined = [np.zeros(0)], [np.zeros(0, bool)], []
+    # the fpr rule flags a row by its own p-value, so each chunk's flags are final (1 byte a
+    # row is kept); fdr (Benjamini–Hochberg) needs the whole batch's p-values first
+    per_row = detector.calibrator.rule == "fpr"
+    p_values, has_reason, flag_parts = [np.zeros(0)], [np.zeros(0, bool)], [np.zeros(0, bool)]
+    quarantined = []
     candidates, n_before = [], 0  # raw rows that may be flagged: p <= alpha or a reason
     ll_sum, seen = 0.0, _SeenIds()
     id_col = detector.preprocessor.features.id
@@ -141,9 +147,13 @@ def score_file(
                     quarantined.append(again)
                     scored = scored.loc[~repeated]
                 writer.write_table(pa.Table.from_pandas(scored, schema, preserve_index=False))
-                p_values.append(scored["p_value"].to_numpy())
-                has_reason.append(scored["reason"].to_numpy() != "")
-                maybe = (p_values[-1] <= detector.calibrator.alpha) | has_reason[-1]
+                p, reason = scored["p_value"].to_numpy(), scored["reason"].to_numpy() != ""
+                if per_row:
+                    flag_parts.append(detector.flag(p, reason))
+                else:
+                    p_values.append(p)
+                    has_reason.append(reason)
+                maybe = (p <= detector.calibrator.alpha) | reason
                 rows = chunk.iloc[scored.index[maybe]].reset_index(drop=True)
                 for col in ("log_likelihood", "p_value", "reason"):
                     rows[col] = scored[col].to_numpy()[maybe]
@@ -159,8 +169,10 @@ def score_file(
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
-    p = np.concatenate(p_values)
-    flags = detector.flag(p, np.concatenate(has_reason))
+    if per_row:
+        flags = np.concatenate(flag_parts)
+    else:
+        flags = detector.flag(np.concatenate(p_values), np.concatenate(has_reason))
     _write_flags(tmp, output, flags)
     quarantine_frame = pd.concat(quarantined, ignore_index=True) if quarantined else None
     quarantine_output = (
@@ -182,7 +194,7 @@ def score_file(
                 contributions[row] = value
         flagged["contributions"] = contributions
     explain_seconds = time.perf_counter() - explain_start
-    n_flagged, n_scored = int(flags.sum()), len(p)
+    n_flagged, n_scored = int(flags.sum()), len(flags)
     shift = detector.calibrator.shift_alarm(n_flagged, n_scored)
     n_quarantined = 0 if quarantine_frame is None else len(quarantine_frame)
     return BatchSummary(
