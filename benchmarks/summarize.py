@@ -7,9 +7,9 @@ Table (BENCHMARK.md, section 1): rows = datasets, columns = detectors, cell = me
 seeds (``fail`` when any seed of that detector failed on that dataset, ``—`` when not run). Bottom
 rows = mean AUROC, mean AUPRC, mean rank (per dataset, by mean AUROC, 1 = best, ties share the
 average rank), datasets won (ties count for every tied detector), median realised FPR at the 1 %
-target (over dataset × seed runs) — the protocol's 99th-percentile threshold, then the project's
-conformal calibrator on the same scores — and failures (failed dataset × seed runs, over all
-datasets). Per dataset, only the seeds that every shown detector has run are used.
+target (over datasets, each its mean over seeds) — the protocol's 99th-percentile threshold,
+then the project's conformal calibrator on the same scores — and failures (failed dataset × seed
+runs, over all datasets). Per dataset, only the seeds that every shown detector has run are used.
 The aggregate rows use only the datasets on which every shown detector succeeded on every seed
 run for that dataset; the others are listed under the table.
 """
@@ -82,8 +82,12 @@ def summarize(df: pd.DataFrame) -> str:
         ranks = sub_roc.rank(axis=1, ascending=False, method="average")
         won = sub_roc.eq(sub_roc.max(axis=1), axis=0).sum()
         in_complete = ok[ok["dataset"].isin(complete)]
-        fpr = in_complete.groupby("detector")["threshold_fpr"].median().reindex(detectors)
-        conformal = in_complete.groupby("detector")["calibrated_fpr"].median().reindex(detectors)
+        # each dataset counts once, as in the other rows: its mean over seeds, then the median
+        per_dataset = in_complete.groupby(["detector", "dataset"])
+        fpr = per_dataset["threshold_fpr"].mean().groupby("detector").median().reindex(detectors)
+        conformal = (
+            per_dataset["calibrated_fpr"].mean().groupby("detector").median().reindex(detectors)
+        )
         lines += [
             row("mean AUROC", sub_roc.mean(), ".3f"),
             row("mean AUPRC", sub_prc.mean(), ".3f"),
