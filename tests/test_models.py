@@ -68,7 +68,11 @@ BAD_PARAMS: dict[str, list[tuple[dict[str, Any], str]]] = {
         ({"max_epochs": 0}, "max_epochs"),
         ({"learning_rate": -1.0}, "learning_rate"),
     ],
-    "vae": [({"batch_size": 0}, "batch_size"), ({"validation_fraction": 1.0}, "validation_frac")],
+    "vae": [
+        ({"batch_size": 0}, "batch_size"),
+        ({"validation_fraction": 1.0}, "validation_frac"),
+        ({"importance_samples": 15}, "importance_samples must be an even integer"),
+    ],
     "auto": [
         ({"candidates": ()}, "candidates"),
         ({"candidates": ("gaussian", "auto")}, "candidates"),
