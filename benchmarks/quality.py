@@ -393,7 +393,7 @@ def main() -> None:
         flush=True,
     )
     with out.open("a", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=FIELDS)
+        writer = csv.DictWriter(fh, fieldnames=FIELDS, lineterminator="\n")
         if new_file:
             writer.writeheader()
             fh.flush()

@@ -381,7 +381,9 @@ def main() -> None:
             rows.append(row)
             new_file = not out.is_file()
             with out.open("a", newline="") as fh:
-                writer = csv.DictWriter(fh, fieldnames=FIELDS, extrasaction="ignore")
+                writer = csv.DictWriter(
+                    fh, fieldnames=FIELDS, extrasaction="ignore", lineterminator="\n"
+                )
                 if new_file:
                     writer.writeheader()
                 writer.writerow({k: row.get(k, "") for k in FIELDS})

@@ -42,6 +42,14 @@ INPUT_CLIP = 8.0
 LOG_STD_RANGE = (-7.0, 3.0)
 
 
+def _category_log_prob(logits: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
+    """log p of each row's category (UNSEEN_PROB for an all-zero block) under ``logits``."""
+    code = onehot.argmax(dim=1)
+    seen = onehot.gather(1, code[:, None])[:, 0] > 0.5
+    lp = logits.log_softmax(-1).gather(1, code[:, None])[:, 0] + math.log1p(-UNSEEN_PROB)
+    return torch.where(seen, lp, math.log(UNSEEN_PROB))
+
+
 class ARModule(nn.Module):
     """The conditional network: (masked row, mask, context) → every feature's conditional."""
 
@@ -59,6 +67,7 @@ class ARModule(nn.Module):
         self.numeric = [b.start for b in layout if not b.categorical]
         self.numeric_blocks = [i for i, b in enumerate(layout) if not b.categorical]
         self.categorical = [(i, b.start, b.stop) for i, b in enumerate(layout) if b.categorical]
+        self.columns = [slice(b.start, b.stop) for b in layout]
         block_of_col = [i for i, b in enumerate(layout) for _ in range(b.start, b.stop)]
         self.register_buffer("block_of_col", torch.tensor(block_of_col, dtype=torch.long))
         self.register_buffer("orders", orders)
@@ -68,6 +77,15 @@ class ARModule(nn.Module):
         for a, b in itertools.pairwise(sizes):
             layers += [nn.Linear(a, b), nn.SiLU()]
         self.net = nn.Sequential(*layers[:-1])
+        # each block's slice of the output: numeric j → 3 × components values, then categories
+        numeric_width = 3 * components * len(self.numeric)
+        self.block_slices = [slice(0, 0)] * self.n_blocks
+        for j, i in enumerate(self.numeric_blocks):
+            self.block_slices[i] = slice(3 * components * j, 3 * components * (j + 1))
+        offset = numeric_width
+        for i, start, stop in self.categorical:
+            self.block_slices[i] = slice(offset, offset + stop - start)
+            offset += stop - start
         # start each numeric conditional as components spread over the standard normal's
         # quantiles, narrower than the data: a symmetric start stays stuck at one Gaussian
         with torch.no_grad():
@@ -82,9 +100,41 @@ class ARModule(nn.Module):
         self, Z: torch.Tensor, mask: torch.Tensor, context: torch.Tensor | None
     ) -> torch.Tensor:
         """Raw conditional parameters for rows Z whose features ``mask`` (rows × blocks) shows."""
+        return self.net[-1](self.trunk(Z, mask, context))
+
+    def trunk(
+        self, Z: torch.Tensor, mask: torch.Tensor, context: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The last hidden layer (every layer but the output one)."""
         observed = Z.clamp(-INPUT_CLIP, INPUT_CLIP) * mask[:, self.block_of_col]
         parts = [observed, mask] + ([context] if context is not None else [])
-        return self.net(torch.cat(parts, dim=1))
+        return self.net[:-1](torch.cat(parts, dim=1))
+
+    def block_raw(self, hidden: torch.Tensor, block: int) -> torch.Tensor:
+        """Raw parameters of one block's conditional from the last hidden layer: the output
+        layer's rows for that block only (scoring needs one block per pass, not all)."""
+        out, part = self.net[-1], self.block_slices[block]
+        return nn.functional.linear(hidden, out.weight[part], out.bias[part])
+
+    def block_mixture(
+        self, raw: torch.Tensor, dtype: torch.dtype = torch.float64
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(log weights, means, log stds), each rows × components, of one numeric block."""
+        params = raw.to(dtype).view(raw.shape[0], 3, self.components)
+        return params[:, 0].log_softmax(-1), params[:, 1], params[:, 2].clamp(*LOG_STD_RANGE)
+
+    def block_log_prob(
+        self, raw: torch.Tensor, Z: torch.Tensor, block: int, dtype: torch.dtype = torch.float64
+    ) -> torch.Tensor:
+        """log p of block ``block``'s value in Z under its conditional ``raw`` (from
+        ``block_raw``): ``block_log_probs`` for that block only."""
+        columns = self.columns[block]
+        if block in self.numeric_blocks:
+            log_w, mean, log_std = self.block_mixture(raw, dtype)
+            z = Z[:, columns.start, None].to(dtype)
+            log_pdf = -0.5 * ((z - mean) / log_std.exp()) ** 2 - log_std - 0.5 * LOG_2PI
+            return torch.logsumexp(log_w + log_pdf, dim=-1)
+        return _category_log_prob(raw.to(dtype), Z[:, columns])
 
     def _mixture(
         self, raw: torch.Tensor, dtype: torch.dtype = torch.float64
@@ -119,11 +169,7 @@ class ARModule(nn.Module):
         for (i, start, stop), logits in zip(
             self.categorical, self._category_logits(raw, dtype), strict=True
         ):
-            onehot = Z[:, start:stop]
-            code = onehot.argmax(dim=1)
-            seen = onehot.gather(1, code[:, None])[:, 0] > 0.5
-            lp = logits.log_softmax(-1).gather(1, code[:, None])[:, 0] + math.log1p(-UNSEEN_PROB)
-            out[:, i] = torch.where(seen, lp, math.log(UNSEEN_PROB))
+            out[:, i] = _category_log_prob(logits, Z[:, start:stop])
         return out
 
     def sample_blocks(self, raw: torch.Tensor) -> torch.Tensor:
@@ -218,7 +264,8 @@ class Autoregressive(TorchDensity):
             mask = torch.zeros(Z.shape[0], module.n_blocks)
             total = torch.zeros(Z.shape[0], dtype=torch.float64)
             for block in order.tolist():
-                total += module.block_log_probs(module(Z, mask, context), Z)[:, block]
+                raw = module.block_raw(module.trunk(Z, mask, context), block)
+                total += module.block_log_prob(raw, Z, block)
                 mask[:, block] = 1.0
             per_order.append(total)
         return torch.logsumexp(torch.stack(per_order), dim=0) - math.log(len(per_order))
@@ -257,7 +304,8 @@ class Autoregressive(TorchDensity):
                 for b in range(n_blocks):
                     mask = torch.ones(z.shape[0], n_blocks)
                     mask[:, b] = 0.0
-                    out[:, b] = self.module_.block_log_probs(self.module_(z, mask, c), z)[:, b]
+                    raw = self.module_.block_raw(self.module_.trunk(z, mask, c), b)
+                    out[:, b] = self.module_.block_log_prob(raw, z, b)
                 chunks.append(out)
         lp = torch.cat(chunks).numpy() if chunks else np.zeros((0, n_blocks))
         log_scale = np.array([np.log(self.scale_[b.start]) for b in self.layout_])
@@ -275,8 +323,6 @@ class Autoregressive(TorchDensity):
         Z = torch.from_numpy((X - self.mean_) / self.scale_).float()
         Ct = self._standard_context(C)
         module, n_blocks = self.module_, len(self.layout_)
-        numeric_index = {b: j for j, b in enumerate(module.numeric_blocks)}
-        categorical_index = {b[0]: j for j, b in enumerate(module.categorical)}
         observed, best, modes = [], [], []
         with torch.inference_mode():
             for z, c in _split(Z, Ct, SCORE_BATCH):
@@ -286,16 +332,15 @@ class Autoregressive(TorchDensity):
                 for b, block in enumerate(self.layout_):
                     mask = torch.ones(z.shape[0], n_blocks)
                     mask[:, b] = 0.0
-                    raw = module(z, mask, c)
-                    obs[:, b] = module.block_log_probs(raw, z)[:, b]
+                    raw = module.block_raw(module.trunk(z, mask, c), b)
+                    obs[:, b] = module.block_log_prob(raw, z, b)
                     if block.categorical:
-                        logits = module._category_logits(raw)[categorical_index[b]]
-                        lp, code = logits.log_softmax(-1).max(dim=-1)
+                        lp, code = raw.to(torch.float64).log_softmax(-1).max(dim=-1)
                         top[:, b] = lp + math.log1p(-UNSEEN_PROB)
                         mode[:, block.start : block.stop] = 0.0
                         mode[torch.arange(z.shape[0]), block.start + code] = 1.0
                         continue
-                    log_w, mean, log_std = (t[:, numeric_index[b]] for t in module._mixture(raw))
+                    log_w, mean, log_std = module.block_mixture(raw)
                     # the mixture's log-density at each component mean: rows × candidates
                     zz = (mean[:, :, None] - mean[:, None, :]) / log_std.exp()[:, None, :]
                     log_pdf = -0.5 * zz**2 - log_std[:, None, :] - 0.5 * LOG_2PI
