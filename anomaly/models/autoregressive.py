@@ -100,21 +100,30 @@ class ARModule(nn.Module):
         self, Z: torch.Tensor, mask: torch.Tensor, context: torch.Tensor | None
     ) -> torch.Tensor:
         """Raw conditional parameters for rows Z whose features ``mask`` (rows × blocks) shows."""
-        return self.net[-1](self.trunk(Z, mask, context))
+        return self.net[1:](self.input_layer(Z, mask, context))
 
-    def trunk(
+    def input_layer(
         self, Z: torch.Tensor, mask: torch.Tensor, context: torch.Tensor | None
     ) -> torch.Tensor:
-        """The last hidden layer (every layer but the output one)."""
+        """The first layer's pre-activation for rows Z whose features ``mask`` shows."""
         observed = Z.clamp(-INPUT_CLIP, INPUT_CLIP) * mask[:, self.block_of_col]
         parts = [observed, mask] + ([context] if context is not None else [])
-        return self.net[:-1](torch.cat(parts, dim=1))
+        return self.net[0](torch.cat(parts, dim=1))
 
-    def block_raw(self, hidden: torch.Tensor, block: int) -> torch.Tensor:
-        """Raw parameters of one block's conditional from the last hidden layer: the output
-        layer's rows for that block only (scoring needs one block per pass, not all)."""
+    def block_input(self, Z: torch.Tensor, block: int) -> torch.Tensor:
+        """What observing ``block`` adds to the first layer's pre-activation (its values and its
+        mask bit): scoring along an order updates the first layer per step instead of
+        recomputing it from all D inputs (the NADE trick, Larochelle & Murray 2011)."""
+        weight, columns = self.net[0].weight, self.columns[block]
+        n_columns = self.block_of_col.shape[0]
+        values = Z[:, columns].clamp(-INPUT_CLIP, INPUT_CLIP)
+        return values @ weight[:, columns].T + weight[:, n_columns + block]
+
+    def block_raw(self, pre: torch.Tensor, block: int) -> torch.Tensor:
+        """Raw parameters of one block's conditional from the first layer's pre-activation:
+        the output layer's rows for that block only (scoring needs one block per pass)."""
         out, part = self.net[-1], self.block_slices[block]
-        return nn.functional.linear(hidden, out.weight[part], out.bias[part])
+        return nn.functional.linear(self.net[1:-1](pre.float()), out.weight[part], out.bias[part])
 
     def block_mixture(
         self, raw: torch.Tensor, dtype: torch.dtype = torch.float64
@@ -260,13 +269,14 @@ class Autoregressive(TorchDensity):
         self, module: nn.Module, Z: torch.Tensor, context: torch.Tensor | None
     ) -> torch.Tensor:
         per_order = []
+        nothing = torch.zeros(Z.shape[0], module.n_blocks)
         for order in module.orders:
-            mask = torch.zeros(Z.shape[0], module.n_blocks)
+            # float64 running sum of the first layer's input as the order observes each block
+            pre = module.input_layer(Z, nothing, context).double()
             total = torch.zeros(Z.shape[0], dtype=torch.float64)
             for block in order.tolist():
-                raw = module.block_raw(module.trunk(Z, mask, context), block)
-                total += module.block_log_prob(raw, Z, block)
-                mask[:, block] = 1.0
+                total += module.block_log_prob(module.block_raw(pre, block), Z, block)
+                pre += module.block_input(Z, block)
             per_order.append(total)
         return torch.logsumexp(torch.stack(per_order), dim=0) - math.log(len(per_order))
 
@@ -301,10 +311,9 @@ class Autoregressive(TorchDensity):
         with torch.inference_mode():
             for z, c in _split(Z, Ct, SCORE_BATCH):
                 out = torch.empty(z.shape[0], n_blocks, dtype=torch.float64)
+                full = self.module_.input_layer(z, torch.ones(z.shape[0], n_blocks), c)
                 for b in range(n_blocks):
-                    mask = torch.ones(z.shape[0], n_blocks)
-                    mask[:, b] = 0.0
-                    raw = self.module_.block_raw(self.module_.trunk(z, mask, c), b)
+                    raw = self.module_.block_raw(full - self.module_.block_input(z, b), b)
                     out[:, b] = self.module_.block_log_prob(raw, z, b)
                 chunks.append(out)
         lp = torch.cat(chunks).numpy() if chunks else np.zeros((0, n_blocks))
@@ -329,10 +338,9 @@ class Autoregressive(TorchDensity):
                 obs = torch.empty(z.shape[0], n_blocks, dtype=torch.float64)
                 top = torch.empty_like(obs)
                 mode = z.to(torch.float64).clone()
+                full = module.input_layer(z, torch.ones(z.shape[0], n_blocks), c)
                 for b, block in enumerate(self.layout_):
-                    mask = torch.ones(z.shape[0], n_blocks)
-                    mask[:, b] = 0.0
-                    raw = module.block_raw(module.trunk(z, mask, c), b)
+                    raw = module.block_raw(full - module.block_input(z, b), b)
                     obs[:, b] = module.block_log_prob(raw, z, b)
                     if block.categorical:
                         lp, code = raw.to(torch.float64).log_softmax(-1).max(dim=-1)
