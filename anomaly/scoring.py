@@ -91,20 +91,29 @@ _POSITION = "__position"
 
 class _SeenIds:
     """64-bit hashes of the ids of earlier chunks (8 bytes an id; a false duplicate needs a
-    hash collision, odds about n² / 2⁶⁵)."""
+    hash collision, odds about n² / 2⁶⁵), sorted, in a buffer grown by a quarter at a time."""
 
     def __init__(self) -> None:
         self.hashes = np.zeros(0, dtype=np.uint64)
+        self.n = 0
 
     def repeated(self, ids: pd.Series) -> np.ndarray:
         """Which ids were seen in an earlier chunk; remembers the new ones."""
         h = pd.util.hash_pandas_object(ids.astype(str), index=False).to_numpy()
-        pos = np.searchsorted(self.hashes, h).clip(max=max(len(self.hashes) - 1, 0))
-        seen = self.hashes[pos] == h if len(self.hashes) else np.zeros(len(h), dtype=bool)
-        # two sorted runs: the stable sort (timsort) merges them in linear time, where
-        # union1d would re-sort everything seen so far for every chunk
-        self.hashes = np.concatenate([self.hashes, np.unique(h[~seen])])
-        self.hashes.sort(kind="stable")  # in place: no third copy
+        known = self.hashes[: self.n]
+        pos = np.searchsorted(known, h).clip(max=max(self.n - 1, 0))
+        seen = known[pos] == h if self.n else np.zeros(len(h), dtype=bool)
+        del known, pos  # no view of the buffer may outlive a resize
+        new = np.unique(h[~seen])
+        end = self.n + len(new)
+        if end > len(self.hashes):
+            # realloc in place (no copy of what is kept, where the allocator can remap)
+            self.hashes.resize(max(end, len(self.hashes) * 5 // 4), refcheck=False)
+        self.hashes[self.n : end] = new
+        # two sorted runs: the stable sort (timsort) merges them in linear time with a
+        # temporary the size of the new run only
+        self.hashes[:end].sort(kind="stable")
+        self.n = end
         return seen
 
 
