@@ -16,8 +16,9 @@ joint density, since p(x_-b) cancels. How the maximum is found depends on the ki
   categorical (one-hot) block is maximised exactly over its categories.
 * ``conditional`` (kinds with ``feature_log_probs``, e.g. ``autoregressive``, ``independent``):
   the model's own conditional log p(x_b | x_-b), maximised over candidate values — or, for a
-  kind with ``conditional_modes`` (``autoregressive``), at the conditional's own mode
-  candidates (its mixture components' means, each category), one network pass per feature.
+  kind with ``conditional_modes``, at the conditional's own mode candidates
+  (``autoregressive``: its mixture components' means and each category, one network pass per
+  feature; ``independent``: each marginal's mode, one value per feature).
 * ``replacement`` (every other kind: ``gmm``, ``kde``, ``knn``, ``flow``, ``vae``): the joint
   log p(x with x_b := v), maximised over candidate values, as one batched ``log_prob`` call
   per feature.

@@ -138,15 +138,20 @@ def test_auto_explains_the_kind_it_chose(data):
 
 
 def test_conditional_method_matches_replacement_for_a_factorised_model(data):
-    """For p(x) = Π p(x_i) the conditionals are the marginals: both methods coincide."""
-    with_conditionals = [k for k, cls in models.KINDS.items() if hasattr(cls, "feature_log_probs")]
-    if "independent" not in with_conditionals:
-        pytest.skip("the independent kind is not in this tree yet")
+    """For p(x) = Π p(x_i) the conditionals are the marginals, so both methods maximise the
+    same function: ``independent``'s modes over its 1,024 grid points, the replacement search
+    over quantiles of samples. They agree to the search's resolution, and the modes are never
+    the lower maximum."""
     model = models.create("independent").fit(data, layout=LAYOUT)
     X, _ = planted(data)
     conditional = attribute(model, X, LAYOUT, method="conditional")
     replacement = attribute(model, X, LAYOUT, method="replacement")
-    np.testing.assert_allclose(conditional.contributions, replacement.contributions, atol=1e-6)
+    gap = conditional.contributions - replacement.contributions
+    assert gap.min() > -1e-9
+    assert gap.max() < 1e-2
+    np.testing.assert_array_equal(
+        conditional.contributions.argmax(axis=1), replacement.contributions.argmax(axis=1)
+    )
 
 
 def test_bad_arguments_say_what_to_do(gaussian, data):

@@ -147,6 +147,33 @@ class Independent(DensityModel):
     def _log_prob(self, X: np.ndarray) -> np.ndarray:
         return self.feature_log_probs(X).sum(axis=1)
 
+    def conditional_modes(
+        self, X: np.ndarray, context: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per feature b: log p(x_b), the log-density at the marginal's most likely value, and
+        that value (here the conditional given x_-b is the marginal, so its mode is one value
+        per feature). A numeric mode is searched among the ``bins`` grid points (a lower bound
+        on the maximum); a categorical one is the most frequent category. Returns (observed
+        n × blocks, best n × blocks, modes n × columns)."""
+        observed = self.feature_log_probs(X, context)
+        best = np.empty(len(self.layout_))
+        modes = np.array(X, dtype=float, copy=True)
+        j = offset = 0
+        for b, block in enumerate(self.layout_):
+            if block.categorical:
+                width = block.stop - block.start
+                lp = self.category_log_probs_[offset : offset + width]
+                best[b] = lp.max()
+                modes[:, block.start : block.stop] = np.eye(width)[int(lp.argmax())]
+                offset += width
+            else:
+                grid = self.grid_[j]
+                lp = _binned_log_pdf(grid, grid, self.log_weights_[j], self.bandwidths_[j])
+                best[b] = lp.max() - np.log(self.scale_[j])
+                modes[:, block.start] = grid[int(lp.argmax())] * self.scale_[j] + self.loc_[j]
+                j += 1
+        return observed, np.broadcast_to(best, observed.shape).copy(), modes
+
     def _sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
         out = np.zeros((n, self.n_features_in_))
         j = offset = 0
