@@ -20,15 +20,10 @@ LOG_2PI = float(np.log(2 * np.pi))
 
 
 def gaussian_log_pdf(X: np.ndarray, mean: np.ndarray, chol: np.ndarray) -> np.ndarray:
-    """log N(x; mean, L Lᵀ) per row, with ``chol`` the lower Cholesky factor L.
-
-    z = L⁻¹(x − μ) for all rows is one matrix product with the (d × d) inverse, computed once.
-    """
-    inv_t = solve_triangular(chol, np.eye(chol.shape[0]), lower=True).T
-    z = X @ inv_t
-    z -= mean @ inv_t
+    """log N(x; mean, L Lᵀ) per row, with ``chol`` the lower Cholesky factor L."""
+    z = solve_triangular(chol, (X - mean).T, lower=True)
     half_log_det = np.log(np.diag(chol)).sum()
-    return -0.5 * np.einsum("ij,ij->i", z, z) - half_log_det - 0.5 * X.shape[1] * LOG_2PI
+    return -0.5 * (z * z).sum(axis=0) - half_log_det - 0.5 * X.shape[1] * LOG_2PI
 
 
 def sample_gaussian(
