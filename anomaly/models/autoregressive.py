@@ -50,6 +50,20 @@ def _category_log_prob(logits: torch.Tensor, onehot: torch.Tensor) -> torch.Tens
     return torch.where(seen, lp, math.log(UNSEEN_PROB))
 
 
+def _split_mixture(params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(log weights, means, log stds) from raw parameters whose last two axes are 3 × components."""
+    log_w = params[..., 0, :].log_softmax(-1)
+    return log_w, params[..., 1, :], params[..., 2, :].clamp(*LOG_STD_RANGE)
+
+
+def _mixture_log_pdf(
+    x: torch.Tensor, log_w: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor
+) -> torch.Tensor:
+    """log Σ_k w_k N(x; mean_k, std_k²), the components on the last axis (broadcast)."""
+    log_pdf = -0.5 * ((x - mean) / log_std.exp()) ** 2 - log_std - 0.5 * LOG_2PI
+    return torch.logsumexp(log_w + log_pdf, dim=-1)
+
+
 class ARModule(nn.Module):
     """The conditional network: (masked row, mask, context) → every feature's conditional."""
 
@@ -129,8 +143,7 @@ class ARModule(nn.Module):
         self, raw: torch.Tensor, dtype: torch.dtype = torch.float64
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(log weights, means, log stds), each rows × components, of one numeric block."""
-        params = raw.to(dtype).view(raw.shape[0], 3, self.components)
-        return params[:, 0].log_softmax(-1), params[:, 1], params[:, 2].clamp(*LOG_STD_RANGE)
+        return _split_mixture(raw.to(dtype).view(raw.shape[0], 3, self.components))
 
     def block_log_prob(
         self, raw: torch.Tensor, Z: torch.Tensor, block: int, dtype: torch.dtype = torch.float64
@@ -139,10 +152,8 @@ class ARModule(nn.Module):
         ``block_raw``): ``block_log_probs`` for that block only."""
         columns = self.columns[block]
         if block in self.numeric_blocks:
-            log_w, mean, log_std = self.block_mixture(raw, dtype)
             z = Z[:, columns.start, None].to(dtype)
-            log_pdf = -0.5 * ((z - mean) / log_std.exp()) ** 2 - log_std - 0.5 * LOG_2PI
-            return torch.logsumexp(log_w + log_pdf, dim=-1)
+            return _mixture_log_pdf(z, *self.block_mixture(raw, dtype))
         return _category_log_prob(raw.to(dtype), Z[:, columns])
 
     def _mixture(
@@ -150,18 +161,12 @@ class ARModule(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         k = 3 * self.components * len(self.numeric)
         params = raw[:, :k].to(dtype).view(raw.shape[0], len(self.numeric), 3, self.components)
-        log_w = params[:, :, 0].log_softmax(-1)
-        return log_w, params[:, :, 1], params[:, :, 2].clamp(*LOG_STD_RANGE)
+        return _split_mixture(params)
 
     def _category_logits(
         self, raw: torch.Tensor, dtype: torch.dtype = torch.float64
     ) -> list[torch.Tensor]:
-        offset = 3 * self.components * len(self.numeric)
-        out = []
-        for _, start, stop in self.categorical:
-            out.append(raw[:, offset : offset + stop - start].to(dtype))
-            offset += stop - start
-        return out
+        return [raw[:, self.block_slices[i]].to(dtype) for i, _, _ in self.categorical]
 
     def block_log_probs(
         self, raw: torch.Tensor, Z: torch.Tensor, dtype: torch.dtype = torch.float64
@@ -171,10 +176,8 @@ class ARModule(nn.Module):
         astronomically far from the data keep a finite log-density; training uses float32."""
         out = torch.empty(raw.shape[0], self.n_blocks, dtype=dtype)
         if self.numeric:
-            log_w, mean, log_std = self._mixture(raw, dtype)
             z = Z[:, self.numeric].to(dtype)[..., None]
-            log_pdf = -0.5 * ((z - mean) / log_std.exp()) ** 2 - log_std - 0.5 * LOG_2PI
-            out[:, self.numeric_blocks] = torch.logsumexp(log_w + log_pdf, dim=-1)
+            out[:, self.numeric_blocks] = _mixture_log_pdf(z, *self._mixture(raw, dtype))
         for (i, start, stop), logits in zip(
             self.categorical, self._category_logits(raw, dtype), strict=True
         ):
@@ -350,9 +353,10 @@ class Autoregressive(TorchDensity):
                         continue
                     log_w, mean, log_std = module.block_mixture(raw)
                     # the mixture's log-density at each component mean: rows × candidates
-                    zz = (mean[:, :, None] - mean[:, None, :]) / log_std.exp()[:, None, :]
-                    log_pdf = -0.5 * zz**2 - log_std[:, None, :] - 0.5 * LOG_2PI
-                    lp, k = torch.logsumexp(log_w[:, None, :] + log_pdf, dim=-1).max(dim=-1)
+                    at_means = _mixture_log_pdf(
+                        mean[:, :, None], log_w[:, None, :], mean[:, None, :], log_std[:, None, :]
+                    )
+                    lp, k = at_means.max(dim=-1)
                     top[:, b] = lp
                     mode[:, block.start] = mean.gather(1, k[:, None])[:, 0]
                 observed.append(obs)
