@@ -69,6 +69,12 @@ class Data(_Strict):
     )
 
 
+#: the kinds of ``anomaly.models.KINDS``, named here so that validating a config loads no torch
+#: (tests/test_serve.py checks that the two agree)
+MODEL_KINDS = ("gaussian", "gmm", "kde", "knn", "flow", "vae", "auto", "independent",
+               "autoregressive")  # fmt: skip
+
+
 class ModelSpec(_Strict):
     kind: str = "auto"
     seed: int = 0
@@ -77,10 +83,8 @@ class ModelSpec(_Strict):
     @field_validator("kind")
     @classmethod
     def _known_kind(cls, kind: str) -> str:
-        from anomaly.models import KINDS  # torch loads only when a config is validated
-
-        if kind not in KINDS:
-            msg = f"unknown model kind {kind!r}; expected one of {sorted(KINDS)}"
+        if kind not in MODEL_KINDS:
+            msg = f"unknown model kind {kind!r}; expected one of {sorted(MODEL_KINDS)}"
             raise ValueError(msg)
         return kind
 

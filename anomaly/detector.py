@@ -8,6 +8,8 @@ This is what one registered model version holds. Its saved form is a folder:
 from __future__ import annotations
 
 import json
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -143,6 +145,9 @@ class Detector:
             )
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             msg = f"refusing to load the detector in {directory}: a .json file is not JSON text"
+            raise ValueError(msg) from exc
+        except (zipfile.BadZipFile, EOFError, zlib.error) as exc:  # not worth a retry
+            msg = f"cannot load the detector in {directory}: a weights file is truncated or corrupt"
             raise ValueError(msg) from exc
         except ValueError as exc:
             if "pickle" not in str(exc):

@@ -15,13 +15,16 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import mlflow
 from mlflow.exceptions import MlflowException
 
 from anomaly.config import Config
-from anomaly.detector import Detector
 from anomaly.tracking import active, client
+
+if TYPE_CHECKING:
+    from anomaly.detector import Detector
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
 
@@ -154,4 +157,6 @@ def load_detector(config: Config, version: str | None = None) -> tuple[Detector,
     except MlflowException as exc:
         msg = f"cannot load {model_uri(config, version)}: {exc.message}"
         raise RegistryError(msg) from exc
+    from anomaly.detector import Detector  # torch loads only when a model does
+
     return Detector.load(Path(local) / "artifacts" / "detector"), str(version)

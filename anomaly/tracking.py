@@ -19,12 +19,11 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlflow
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
 from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
@@ -34,8 +33,10 @@ from mlflow.tracking._tracking_service import utils as tracking_utils
 from mlflow.utils.time import get_current_time_millis as now_ms
 
 from anomaly.config import Config
-from anomaly.scoring import BatchSummary
-from anomaly.training import TrainResult
+
+if TYPE_CHECKING:  # torch and scikit-learn load only when a model is trained or scored
+    from anomaly.scoring import BatchSummary
+    from anomaly.training import TrainResult
 
 SCHEMA_READY = ".schema-ready"
 #: MLflow's fluent API keeps its URI in process globals: one user at a time
@@ -136,6 +137,8 @@ def score_histogram(result: TrainResult, path: Path) -> Path:
     """PNG of held-out normal scores (−log-likelihood) with the flag threshold drawn."""
     scores = -result.heldout_log_likelihood
     threshold = result.detector.calibrator.threshold_
+    from matplotlib.figure import Figure  # loads only when a training run logs a plot
+
     fig = Figure(figsize=(7, 4))  # no pyplot: no GUI backend, no global state
     ax = fig.subplots()
     finite = scores[np.isfinite(scores)]

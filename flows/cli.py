@@ -1,23 +1,29 @@
-"""The ``anomaly`` command line: runs the Prefect flows (ephemeral Prefect without a server)."""
+"""The ``anomaly`` command line: runs the Prefect flows on the local Prefect server
+(``flows/server.py``); commands that run no flow never import Prefect."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import sys
 import time
+import traceback
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from anomaly.config import Config, ConfigError, ModelSpec, anomaly_home, load_config
 
-# Everything heavier (torch, MLflow, Prefect) is imported inside the commands: `--help` stays
-# fast, and Prefect reads the settings `_prefect_defaults` puts in the environment.
+# Everything heavier (torch, MLflow, Prefect) is imported inside the commands: `--help` and
+# user errors stay fast, and Prefect reads the settings `_prefect_defaults` and `_prefect` put
+# in the environment (PREFECT_API_URL among them) when it is first imported.
 
 app = typer.Typer(
     help="Generative anomaly detection: learn p(x) of normal records, flag the improbable.",
@@ -34,8 +40,16 @@ VersionOption = Annotated[
 ]
 
 
+#: ``-v``: user errors print their traceback too
+_verbose = False
+
+
 def _fail(message: str) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    """One line on stderr and exit code 2 (with ``-v``, the traceback being handled first)."""
+    if _verbose and sys.exc_info()[0] is not None:
+        console.print(traceback.format_exc(), highlight=False, markup=False)
+    line = " ".join(part.strip() for part in message.splitlines() if part.strip())
+    console.print(f"[bold red]error:[/] {escape(line)}", highlight=False)
     return typer.Exit(code=2)
 
 
@@ -64,9 +78,46 @@ def _prefect_defaults(home: Path) -> None:
         os.environ.setdefault(key, value)
 
 
+@contextlib.contextmanager
+def _prefect(home: Path) -> Iterator[None]:
+    """Run flows against PREFECT_API_URL, else the local server ``anomaly serve`` runs, else a
+    temporary server of this command's own (stopped on exit; it dies with us even on kill -9)."""
+    from flows.server import ServerError, api_for_command
+
+    _prefect_defaults(home)
+    try:
+        with api_for_command(home):
+            yield
+    except ServerError as exc:
+        raise _fail(str(exc)) from exc
+
+
+def _files(option: str, paths: list[Path]) -> None:
+    """Every path names an existing file, and no two the same file name (batches are known by
+    their file name)."""
+    seen: dict[str, Path] = {}
+    for path in paths:
+        if path.is_dir():
+            msg = f"{option} {path} is a directory, not a file"
+            raise _fail(msg)
+        if not path.is_file():
+            msg = f"{option} {path}: no such file"
+            raise _fail(msg)
+        if path.name in seen:
+            msg = f"{option} {seen[path.name]} and {path} have the same file name {path.name!r}"
+            raise _fail(msg)
+        seen[path.name] = path
+
+
 @app.callback()
-def main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+def main(
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Log more; print tracebacks of errors.")
+    ] = False,
+) -> None:
     """Generative anomaly detection for tabular data."""
+    global _verbose
+    _verbose = verbose
     level = logging.INFO if verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(message)s")
     logging.getLogger("mlflow").setLevel(level)  # MLflow logs INFO chatter by default
@@ -78,8 +129,8 @@ def _check(call: Any, *args: Any) -> None:
 
 
 def _run(call: Any, *args: Any, **kwargs: Any) -> Any:
-    """Run a flow; user errors become one line and exit code 2."""
-    from flows.tasks import USER_ERRORS
+    """Run a flow or a library call; user errors become one line and exit code 2."""
+    from flows.errors import USER_ERRORS
 
     try:
         return call(*args, **kwargs)
@@ -102,12 +153,13 @@ def demo(
     _prefect_defaults(home)
     if kind is not None:
         _check(lambda: ModelSpec(kind=kind))
-    from flows.demo import demo_flow, demo_report
-
     start = time.perf_counter()
     console.print(f"demo: writing data, training, promoting and scoring under [bold]{home}[/]")
-    result = _run(demo_flow, str(home), kind=kind, seed=seed)
-    report = _run(demo_report, result, home)
+    with _prefect(home):
+        from flows.demo import demo_flow, demo_report
+
+        result = _run(demo_flow, str(home), kind=kind, seed=seed)
+        report = _run(demo_report, result, home)
     _print_batches(result["batches"])
     cols = ["transaction_id", "log_likelihood", "p_value", "reason", "true_anomaly", "kind"]
     table = Table(title=f"Most improbable of {len(report.flagged)} flagged records")
@@ -142,12 +194,14 @@ def demo(
 @app.command()
 def train(config: ConfigOption) -> None:
     """Train a detector and register it as challenger (the first one becomes champion)."""
-    from anomaly.io import expand
-    from flows.train import train_flow
-
     cfg = _config(config)
+    from anomaly.io import expand
+
     _check(expand, cfg.data.train)
-    result = _run(train_flow, str(config))
+    with _prefect(cfg.home):
+        from flows.train import train_flow
+
+        result = _run(train_flow, str(config))
     title = f"{cfg.name} v{result['version']} ({cfg.model.kind}), MLflow run {result['run_id']}"
     table = Table(title=title)
     table.add_column("metric")
@@ -163,12 +217,14 @@ def promote(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Decide, move nothing.")] = False,
 ) -> None:
     """Run the promotion gate: challenger vs champion on the same labelled data."""
-    from anomaly import registry
-    from flows.promote import promote_flow
-
     cfg = _config(config)
+    from anomaly import registry
+
     _check(registry.resolve_version, cfg, registry.CHALLENGER)
-    result = _run(promote_flow, str(config), dry_run=dry_run)
+    with _prefect(cfg.home):
+        from flows.promote import promote_flow
+
+        result = _run(promote_flow, str(config), dry_run=dry_run)
     table = Table(title=f"challenger v{result['challenger']} vs champion")
     for col in ("metric", "challenger", "champion"):
         table.add_column(col)
@@ -191,16 +247,22 @@ def score(
     model_version: VersionOption = None,
 ) -> None:
     """Score batch files with the champion; store flagged and quarantined rows."""
+    _files("--batch", batch or [])
+    cfg = _config(config)
     from anomaly import registry
     from anomaly.pipeline import pending_batches
-    from flows.score import score_flow_for
 
-    cfg = _config(config)
-    _check(registry.resolve_version, cfg, model_version or registry.CHAMPION)
-    if not batch:
-        _check(pending_batches, cfg)
+    if not batch and not _run(pending_batches, cfg):
+        console.print("no new batches")
+        return
+    _check(registry.load_detector, cfg, model_version)  # a corrupt model fails here, once
     batches = [str(b) for b in batch] if batch else None
-    summaries = _run(score_flow_for(cfg), str(config), batches=batches, model_version=model_version)
+    with _prefect(cfg.home):
+        from flows.score import score_flow_for
+
+        summaries = _run(
+            score_flow_for(cfg), str(config), batches=batches, model_version=model_version
+        )
     if as_json:
         for s in summaries:
             out.print_json(json.dumps(s), indent=None)
@@ -267,6 +329,7 @@ def explain(
     from anomaly.io import read_table
     from anomaly.registry import load_detector
 
+    _files("--input", [input_file])
     cfg = _config(config)
     detector, _ = _run(load_detector, cfg, model_version)
     df = _run(read_table, input_file)
@@ -320,13 +383,71 @@ def rollback(
 
 @app.command()
 def serve(config: ConfigOption) -> None:
-    """Serve the flows as deployments with the config's schedules (Ctrl-C stops)."""
-    from prefect import serve as prefect_serve
+    """Serve the flows as deployments with the config's schedules on the local Prefect server
+    (started here, with its scheduler and UI, unless one is up); Ctrl-C or SIGTERM stops."""
+    cfg = _config(config)
+    from flows.server import ServerError, local_server
 
-    from flows.deployments import deployments
+    with contextlib.ExitStack() as stack:
+        if not os.environ.get("PREFECT_API_URL"):
+            console.print(f"starting the local Prefect server (state: {cfg.home / 'prefect'})")
+            try:
+                server, started = stack.enter_context(local_server(cfg.home))
+            except ServerError as exc:
+                raise _fail(str(exc)) from exc
+            os.environ["PREFECT_API_URL"] = server.api_url
+            out.print(f"Prefect UI: {server.ui_url}" + ("" if started else " (already running)"))
+        from flows.deployments import deployments, serve_deployments
 
-    _config(config)
-    prefect_serve(*_run(deployments, config))
+        runnable = _run(deployments, config)
+        table = Table(title=f"Deployments of {cfg.name}")
+        for col in ("deployment", "schedule", "run it now"):
+            table.add_column(col)
+        for d in runnable:
+            cron = ", ".join(s.schedule.cron for s in d.schedules) or "on demand"
+            kind = d.name.removeprefix(f"{cfg.name}-")
+            table.add_row(f"{d.flow_name}/{d.name}", cron, f"anomaly run {kind} -c {config}")
+        out.print(table)
+        console.print(f"scoring new files in {cfg.data.inbox}; Ctrl-C or SIGTERM stops")
+        serve_deployments(runnable)
+    console.print("stopped")
+
+
+@app.command("run")
+def run_now(
+    kind: Annotated[str, typer.Argument(help="score, retrain, train or promote.")],
+    config: ConfigOption,
+    wait: Annotated[bool, typer.Option(help="Wait for the run to finish.")] = True,
+) -> None:
+    """Run a served deployment now, on the ``anomaly serve`` that runs this config."""
+    cfg = _config(config)
+    if kind not in ("score", "retrain", "train", "promote"):
+        msg = f"no deployment {kind!r}: choose score, retrain, train or promote"
+        raise _fail(msg)
+    from flows.server import running
+
+    if not os.environ.get("PREFECT_API_URL"):
+        if (server := running(cfg.home)) is None:
+            msg = f"no `anomaly serve` runs for {cfg.home}: start `anomaly serve -c {config}`"
+            raise _fail(msg)
+        os.environ["PREFECT_API_URL"] = server.api_url
+    from prefect.deployments import run_deployment
+    from prefect.exceptions import ObjectNotFound
+    from prefect.settings import PREFECT_UI_URL
+
+    name = f"{kind}/{cfg.name}-{kind}"
+    try:
+        flow_run = run_deployment(
+            name, timeout=None if wait else 0, poll_interval=1, as_subflow=False
+        )
+    except ObjectNotFound as exc:
+        msg = f"no deployment {name}: is `anomaly serve -c {config}` running?"
+        raise _fail(msg) from exc
+    state = flow_run.state.name if flow_run.state else "Scheduled"
+    out.print(f"{name}: flow run {flow_run.name!r} {state}  {PREFECT_UI_URL.value()}/runs/"
+              f"flow-run/{flow_run.id}")  # fmt: skip
+    if wait and not (flow_run.state and flow_run.state.is_completed()):
+        raise typer.Exit(code=1)
 
 
 @app.command()

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import signal
 from pathlib import Path
+from typing import Any
 
 from prefect import flow
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 from prefect.client.schemas.schedules import CronSchedule
 from prefect.deployments.runner import RunnerDeployment
+from prefect.runner import Runner
 
 from anomaly.config import load_config
 from flows.promote import promote_flow
@@ -61,3 +65,36 @@ def deployments(config_path: str | Path) -> list[RunnerDeployment]:
             name=f"{config.name}-promote", parameters=params, concurrency_limit=ONE_AT_A_TIME
         ),
     ]
+
+
+class _Runner(Runner):
+    """Prefect's runner, stopped by SIGTERM and SIGINT alike. Prefect's own SIGTERM handler
+    calls the async ``stop`` without awaiting it ("coroutine 'Runner.astop' was never
+    awaited") and exits from inside the event loop."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._stopping: set[asyncio.Task[None]] = set()
+
+    def handle_sigterm(self, *_: Any) -> None:
+        loop = asyncio.get_running_loop()
+        loop.call_soon_threadsafe(lambda: self._stopping.add(loop.create_task(self._stop())))
+
+    async def _stop(self) -> None:
+        while not self.started:  # a signal during registration: stop once started
+            await asyncio.sleep(0.1)
+        await self.astop()
+
+
+def serve_deployments(runnable: list[RunnerDeployment]) -> None:
+    """Serve the deployments until SIGTERM or SIGINT; returns normally after either (flow
+    runs in progress are cancelled; an unfinished batch is recovered by the next run)."""
+
+    async def main() -> None:
+        runner = _Runner(pause_on_shutdown=True)
+        signal.signal(signal.SIGINT, runner.handle_sigterm)  # start() sets SIGTERM's itself
+        for deployment in runnable:
+            await runner.aadd_deployment(deployment)
+        await runner.start()
+
+    asyncio.run(main())

@@ -8,14 +8,10 @@ from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import TaskRun
 from prefect.states import State
 
-from anomaly.config import Config, ConfigError, load_config
-from anomaly.io import DataError
+from anomaly.config import Config, load_config
 from anomaly.pipeline import store_engine
-from anomaly.registry import RegistryError
 from anomaly.store import current_labels
-
-#: errors a retry cannot fix
-USER_ERRORS = (ConfigError, DataError, RegistryError, FileNotFoundError, ValueError)
+from flows.errors import USER_ERRORS
 
 
 def _transient(task: Task, task_run: TaskRun, state: State) -> bool:
