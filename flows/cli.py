@@ -386,29 +386,26 @@ def serve(config: ConfigOption) -> None:
     """Serve the flows as deployments with the config's schedules on the local Prefect server
     (started here, with its scheduler and UI, unless one is up); Ctrl-C or SIGTERM stops."""
     cfg = _config(config)
-    from flows.server import ServerError, local_server
+    from flows.server import ServerError, configured_api, local_server
 
     with contextlib.ExitStack() as stack:
-        if not os.environ.get("PREFECT_API_URL"):
+        if not configured_api():
             console.print(f"starting the local Prefect server (state: {cfg.home / 'prefect'})")
             try:
                 server, started = stack.enter_context(local_server(cfg.home))
             except ServerError as exc:
                 raise _fail(str(exc)) from exc
             os.environ["PREFECT_API_URL"] = server.api_url
-            out.print(f"Prefect UI: {server.ui_url}" + ("" if started else " (already running)"))
+            typer.echo(f"Prefect UI: {server.ui_url}" + ("" if started else " (already running)"))
         from flows.deployments import deployments, serve_deployments
 
         runnable = _run(deployments, config)
-        table = Table(title=f"Deployments of {cfg.name}")
-        for col in ("deployment", "schedule", "run it now"):
-            table.add_column(col)
         for d in runnable:
-            cron = ", ".join(s.schedule.cron for s in d.schedules) or "on demand"
             kind = d.name.removeprefix(f"{cfg.name}-")
-            table.add_row(f"{d.flow_name}/{d.name}", cron, f"anomaly run {kind} -c {config}")
-        out.print(table)
-        console.print(f"scoring new files in {cfg.data.inbox}; Ctrl-C or SIGTERM stops")
+            when = ", ".join(s.schedule.cron for s in d.schedules) or "on demand"
+            typer.echo(f"  {d.flow_name}/{d.name}  ({when}); now: anomaly run {kind} -c {config}")
+        console.print(f"serving; new files in {cfg.data.inbox} are scored on schedule; "
+                      "Ctrl-C or SIGTERM stops")  # fmt: skip
         serve_deployments(runnable)
     console.print("stopped")
 
@@ -424,9 +421,9 @@ def run_now(
     if kind not in ("score", "retrain", "train", "promote"):
         msg = f"no deployment {kind!r}: choose score, retrain, train or promote"
         raise _fail(msg)
-    from flows.server import running
+    from flows.server import configured_api, running
 
-    if not os.environ.get("PREFECT_API_URL"):
+    if not configured_api():
         if (server := running(cfg.home)) is None:
             msg = f"no `anomaly serve` runs for {cfg.home}: start `anomaly serve -c {config}`"
             raise _fail(msg)
@@ -444,8 +441,8 @@ def run_now(
         msg = f"no deployment {name}: is `anomaly serve -c {config}` running?"
         raise _fail(msg) from exc
     state = flow_run.state.name if flow_run.state else "Scheduled"
-    out.print(f"{name}: flow run {flow_run.name!r} {state}  {PREFECT_UI_URL.value()}/runs/"
-              f"flow-run/{flow_run.id}")  # fmt: skip
+    ui = f"{PREFECT_UI_URL.value()}/runs/flow-run/{flow_run.id}"
+    typer.echo(f"{name}: flow run {flow_run.name!r} {state}  {ui}")
     if wait and not (flow_run.state and flow_run.state.is_completed()):
         raise typer.Exit(code=1)
 

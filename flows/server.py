@@ -122,6 +122,18 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
             process.wait()
 
 
+def configured_api() -> str | None:
+    """The Prefect API the user chose: ``PREFECT_API_URL``, or Prefect's settings when Prefect
+    is already imported (a test harness, a profile)."""
+    if url := os.environ.get("PREFECT_API_URL"):
+        return url
+    if "prefect" in sys.modules:
+        from prefect.settings import get_current_settings
+
+        return get_current_settings().api.url
+    return None
+
+
 @contextlib.contextmanager
 def local_server(home: Path) -> Iterator[tuple[Server, bool]]:
     """The local server for ``anomaly serve``: the one already up for this ANOMALY_HOME
@@ -148,7 +160,7 @@ def api_for_command(home: Path) -> Iterator[str]:
     server when ``anomaly serve`` runs one, else a temporary server of the command's own.
     Temporary servers share the database; the lock lets one start at a time (two migrating
     one SQLite file at once timed out)."""
-    if url := os.environ.get("PREFECT_API_URL"):
+    if url := configured_api():
         yield url
         return
     with file_lock(_lock_file(home)):
@@ -161,6 +173,7 @@ def api_for_command(home: Path) -> Iterator[str]:
     try:
         yield api_url
     finally:
+        del os.environ["PREFECT_API_URL"]
         if process is not None:
             if "prefect" in sys.modules:  # send the buffered flow-run logs while it answers
                 from prefect.logging.handlers import APILogHandler
