@@ -97,9 +97,14 @@ def _start(home: Path, *, temporary: bool, log: Path) -> tuple[subprocess.Popen[
         "--host", "127.0.0.1", "--port", str(port), "--log-level", "error", "--lifespan", "on",
     ]  # fmt: skip
     log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("ab") as out:
-        process = subprocess.Popen(
-            command, env=env, stdout=out, stderr=subprocess.STDOUT, preexec_fn=die_with_parent()
+    with log.open("ab") as out:  # a session of its own: Ctrl-C reaches the command, which
+        process = subprocess.Popen(  # stops its flows and runner before the server
+            command,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=die_with_parent(),
         )
     deadline = time.monotonic() + STARTUP_TIMEOUT
     while not healthy(api_url, timeout=1.0):
@@ -175,8 +180,8 @@ def api_for_command(home: Path) -> Iterator[str]:
     finally:
         del os.environ["PREFECT_API_URL"]
         if process is not None:
-            if "prefect" in sys.modules:  # send the buffered flow-run logs while it answers
-                from prefect.logging.handlers import APILogHandler
+            if "prefect" in sys.modules:  # send buffered logs and events while it answers
+                from prefect.logging.handlers import APILogWorker
 
-                APILogHandler.flush()
+                APILogWorker.drain_all(timeout=5)
             _stop(process)

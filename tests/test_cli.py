@@ -277,6 +277,27 @@ def test_training_data_missing(project):
     assert_clean_failure(result, "no data files match", "train.parquet", code=2)
 
 
+@pytest.mark.parametrize(
+    ("paths", "fragment"),
+    [
+        (["nope.parquet"], "nope.parquet: no such file"),
+        (["inbox"], "is a directory"),
+        (["inbox/batch_a.parquet", "elsewhere/batch_a.parquet"], "the same file name"),
+    ],
+)
+def test_score_batch_paths_are_checked_before_anything(project, paths, fragment):
+    (project.root / "elsewhere").mkdir()
+    (project.root / "elsewhere" / "batch_a.parquet").write_bytes(b"")
+    args = [arg for path in paths for arg in ("--batch", project.root / path)]
+    result = invoke("score", "-c", project.config, *args)  # no model yet: not even looked up
+    assert_clean_failure(result, fragment, code=2)
+
+
+def test_run_names_a_known_deployment(project):
+    result = invoke("run", "nightly", "-c", project.config)
+    assert_clean_failure(result, "no deployment 'nightly'", code=2)
+
+
 def test_sample_count_must_be_positive(project):
     result = invoke("sample", "-c", project.config, "-n", "0")
     assert result.exit_code == 2
