@@ -163,8 +163,8 @@ def local_server(home: Path) -> Iterator[tuple[Server, bool]]:
 def api_for_command(home: Path) -> Iterator[str]:
     """The Prefect API a one-shot command uses: ``PREFECT_API_URL`` when set, else the local
     server when ``anomaly serve`` runs one, else a temporary server of the command's own.
-    Temporary servers share the database; the lock lets one start at a time (two migrating
-    one SQLite file at once timed out)."""
+    Temporary servers share the SQLite database; the lock lets one start (migrations, block
+    registration) at a time, and makes a command wait for a ``serve`` that is starting."""
     if url := configured_api():
         yield url
         return
