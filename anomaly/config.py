@@ -14,6 +14,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+#: the columns a scored output adds after the input columns it copies
+SCORE_COLUMNS = ("log_likelihood", "p_value", "is_anomaly", "reason")
+
 
 class ConfigError(ValueError):
     """A config file that cannot be used; the message names the bad key and what was expected."""
@@ -120,6 +123,25 @@ class Scoring(_Strict):
     dask_address: str | None = Field(
         None, description="Dask scheduler (tcp://host:8786): batches run on its workers"
     )
+    passthrough: list[str] | Literal["all"] | None = Field(
+        None,
+        description="input columns copied into the scored Parquet: a list, or `all`; "
+        "default: the feature columns",
+    )
+
+    @field_validator("passthrough")
+    @classmethod
+    def _copyable(cls, names: list[str] | str | None) -> list[str] | str | None:
+        if not isinstance(names, list):
+            return names
+        clash = sorted({n for n in names if n in SCORE_COLUMNS})
+        if clash:
+            msg = f"{clash} name(s) the scored output's own columns {list(SCORE_COLUMNS)}"
+            raise ValueError(msg)
+        if any(not n.strip() for n in names) or len(set(names)) < len(names):
+            msg = "column names must be non-empty and listed once"
+            raise ValueError(msg)
+        return names
 
 
 class Tracking(_Strict):

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import csv
 import glob
+import itertools
 import os
+import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +16,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 SUFFIXES = (".parquet", ".pq", ".csv")
+#: the column of :func:`iter_rows`' unreadable rows that says why
+ROW_ERROR = "reason"
 
 
 class DataError(ValueError):
@@ -36,8 +41,23 @@ def expand(pattern: str | Path) -> list[Path]:
 
 
 def iter_chunks(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
-    """Yield a file's rows as frames of at most ``chunk_rows`` rows (one row group at a time)."""
+    """Yield a file's rows as frames of at most ``chunk_rows`` rows; a CSV row with more
+    fields than the header raises :class:`DataError` naming its line (see :func:`iter_rows`)."""
+    for rows, unreadable in iter_rows(path, chunk_rows):
+        if len(unreadable):
+            msg = f"cannot read {shown(path)}: {unreadable[ROW_ERROR].iloc[0]}"
+            raise DataError(msg)
+        yield rows
+
+
+def iter_rows(path: Path, chunk_rows: int) -> Iterator[tuple[pd.DataFrame, pd.DataFrame]]:
+    """Yield a file's rows in frames of at most ``chunk_rows`` rows (one row group at a time),
+    each with the rows of that stretch that cannot be read as a row of the table: CSV rows with
+    more fields than the header, as the header's columns (the first fields) plus
+    :data:`ROW_ERROR` naming the line. A CSV row with fewer fields is read with the missing
+    values empty, so the row's checks quarantine it."""
     suffix = path.suffix.lower()
+    none = pd.DataFrame()
     try:
         if suffix in (".parquet", ".pq"):
             # a Python file object: Arrow cannot open names that are not UTF-8 itself.
@@ -45,17 +65,12 @@ def iter_chunks(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
             # row group it had read resident, so memory grew with the file (~200 B/row here)
             with path.open("rb") as handle, pq.ParquetFile(handle, pre_buffer=False) as file:
                 if file.metadata.num_rows == 0:
-                    yield file.schema_arrow.empty_table().to_pandas()
+                    yield file.schema_arrow.empty_table().to_pandas(), none
                     return
                 for batch in file.iter_batches(batch_size=chunk_rows):
-                    yield batch.to_pandas()
+                    yield batch.to_pandas(), none
         elif suffix == ".csv":
-            _check_csv_header(path)
-            reader = pd.read_csv(
-                path, chunksize=chunk_rows, dtype=str, keep_default_na=False, na_values=[""]
-            )
-            with reader:
-                yield from reader
+            yield from _csv_rows(path, chunk_rows)
         else:
             msg = f"{shown(path)}: unsupported file type {suffix!r}; use one of {SUFFIXES}"
             raise DataError(msg)
@@ -65,12 +80,82 @@ def iter_chunks(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
             f"cannot read {shown(path)}: it is not UTF-8 text (byte 0x{byte:02x}); save it as UTF-8"
         )
         raise DataError(msg) from exc
-    except (pa.ArrowException, pd.errors.ParserError, OSError) as exc:
+    except (pa.ArrowException, pd.errors.ParserError, csv.Error, OSError) as exc:
         msg = f"cannot read {shown(path)}: {type(exc).__name__}: {' '.join(str(exc).split())}"
         raise DataError(msg) from exc
     except pd.errors.EmptyDataError as exc:
         msg = f"{shown(path)} is empty (no header row)"
         raise DataError(msg) from exc
+
+
+#: pandas' message for a row with more fields than the header
+_TOO_MANY = re.compile(r"Expected \d+ fields in line \d+, saw \d+")
+
+
+def _csv_rows(path: Path, chunk_rows: int) -> Iterator[tuple[pd.DataFrame, pd.DataFrame]]:
+    """pandas' fast reader; from the first row with too many fields on (pandas refuses the rest
+    of the file, or takes the first column for an index when it is the first row), the rest is
+    read by :func:`_csv_rows_checked`, which sets such rows apart."""
+    _check_csv_header(path)
+    reader = pd.read_csv(
+        path, chunksize=chunk_rows, dtype=str, keep_default_na=False, na_values=[""]
+    )
+    done = 0
+    try:
+        with reader:
+            for chunk in reader:
+                if not isinstance(chunk.index, pd.RangeIndex):  # a first row too long
+                    break
+                yield chunk, pd.DataFrame()
+                done += len(chunk)
+            else:
+                return
+    except pd.errors.ParserError as exc:
+        if not _TOO_MANY.search(str(exc)):
+            raise
+    yield from _csv_rows_checked(path, chunk_rows, done)
+
+
+def _csv_rows_checked(
+    path: Path, chunk_rows: int, skip: int
+) -> Iterator[tuple[pd.DataFrame, pd.DataFrame]]:
+    """A CSV's records after the first ``skip`` (blank lines skipped, as pandas does), read by
+    the ``csv`` module: rows with more fields than the header are set apart, named by the line
+    they start on."""
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        records = csv.reader(handle, strict=True)
+        header = next(records)
+        width = len(header)
+        # (line the record ends on, record); a quoted line break inside it adds a line
+        numbered = ((records.line_num, r) for r in records if r)
+        for _ in itertools.islice(numbered, skip):
+            pass
+        while True:
+            good: list[list[str]] = []
+            bad: list[list[str]] = []
+            reasons: list[str] = []
+            for end, record in itertools.islice(numbered, chunk_rows):
+                if len(record) > width:
+                    start = end - sum(v.count("\n") for v in record)
+                    extra = ", ".join(repr(v)[:40] for v in record[width:][:3])
+                    reasons.append(
+                        f"line {start}: {len(record)} fields where the header has {width}"
+                        f" (extra: {extra})"
+                    )
+                    bad.append(record[:width])
+                else:
+                    good.append(record + [""] * (width - len(record)))
+            if not good and not bad:
+                return
+            unreadable = _text_frame(bad, header)
+            unreadable[ROW_ERROR] = reasons
+            yield _text_frame(good, header), unreadable
+
+
+def _text_frame(rows: list[list[str]], header: list[str]) -> pd.DataFrame:
+    """Rows of text as pandas reads them here: string columns, "" as missing."""
+    frame = pd.DataFrame(rows, columns=header, dtype=object)
+    return frame.mask(frame == "").astype(str) if len(frame) else frame.astype(str)
 
 
 def _check_csv_header(path: Path) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import os
 import socket
 import time
@@ -22,7 +23,7 @@ from anomaly.detector import Detector
 from anomaly.io import SUFFIXES, read_table, shown
 from anomaly.promotion import decide
 from anomaly.scoring import BatchSummary, batch_id_for, score_file
-from anomaly.store import connect, default_url, write_batch
+from anomaly.store import connect, default_url, reserve_batch, with_hash, write_batch
 from anomaly.tracking import log_batch, log_training
 from anomaly.training import TrainResult, train
 
@@ -196,7 +197,11 @@ def _in_inbox(config: Config, path: Path) -> Path | None:
 
 def mark_done(config: Config, path: Path, summary: BatchSummary) -> Path | None:
     """Move a stored inbox batch (or its claim) to ``processed/`` (rejected ones to
-    ``rejected/``, with the reason beside it); files from elsewhere stay where they are."""
+    ``rejected/``, with the reason beside it); files from elsewhere stay where they are.
+
+    The file keeps its name unless its batch id carries a content hash (a re-used name) or a
+    file of that name with other content is there already: then it is named like
+    :func:`anomaly.store.with_hash`, so no processed file is ever replaced by another."""
     inbox = _in_inbox(config, path)
     if inbox is None:
         return None
@@ -205,8 +210,26 @@ def mark_done(config: Config, path: Path, summary: BatchSummary) -> Path | None:
     if summary.error:
         (folder / f"{summary.batch_id}.reason.txt").write_text(summary.error + "\n")
     target = folder / path.name
+    renamed = summary.batch_id != batch_id_for(path)
+    if summary.content_hash and (
+        renamed or (target.is_file() and content_hash(target) != summary.content_hash)
+    ):
+        name = with_hash(batch_id_for(path), summary.content_hash, path.suffix)
+        target = folder / (name if name.endswith(path.suffix) else name + path.suffix)
     os.replace(path, target)
     return target
+
+
+def content_hash(path: Path) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB blocks; of a symbolic link, of where it points
+    (the target is never read)."""
+    if path.is_symlink():
+        return hashlib.sha256(b"symlink:" + os.fsencode(os.readlink(path))).hexdigest()
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def store_engine(config: Config) -> Engine:
@@ -227,6 +250,10 @@ def process_batch(
     that the next run puts back) and a re-run redoes it: the store replaces the batch's rows
     and the outputs are rewritten atomically.
 
+    The batch's id is its file name, reserved in the store with the file's content hash; a
+    file with other content under a used name gets ``name@<hash>`` (see
+    :func:`anomaly.store.reserve_batch`), so it never replaces a stored batch or its outputs.
+
     An inbox batch is claimed first (see :func:`claim`); None means another run claimed it.
     """
     inbox = _in_inbox(config, path)
@@ -240,8 +267,12 @@ def process_batch(
         if work is None:
             return None
     try:
-        summary = _score(config, detector, version, work)
-        summary = dataclasses.replace(summary, source=shown(path, full=True))
+        digest = content_hash(work)
+        batch_id = reserve_batch(
+            engine, batch_id_for(work), digest, work.suffix, shown(path, full=True), config.name
+        )
+        summary = _score(config, detector, version, work, batch_id)
+        summary = dataclasses.replace(summary, source=shown(path, full=True), content_hash=digest)
         empty = pd.DataFrame()
         flagged = summary.flagged if summary.flagged is not None else empty
         quarantined = summary.quarantined if summary.quarantined is not None else empty
@@ -257,11 +288,13 @@ def process_batch(
     return summary
 
 
-def _score(config: Config, detector: Detector, version: str, path: Path) -> BatchSummary:
+def _score(
+    config: Config, detector: Detector, version: str, path: Path, batch_id: str
+) -> BatchSummary:
     """Score a batch file; a symbolic link is rejected (it could point outside the inbox)."""
     if path.is_symlink():
         msg = f"{shown(path)} is a symbolic link; put the batch file itself in the inbox"
-        return BatchSummary(batch_id_for(path), str(path), "rejected", error=msg)
+        return BatchSummary(batch_id, str(path), "rejected", error=msg)
     return score_file(
         detector,
         path,
@@ -269,6 +302,8 @@ def _score(config: Config, detector: Detector, version: str, path: Path) -> Batc
         config.scoring.chunk_rows,
         version,
         explain_rows=config.scoring.explain_rows,
+        batch_id=batch_id,
+        passthrough=config.scoring.passthrough,
     )
 
 

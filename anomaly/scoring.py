@@ -11,13 +11,14 @@ it into place, so a reader never sees a partial output.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import re
 import shutil
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -26,7 +27,7 @@ import pyarrow.parquet as pq
 
 from anomaly.detector import Detector
 from anomaly.explain import explain
-from anomaly.io import DataError, iter_chunks, write_parquet_atomic
+from anomaly.io import DataError, iter_rows, write_parquet_atomic
 from anomaly.preprocessing import REASON, SchemaError
 
 
@@ -52,6 +53,8 @@ class BatchSummary:
     #: wall-clock seconds spent explaining the flagged rows (part of the batch's time)
     explain_seconds: float = 0.0
     error: str | None = None
+    #: SHA-256 of the file's bytes: with its name, the batch's identity
+    content_hash: str | None = None
     #: raw values + scores of the flagged rows, and the quarantined raw rows + reason
     flagged: pd.DataFrame | None = field(default=None, repr=False, compare=False)
     quarantined: pd.DataFrame | None = field(default=None, repr=False, compare=False)
@@ -124,13 +127,17 @@ def score_file(
     chunk_rows: int = 100_000,
     model_version: str = "",
     explain_rows: int = 1_000,
+    batch_id: str | None = None,
+    passthrough: list[str] | Literal["all"] | None = None,
 ) -> BatchSummary:
     """Score one batch file into ``out_dir/<batch_id>.scored.parquet`` (+ quarantined rows).
 
-    The ``explain_rows`` flagged rows with the lowest log-likelihood get contributions; the
-    others an empty list (``anomaly explain`` explains any row on demand).
+    ``batch_id`` defaults to :func:`batch_id_for` the file. The ``explain_rows`` flagged rows
+    with the lowest log-likelihood get contributions; the others an empty list (``anomaly
+    explain`` explains any row on demand). ``passthrough`` names the input columns copied
+    into the output (None: the feature columns; ``"all"``: every column).
     """
-    batch_id = batch_id_for(path)
+    batch_id = batch_id or batch_id_for(path)
     out_dir.mkdir(parents=True, exist_ok=True)
     output, quarantine_path = output_paths(out_dir, batch_id)
     work = _work_dir(out_dir, batch_id)
@@ -143,10 +150,16 @@ def score_file(
     candidates, n_before = [], 0  # raw rows that may be flagged: p <= alpha or a reason
     ll_sum, seen = 0.0, _SeenIds()
     id_col = detector.preprocessor.features.id
-    schema = output_schema(detector)
     try:
+        chunks = iter_rows(path, chunk_rows)
+        first = next(chunks, None)  # a CSV with a header only has no chunk
+        columns = None if first is None else list(first[0].columns)
+        copied = passthrough_columns(detector, passthrough, columns)
+        schema = output_schema(detector, copied)
         with pq.ParquetWriter(tmp, schema) as writer:
-            for chunk in iter_chunks(path, chunk_rows):
+            for chunk, unreadable in itertools.chain([first] if first else [], chunks):
+                if len(unreadable):  # CSV rows that are not rows of the table: too many fields
+                    quarantined.append(unreadable)
                 result = detector.score(chunk, flag=False)
                 scored = result.scored
                 repeated = seen.repeated(scored[id_col])
@@ -155,6 +168,7 @@ def score_file(
                     again[REASON] = f"duplicate id in {id_col}: " + again[id_col].astype(str)
                     quarantined.append(again)
                     scored = scored.loc[~repeated]
+                scored = _with_passthrough(detector, scored, chunk, copied)
                 writer.write_table(pa.Table.from_pandas(scored, schema, preserve_index=False))
                 p, reason = scored["p_value"].to_numpy(), scored["reason"].to_numpy() != ""
                 if per_row:
@@ -228,19 +242,84 @@ def score_file(
     )
 
 
-def output_schema(detector: Detector) -> pa.Schema:
-    """Arrow schema of a scored output file."""
+#: the score columns of a scored output, after the copied input columns
+SCORE_FIELDS = (
+    pa.field("log_likelihood", pa.float64()),
+    pa.field("p_value", pa.float64()),
+    pa.field("is_anomaly", pa.bool_()),
+    pa.field("reason", pa.string()),
+)
+
+
+def passthrough_columns(
+    detector: Detector, wanted: list[str] | Literal["all"] | None, columns: list[str] | None
+) -> list[str]:
+    """The input columns a scored output copies besides the id and the timestamp: ``wanted``
+    (None: the feature columns; ``"all"``: every column of the batch, ``columns``, except
+    those named like a score column). A named column the batch lacks raises
+    :class:`SchemaError`."""
+    f = detector.preprocessor.features
+    if wanted is None:
+        names = [*f.numeric, *f.categorical, *f.context]
+    elif wanted == "all":
+        taken = {field.name for field in SCORE_FIELDS}
+        names = [str(c) for c in columns or [] if str(c) not in taken]
+    else:
+        missing = [c for c in wanted if columns is not None and c not in columns]
+        if missing:
+            msg = (
+                f"scoring.passthrough names column(s) {missing} that the batch does not have; "
+                f"it has {len(columns or [])} column(s): {list(columns or [])[:20]}"
+            )
+            raise SchemaError(msg)
+        names = list(wanted)
+    return [c for c in dict.fromkeys(names) if c not in (f.id, f.timestamp)]
+
+
+def _numeric_columns(detector: Detector) -> set[str]:
+    """Input columns read as numbers (the rest are copied as text)."""
+    pre = detector.preprocessor
+    context = getattr(pre, "context_kinds_", {})
+    return {*pre.features.numeric, *(c for c, kind in context.items() if kind == "numeric")}
+
+
+def output_schema(detector: Detector, passthrough: list[str] | None = None) -> pa.Schema:
+    """Arrow schema of a scored output file: the id, the timestamp, the ``passthrough``
+    columns (numeric features as float64, others as text) and the scores."""
     features = detector.preprocessor.features
     fields = [pa.field(features.id, pa.string())]
     if features.timestamp:
         fields.append(pa.field(features.timestamp, pa.timestamp("ns", tz="UTC")))
-    fields += [
-        pa.field("log_likelihood", pa.float64()),
-        pa.field("p_value", pa.float64()),
-        pa.field("is_anomaly", pa.bool_()),
-        pa.field("reason", pa.string()),
-    ]
-    return pa.schema(fields)
+    numeric = _numeric_columns(detector)
+    for column in passthrough or []:
+        fields.append(pa.field(column, pa.float64() if column in numeric else pa.string()))
+    return pa.schema([*fields, *SCORE_FIELDS])
+
+
+def _with_passthrough(
+    detector: Detector, scored: pd.DataFrame, chunk: pd.DataFrame, columns: list[str]
+) -> pd.DataFrame:
+    """``scored`` with the ``columns`` of its input rows (``scored.index`` = positions)."""
+    if not columns:
+        return scored
+    raw = chunk.iloc[scored.index]
+    numeric = _numeric_columns(detector)
+    copied = {
+        c: pd.to_numeric(raw[c], errors="coerce").astype(np.float64).to_numpy()
+        if c in numeric
+        else raw[c].map(_text).to_numpy()
+        for c in columns
+    }
+    return scored.assign(**copied)
+
+
+def _text(value: Any) -> str | None:
+    """A copied value as text; missing values stay missing."""
+    if isinstance(value, str):
+        return value
+    if value is None or (np.ndim(value) == 0 and pd.isna(value)):
+        return None
+    return str(value)
 
 
 def _work_dir(out_dir: Path, batch_id: str) -> Path:

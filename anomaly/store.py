@@ -1,10 +1,14 @@
 """The review store: scored batches, flagged and quarantined records, and an append-only review
 log. SQLAlchemy 2; SQLite (WAL, busy timeout) under ANOMALY_HOME by default, any URL otherwise.
 
-Writing one batch is one transaction keyed by the batch id: its earlier rows are replaced, so a
-re-run never duplicates or loses records. Reviews are never updated or deleted; a record's
-current label is its latest review, copied into ``flagged.label`` in the review's own
-transaction so the queue filters and pages by label through an index.
+A batch is identified by its file name and its content (:func:`reserve_batch`): a different
+file under a used name gets an id of its own, so it never replaces a stored batch. Writing one
+batch is one transaction keyed by the batch id: a re-run replaces the rows an earlier run of the
+same content stored, so it never duplicates or loses records. Reviews are never updated or
+deleted; a record's current label is its latest review, copied into ``flagged.label`` in the
+review's own transaction so the queue filters and pages by label through an index. A reviewed
+record is never deleted: re-storing its batch keeps it, and the database refuses the deletion
+(a trigger, migration 0003) as the ORM does (:func:`_keep_reviewed`).
 
 The schema is created and upgraded by the Alembic migrations in :mod:`anomaly.migrations`;
 :func:`connect` runs them.
@@ -41,6 +45,7 @@ from sqlalchemy import (
     tuple_,
     update,
 )
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 if TYPE_CHECKING:  # the scoring stack (torch) loads only where batches are scored
@@ -82,6 +87,8 @@ class Batch(Base):
     output: Mapped[str | None] = mapped_column(Text, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     scored_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    #: SHA-256 of the file's bytes (None: stored before batches had one, or written directly)
+    content_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class Flagged(Base):
@@ -137,6 +144,29 @@ class Review(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (Index("ix_reviews_record_log", "batch_id", "record_id", "id"),)
+
+
+class ReviewedRecordError(RuntimeError):
+    """An attempt to delete a reviewed record or a review (the store never does)."""
+
+
+@event.listens_for(Flagged, "before_delete")
+def _keep_reviewed(_mapper: Any, _connection: Any, target: Flagged) -> None:
+    """Refuse an ORM delete of a reviewed record (the database's trigger refuses any other)."""
+    if target.label is not None:
+        msg = f"record {target.record_id!r} of batch {target.batch_id!r} is reviewed: kept"
+        raise ReviewedRecordError(msg)
+
+
+@event.listens_for(Review, "before_delete")
+def _keep_reviews(_mapper: Any, _connection: Any, target: Review) -> None:
+    """Refuse an ORM delete of a review: the log is append-only."""
+    msg = f"review {target.id} is part of the append-only review log: kept"
+    raise ReviewedRecordError(msg)
+
+
+class BatchConflictError(RuntimeError):
+    """A batch written over a stored batch of the same id but other content."""
 
 
 def default_url(home: Path) -> str:
@@ -244,6 +274,70 @@ def _quarantined_rows(
     ]
 
 
+#: how many hex digits of the content hash an id of a re-used name carries
+SHORT_HASH = 12
+#: the status of a batch whose id is reserved and whose scoring has not been stored yet
+SCORING = "scoring"
+
+
+def with_hash(batch_id: str, content_hash: str, suffix: str) -> str:
+    """The id of a batch whose name is used by another: ``name@<hash>`` + the file suffix,
+    e.g. ``batch_001@3f9a0c1b2d4e.parquet``."""
+    short = content_hash[:SHORT_HASH]
+    if suffix and batch_id.endswith(suffix):
+        return f"{batch_id[: -len(suffix)]}@{short}{suffix}"
+    return f"{batch_id}@{short}"
+
+
+def reserve_batch(
+    engine: Engine, batch_id: str, content_hash: str, suffix: str, source: str, model_name: str
+) -> str:
+    """The id a batch file gets, reserved in the store before it is scored.
+
+    ``batch_id`` (from the file name) when it is free or holds this same content (a re-run);
+    else :func:`with_hash` — a different file under a used name is a batch of its own and
+    never replaces the stored one (nor its outputs, which are named by the id). A free id is
+    reserved by inserting its batch row with status :data:`SCORING` (the final row replaces
+    it), so two runs with two different files of one name cannot both take it.
+    """
+    candidates = (batch_id, with_hash(batch_id, content_hash, suffix))
+    for _ in range(5):  # a concurrent reservation of the same id: look again
+        try:
+            with Session(engine) as session, session.begin():
+                for candidate in candidates:
+                    row = session.get(Batch, candidate)
+                    if row is not None and row.content_hash == content_hash:
+                        return candidate
+                    if row is None:
+                        session.add(_reservation(candidate, content_hash, source, model_name))
+                        return candidate
+        except IntegrityError:
+            continue
+        break
+    msg = f"no free id for batch {batch_id!r} (content {content_hash[:SHORT_HASH]})"
+    raise BatchConflictError(msg)
+
+
+def _reservation(batch_id: str, content_hash: str, source: str, model_name: str) -> Batch:
+    return Batch(
+        batch_id=batch_id,
+        source=source,
+        status=SCORING,
+        model_name=model_name,
+        model_version="",
+        rows_in=0,
+        rows_scored=0,
+        rows_quarantined=0,
+        rows_flagged=0,
+        flag_rate=0.0,
+        expected_rate=0.0,
+        shift_p_value=1.0,
+        shift_alarm=False,
+        content_hash=content_hash,
+        scored_at=datetime.now(UTC),
+    )
+
+
 def write_batch(
     engine: Engine,
     summary: BatchSummary,
@@ -252,16 +346,31 @@ def write_batch(
     quarantined: pd.DataFrame,
     id_column: str,
 ) -> None:
-    """Store one batch in one transaction, replacing whatever an earlier run stored for it.
+    """Store one batch in one transaction, replacing what an earlier run of it stored.
 
     ``flagged`` holds the raw values plus ``log_likelihood``, ``p_value``, ``reason`` (and
-    optionally ``contributions``); ``quarantined`` the raw values plus ``reason``. Records
-    reviewed before a re-run keep their label.
+    optionally ``contributions``); ``quarantined`` the raw values plus ``reason``. Reviewed
+    records are kept as they are (with their label), whether flagged again or not. A stored
+    batch of this id with another content hash is refused (:class:`BatchConflictError`).
     """
     now = datetime.now(UTC)
     with Session(engine) as session, session.begin():
-        for table in (Flagged, Quarantined):
-            session.execute(delete(table).where(table.batch_id == summary.batch_id))
+        stored = session.get(Batch, summary.batch_id, with_for_update=True)
+        if stored is not None and stored.content_hash != summary.content_hash:
+            msg = (
+                f"batch {summary.batch_id!r} is stored with other content "
+                f"({stored.content_hash}, not {summary.content_hash}); it is not replaced"
+            )
+            raise BatchConflictError(msg)
+        # `label IS NULL`: on PostgreSQL a review committed while this waits on the row's lock
+        # sets the label, and the row is re-checked before it is deleted
+        session.execute(
+            delete(Flagged).where(Flagged.batch_id == summary.batch_id, Flagged.label.is_(None))
+        )
+        session.execute(delete(Quarantined).where(Quarantined.batch_id == summary.batch_id))
+        kept = set(
+            session.scalars(select(Flagged.record_id).where(Flagged.batch_id == summary.batch_id))
+        )
         session.merge(
             Batch(
                 **{k: v for k, v in summary.to_dict().items() if k in Batch.__table__.c},
@@ -273,7 +382,9 @@ def write_batch(
         for start in range(0, len(flagged), INSERT_ROWS):
             part = flagged.iloc[start : start + INSERT_ROWS]
             rows = _flagged_rows(part, summary, model_name, id_column, now)
-            session.execute(insert(Flagged), rows)
+            rows = [r for r in rows if r["record_id"] not in kept] if kept else rows
+            if rows:
+                session.execute(insert(Flagged), rows)
         for start in range(0, len(quarantined), INSERT_ROWS):
             part = quarantined.iloc[start : start + INSERT_ROWS]
             session.execute(insert(Quarantined), _quarantined_rows(part, summary, id_column, start))

@@ -401,6 +401,25 @@ def test_save_load_round_trip(tmp_path):
     assert len(a.quarantined) == 1
 
 
+def test_control_characters_in_any_column_quarantine_the_row():
+    df = training_frame(6)
+    for col in (CHANNEL, TS):
+        df[col] = df[col].astype(object)
+    df.loc[1, CHANNEL] = "web\x00"
+    df.loc[2, TS] = "2024-03-05T1\x000:00:00Z"  # a NUL once cut this date short silently
+    df.loc[3, CHANNEL] = "line\nbreak"
+    df.loc[4, CHANNEL] = "tab\tis fine"
+    df["comment"] = ["", "", "", "", "", "\x1b[31m"]  # not a feature column: still checked
+    prepared = fitted().transform(df)
+    assert dict(prepared.quarantined["reason"]) == {
+        1: f"control character U+0000 in {CHANNEL}",
+        2: f"control character U+0000 in {TS}",
+        3: f"control character U+000A in {CHANNEL}",
+        5: "control character U+001B in comment",
+    }
+    assert list(prepared.scored.index) == [0, 4]
+
+
 def test_ids_the_store_cannot_hold_are_quarantined_with_a_reason():
     df = training_frame(4)
     df[ID] = df[ID].astype(object)
@@ -410,6 +429,6 @@ def test_ids_the_store_cannot_hold_are_quarantined_with_a_reason():
     assert list(prepared.quarantined.index) == [1, 2]
     assert list(prepared.quarantined["reason"]) == [
         f"id longer than 256 characters ({ID})",
-        f"id contains a NUL character ({ID})",
+        f"control character U+0000 in {ID}",
     ]
     assert list(prepared.scored[ID]) == [df.loc[0, ID], df.loc[3, ID]]

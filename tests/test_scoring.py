@@ -12,14 +12,16 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from anomaly.calibration import benjamini_hochberg
-from anomaly.config import Config, load_config
-from anomaly.demo_data import ID, NUMERIC, TIMESTAMP, generate_normal, plant_anomalies
+from anomaly.config import Config, ConfigError, load_config
+from anomaly.demo_data import CATEGORICAL, ID, NUMERIC, TIMESTAMP, generate_normal, plant_anomalies
 from anomaly.detector import Detector
 from anomaly.scoring import BatchSummary, batch_id_for, score_file
 from anomaly.training import train
 
 REPO = Path(__file__).resolve().parents[1]
-OUTPUT_COLUMNS = [ID, TIMESTAMP, "log_likelihood", "p_value", "is_anomaly", "reason"]
+SCORES = ["log_likelihood", "p_value", "is_anomaly", "reason"]
+#: by default the scored output copies the feature columns
+OUTPUT_COLUMNS = [ID, TIMESTAMP, *NUMERIC, *CATEGORICAL, *SCORES]
 
 
 def make_config(folder: Path, **overrides: dict) -> Config:
@@ -250,6 +252,55 @@ def test_unreadable_files_are_rejected(detector, tmp_path, name, content, expect
     assert summary.status == "rejected"
     assert expected in summary.error
     assert list(out.iterdir()) == []
+
+
+# ------------------------------------------------------------------- passthrough columns
+@pytest.mark.parametrize("suffix", [".parquet", ".csv"])
+def test_scored_output_copies_the_feature_columns_by_default(detector, batch, tmp_path, suffix):
+    path = write_batch(batch, tmp_path / f"b{suffix}")
+    summary = score_file(detector, path, tmp_path / "out", chunk_rows=400)
+    scored = pd.read_parquet(summary.output).set_index(ID)
+    raw = batch.set_index(ID).loc[scored.index]
+    for col in NUMERIC:  # numbers as float64, the input's values
+        assert scored[col].dtype == np.float64
+        np.testing.assert_allclose(scored[col], raw[col].astype(float), rtol=1e-15)
+    for col in CATEGORICAL:
+        assert scored[col].tolist() == raw[col].astype(str).tolist()
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv"])
+def test_passthrough_all_and_a_list(detector, batch, tmp_path, suffix):
+    extra = batch.assign(note=[f"n{i}" if i % 3 else None for i in range(len(batch))], shop=7)
+    path = write_batch(extra, tmp_path / f"b{suffix}")
+    every = score_file(detector, path, tmp_path / "all", chunk_rows=400, passthrough="all")
+    scored = pd.read_parquet(every.output)
+    inputs = [c for c in extra.columns if c not in (ID, TIMESTAMP)]  # in the file's order
+    assert list(scored.columns) == [ID, TIMESTAMP, *inputs, *SCORES]
+    assert inputs[-2:] == ["note", "shop"]
+    by_id = extra.set_index(ID).loc[scored[ID]]
+    assert scored["note"].tolist() == [None if v is None else v for v in by_id["note"]]
+    assert set(scored["shop"]) == {"7"}  # columns that are not numeric features: as text
+    some = score_file(detector, path, tmp_path / "some", passthrough=["note", "amount"])
+    assert list(pd.read_parquet(some.output).columns) == [ID, TIMESTAMP, "note", "amount", *SCORES]
+    none = score_file(detector, path, tmp_path / "none", passthrough=[])
+    assert list(pd.read_parquet(none.output).columns) == [ID, TIMESTAMP, *SCORES]
+
+
+def test_passthrough_of_a_column_the_batch_lacks_rejects_it(detector, batch, tmp_path):
+    path = write_batch(batch, tmp_path / "b.parquet")
+    out = tmp_path / "out"
+    summary = score_file(detector, path, out, passthrough=["amount", "merchant_name"])
+    assert summary.status == "rejected"
+    assert "scoring.passthrough names column(s) ['merchant_name']" in summary.error
+    assert list(out.iterdir()) == []
+
+
+def test_passthrough_config_is_validated(tmp_path):
+    assert make_config(tmp_path / "a", scoring={"passthrough": "all"}).scoring.passthrough == "all"
+    with pytest.raises(ConfigError, match=r"scoring.passthrough"):
+        make_config(tmp_path / "b", scoring={"passthrough": "everything"})
+    with pytest.raises(ConfigError, match=r"\['p_value'\] name\(s\) the scored output's own"):
+        make_config(tmp_path / "c", scoring={"passthrough": ["amount", "p_value"]})
 
 
 # ------------------------------------------------------------------- batch ids

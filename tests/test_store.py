@@ -3,6 +3,7 @@ are installed (a throwaway cluster on a free port, dropped afterwards)."""
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 import threading
 import uuid
@@ -165,6 +166,8 @@ def test_an_old_revision_with_data_upgrades_in_place(store_url: str) -> None:
     upgraded = store.connect(store_url)
     assert migrations.current(upgraded) == migrations.head()
     assert store.get_record(upgraded, "b", "r1").label == "false_positive"
+    with pytest.raises(sa.exc.DBAPIError, match="never deleted"), upgraded.begin() as conn:
+        conn.execute(sa.text("DELETE FROM flagged"))  # reviewed before the upgrade: kept
     upgraded.dispose()
 
 
@@ -359,3 +362,102 @@ def test_queue_count_stops_at_its_limit(engine: sa.Engine) -> None:
     assert store.queue_count(engine, store.QueueFilter()) == 30
     assert store.queue_count(engine, store.QueueFilter(), limit=10) == 10
     assert store.queue_count(engine, store.QueueFilter(), limit=100) == 30
+
+
+# ---------------------------------------------------------------------------- batch identity
+
+
+def test_a_reviewed_record_and_the_review_log_cannot_be_deleted(engine: sa.Engine) -> None:
+    fill(engine, batches=1, per_batch=5)
+    rows, _ = store.queue(engine, store.QueueFilter(), limit=2)
+    reviewed, other = rows
+    store.add_review(engine, reviewed.batch_id, reviewed.record_id, "confirmed", "ann")
+    where = {"b": reviewed.batch_id, "r": reviewed.record_id}
+    # the database refuses, whatever the client (a trigger, migration 0003)
+    for statement in (
+        "DELETE FROM flagged WHERE batch_id = :b AND record_id = :r",
+        "DELETE FROM flagged",
+        "DELETE FROM reviews WHERE batch_id = :b AND record_id = :r",
+    ):
+        with pytest.raises(sa.exc.DBAPIError, match="never deleted"), engine.begin() as conn:
+            conn.execute(sa.text(statement), where)
+    # the ORM refuses before the database is asked
+    with sa.orm.Session(engine) as session:
+        session.delete(session.get(store.Flagged, (reviewed.batch_id, reviewed.record_id)))
+        with pytest.raises(store.ReviewedRecordError):
+            session.flush()
+    with sa.orm.Session(engine) as session:
+        session.delete(session.scalars(sa.select(store.Review)).one())
+        with pytest.raises(store.ReviewedRecordError):
+            session.flush()
+    assert store.get_record(engine, reviewed.batch_id, reviewed.record_id).label == "confirmed"
+    assert len(store.reviews_of(engine, reviewed.batch_id, reviewed.record_id)) == 1
+    with engine.begin() as conn:  # an unreviewed record can go
+        conn.execute(sa.text("DELETE FROM flagged WHERE record_id = :r"), {"r": other.record_id})
+    assert store.get_record(engine, other.batch_id, other.record_id) is None
+
+
+def test_restoring_a_batch_keeps_reviewed_records_it_no_longer_flags(engine: sa.Engine) -> None:
+    fill(engine, batches=1, per_batch=10)
+    rows, _ = store.queue(engine, store.QueueFilter(), limit=10)
+    gone = rows[-1]  # the new model does not flag this one
+    store.add_review(engine, gone.batch_id, gone.record_id, "false_positive", "ann")
+    flagged = flagged_frame(0, 10)
+    flagged = flagged[flagged[ID] != gone.record_id]
+    store.write_batch(engine, summary(0, 9, version="2"), "demo", flagged, pd.DataFrame(), ID)
+    kept = store.get_record(engine, gone.batch_id, gone.record_id)
+    assert kept.label == "false_positive"
+    assert kept.model_version == "1"  # as it was reviewed
+    assert store.batch_counts(engine, gone.batch_id) == (10, 0)
+
+
+def test_a_batch_id_is_reserved_for_one_content(engine: sa.Engine) -> None:
+    a, b, c = ("a" * 64, "b" * 64, "c" * 64)
+    reserve = store.reserve_batch
+    assert reserve(engine, "batch_001.csv", a, ".csv", "/in/batch_001.csv", "demo") == (
+        "batch_001.csv"
+    )
+    assert store.get_batch(engine, "batch_001.csv").status == store.SCORING
+    assert reserve(engine, "batch_001.csv", a, ".csv", "/in/batch_001.csv", "demo") == (
+        "batch_001.csv"
+    )  # the same content again: the same batch
+    assert reserve(engine, "batch_001.csv", b, ".csv", "/in/batch_001.csv", "demo") == (
+        f"batch_001@{'b' * 12}.csv"
+    )
+    assert reserve(engine, "my_b.csv-1234abcd", c, ".csv", "/in/my b.csv", "demo") == (
+        "my_b.csv-1234abcd"
+    )
+    assert reserve(engine, "my_b.csv-1234abcd", b, ".csv", "/in/my b.csv", "demo") == (
+        f"my_b.csv-1234abcd@{'b' * 12}"
+    )
+    # a batch stored before batches had a content hash counts as other content
+    store.write_batch(engine, summary(7, 3), "demo", flagged_frame(7, 3), pd.DataFrame(), ID)
+    assert reserve(engine, "batch-007.parquet", a, ".parquet", "/x", "demo") == (
+        f"batch-007@{'a' * 12}.parquet"
+    )
+    # and a write of other content over a stored batch is refused, its rows untouched
+    other = dataclasses.replace(summary(7, 1), content_hash=a)
+    with pytest.raises(store.BatchConflictError, match="stored with other content"):
+        store.write_batch(engine, other, "demo", flagged_frame(7, 1), pd.DataFrame(), ID)
+    assert store.batch_counts(engine, "batch-007.parquet") == (3, 0)
+
+
+def test_concurrent_reservations_of_one_name_get_one_id_per_content(engine: sa.Engine) -> None:
+    hashes = [f"{i:x}" * 64 for i in range(1, 7)]
+    got: dict[str, str] = {}
+    errors: list[BaseException] = []
+
+    def reserve(content: str) -> None:
+        try:
+            got[content] = store.reserve_batch(engine, "b.csv", content, ".csv", "/b.csv", "demo")
+        except BaseException as exc:  # collected and re-raised in the test thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=reserve, args=(h,)) for h in hashes * 2]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(set(got.values())) == len(hashes)  # one id per content, none shared
+    assert sum(v == "b.csv" for v in got.values()) == 1

@@ -149,19 +149,98 @@ def cases() -> list[tuple[dict[str, Any], bytes | None]]:
         error=r"cannot read .*(EOF|quote|string)",
     )
     extra_field = "".join(lines[:5]) + lines[5].rstrip("\n") + ",surplus\n" + "".join(lines[6:])
-    add(
+    add(  # pandas refused the whole batch: "Expected 9 fields in line 6, saw 10"
         "csv_row_with_extra_field",
         ".csv",
         extra_field.encode(),
-        "rejected",
-        error=r"cannot read .*Expected 9 fields",
+        "scored",
+        rows_in=ROWS,
+        quarantined={"line 6: 10 fields where the header has 9 (extra: 'surplus')": 1},
     )
+    first_long = lines[0] + lines[1].rstrip("\n") + ",x\n" + "".join(lines[2:])
+    add(  # pandas took the first column of every row for an index, shifting the others
+        "csv_first_row_with_extra_field",
+        ".csv",
+        first_long.encode(),
+        "scored",
+        rows_in=ROWS,
+        quarantined={"line 2: 10 fields where the header has 9": 1},
+    )
+    several = list(lines)
+    for i, surplus in [(3, ",a,b"), (17, ",c"), (29, ",,")]:  # chunks of 16 rows
+        several[i] = several[i].rstrip("\n") + surplus + "\n"
+    several[20] = ",".join(several[20].split(",")[:5]) + "\n"  # and one row cut short
     add(
+        "csv_rows_with_extra_fields_across_chunks",
+        ".csv",
+        "".join(several).encode(),
+        "scored",
+        rows_in=ROWS,
+        quarantined={
+            "line 4: 11 fields": 1,
+            "line 18: 10 fields": 1,
+            "line 30: 11 fields": 1,
+            "fields where the header has 9": 3,
+            "missing value": 1,
+        },
+    )
+    broken_line = clean.copy()
+    broken_line.loc[2, "merchant_category"] = "two\nlines"
+    text = csv_bytes(broken_line).decode().splitlines(keepends=True)
+    text[9] = text[9].rstrip("\n") + ",surplus\n"  # record 8 starts on line 10 (one quoted break)
+    add(
+        "csv_extra_field_after_quoted_line_break",
+        ".csv",
+        "".join(text).encode(),
+        "scored",
+        rows_in=ROWS,
+        quarantined={"line 10: 10 fields": 1, "control character U+000A in merchant_category": 1},
+    )
+    add(  # pandas kept the NUL, and the category was merely unseen
         "nul_bytes_csv",
         ".csv",
         good_csv.replace(b"grocery", b"groc\x00ery", 1),
         "scored",
         rows_in=ROWS,
+        quarantined={"control character U+0000 in merchant_category": 1},
+    )
+    stamp = clean.loc[4, "timestamp"]
+    nul_stamp = stamp[:12] + "\x00" + stamp[12:]  # was read as another date, silently
+    add(
+        "nul_byte_in_timestamp",
+        ".csv",
+        good_csv.replace(stamp.encode(), nul_stamp.encode(), 1),
+        "scored",
+        rows_in=ROWS,
+        quarantined={"control character U+0000 in timestamp": 1},
+    )
+    controls = clean.astype({ID: object, "channel": object, "merchant_category": object})
+    controls.loc[1, "channel"] = "online\x1b[2J"  # a terminal escape
+    controls.loc[2, ID] = "tx\x07bell"
+    controls.loc[3, "merchant_category"] = "fuel\x08"  # a backspace
+    controls.loc[4, "merchant_category"] = "gro\tcery"  # a tab is not a control here
+    add(
+        "control_characters_csv",
+        ".csv",
+        csv_bytes(controls),
+        "scored",
+        rows_in=ROWS,
+        quarantined={
+            "control character U+001B in channel": 1,
+            f"control character U+0007 in {ID}": 1,
+            "control character U+0008 in merchant_category": 1,
+        },
+        flagged={"unseen category in merchant_category: 'gro\\tcery'": 1},
+    )
+    nul_parquet = clean.astype({"merchant_category": object})
+    nul_parquet.loc[6, "merchant_category"] = "fuel\x00"
+    add(
+        "nul_byte_in_parquet_string",
+        ".parquet",
+        parquet_bytes(nul_parquet),
+        "scored",
+        rows_in=ROWS,
+        quarantined={"control character U+0000 in merchant_category": 1},
     )
 
     # ---- delimiters, encodings, BOM, line endings
@@ -441,7 +520,7 @@ def cases() -> list[tuple[dict[str, Any], bytes | None]]:
         csv_bytes(multiline),
         "scored",
         rows_in=ROWS,
-        flagged={"unseen category in merchant_category": 1},
+        quarantined={"control character U+000A in merchant_category": 1},
     )
     stamps = clean.copy()
     stamps.loc[0, "timestamp"] = "2024-03-05 10:00:00"
