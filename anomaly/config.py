@@ -14,6 +14,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from anomaly.schema import column_list
+
 
 class ConfigError(ValueError):
     """A config file that cannot be used; the message names the bad key and what was expected."""
@@ -48,9 +50,7 @@ class Features(_Strict):
         if not self.numeric and not self.categorical:
             msg = "name at least one numeric or categorical column"
             raise ValueError(msg)
-        names = [self.id, *self.numeric, *self.categorical, *self.context]
-        if self.timestamp:
-            names.append(self.timestamp)
+        names = column_list(self.id, self.numeric, self.categorical, self.context, self.timestamp)
         duplicated = sorted({n for n in names if names.count(n) > 1})
         if duplicated:
             msg = f"columns listed twice: {duplicated}"

@@ -43,6 +43,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+from anomaly.schema import batch_values
+
 if TYPE_CHECKING:  # the scoring stack (torch) loads only where batches are scored
     from anomaly.scoring import BatchSummary
 
@@ -62,7 +64,7 @@ class Base(DeclarativeBase):
 
 
 class Batch(Base):
-    """One scored (or rejected) batch file."""
+    """One scored (or rejected) batch file: the fields of :data:`anomaly.schema.BATCH_RECORD`."""
 
     __tablename__ = "batches"
     batch_id: Mapped[str] = mapped_column(String(300), primary_key=True)
@@ -262,13 +264,7 @@ def write_batch(
     with Session(engine) as session, session.begin():
         for table in (Flagged, Quarantined):
             session.execute(delete(table).where(table.batch_id == summary.batch_id))
-        session.merge(
-            Batch(
-                **{k: v for k, v in summary.to_dict().items() if k in Batch.__table__.c},
-                model_name=model_name,
-                scored_at=now,
-            )
-        )
+        session.merge(Batch(**batch_values(summary), model_name=model_name, scored_at=now))
         # in slices, so memory holds one slice of row dicts, not the whole batch's
         for start in range(0, len(flagged), INSERT_ROWS):
             part = flagged.iloc[start : start + INSERT_ROWS]

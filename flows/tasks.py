@@ -10,9 +10,8 @@ from prefect.states import State
 
 from anomaly.config import Config, ConfigError, load_config
 from anomaly.io import DataError
-from anomaly.pipeline import store_engine
+from anomaly.pipeline import reviews
 from anomaly.registry import RegistryError
-from anomaly.store import current_labels
 
 #: errors a retry cannot fix
 USER_ERRORS = (ConfigError, DataError, RegistryError, FileNotFoundError, ValueError)
@@ -40,7 +39,6 @@ def read_config(config_path: str) -> Config:
 
 
 @task(name="read reviews", **IO)
-def read_reviews(config: Config) -> pd.DataFrame | None:
-    """Latest label of every reviewed record in the store (None when there are none)."""
-    reviewed = current_labels(store_engine(config))
-    return reviewed if len(reviewed) else None
+def read_reviews(config: Config) -> pd.DataFrame:
+    """Latest label of every reviewed record in the store (maybe no rows)."""
+    return reviews(config)
