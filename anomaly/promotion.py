@@ -7,9 +7,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from anomaly import registry
 from anomaly.config import Config
 from anomaly.detector import Detector
 from anomaly.io import read_table
+from anomaly.tracking import client
 from anomaly.training import LABEL, evaluate
 
 
@@ -112,9 +114,6 @@ def run_gate(
     ``reviewed``: the store's current labels (read from the store if None). ``dry_run``:
     decide, move and tag nothing.
     """
-    from anomaly import registry  # MLflow loads only when the gate runs
-    from anomaly.tracking import client
-
     challenger = registry.alias_version(config, registry.CHALLENGER)
     champion = registry.alias_version(config, registry.CHAMPION)
     if challenger is None:
@@ -126,7 +125,7 @@ def run_gate(
         decision = decide(config, {}, None)
     else:
         if reviewed is None:
-            from anomaly.pipeline import reviews
+            from anomaly.pipeline import reviews  # pipeline imports this module
 
             reviewed = reviews(config)
         labelled = evaluation_data(config, reviewed)
