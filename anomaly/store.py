@@ -43,7 +43,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from anomaly.schema import batch_values
+from anomaly.schema import SCORE_COLUMNS, batch_values
 
 if TYPE_CHECKING:  # the scoring stack (torch) loads only where batches are scored
     from anomaly.scoring import BatchSummary
@@ -201,7 +201,7 @@ INSERT_ROWS = 5_000
 def _flagged_rows(
     flagged: pd.DataFrame, summary: BatchSummary, model_name: str, id_column: str, now: datetime
 ) -> list[dict[str, Any]]:
-    score_cols = {"log_likelihood", "p_value", "reason", "is_anomaly", "contributions"}
+    score_cols = {*SCORE_COLUMNS, "contributions"}
     value_cols = [c for c in flagged.columns if c not in score_cols]
     n = len(flagged)
     contributions = flagged["contributions"].tolist() if "contributions" in flagged else [None] * n

@@ -1,10 +1,13 @@
-"""Run several ``anomaly`` commands in one process, each as the console script runs it.
+"""Run groups of ``anomaly`` commands in one process, each command as the console script runs it.
 
-    python tests/cli_run.py '[["train", "--config", "c.yaml"], ["score", "--config", ...]]'
+    python tests/cli_run.py COMMANDS.json RESULTS.json
 
-prints one JSON list of ``{"args", "code", "stdout", "seconds"}`` (stderr passes through) and stops at the
-first command that fails. tests/test_matrix.py uses it so that one cell of the matrix pays
-Python's, torch's, MLflow's and Prefect's import time once instead of once per command.
+COMMANDS.json maps a group name to its commands (``{"cell-a": [["train", "--config",
+"a.yaml"], ["score", ...]], ...}``); RESULTS.json gets per group a list of ``{"args",
+"code", "stdout", "seconds"}``. A group stops at its first failing command; the next group
+still runs. stderr passes through.
+tests/test_matrix.py uses it so that its cells pay Python's, torch's, MLflow's and Prefect's
+import time once, not once per command.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from flows.cli import app
 
 
 def run(args: list[str]) -> dict[str, object]:
-    """One command: its exit code and what it printed on stdout."""
+    """One command: its exit code, what it printed on stdout, and how long it took."""
     stdout = io.StringIO()
     code, start = 0, time.perf_counter()
     with contextlib.redirect_stdout(stdout):
@@ -36,12 +39,17 @@ def run(args: list[str]) -> dict[str, object]:
 
 
 def main() -> None:
-    results = []
-    for args in json.loads(sys.argv[1]):
-        results.append(run(args))
-        if results[-1]["code"]:
-            break
-    sys.stdout.write(json.dumps(results))
+    results: dict[str, list[dict[str, object]]] = {}
+    with open(sys.argv[1]) as handle:
+        groups = json.load(handle)
+    for group, commands in groups.items():
+        done = results.setdefault(group, [])
+        for args in commands:
+            done.append(run(args))
+            if done[-1]["code"]:
+                break
+    with open(sys.argv[2], "w") as handle:
+        json.dump(results, handle)
 
 
 if __name__ == "__main__":

@@ -2,11 +2,12 @@
 
 One cell = one kind (small, fast settings) and one schema variant: numeric columns only;
 numeric + categorical + timestamp; the same plus a context column (for the kinds that model a
-conditional density). Per cell, in one process (tests/cli_run.py): ``anomaly train`` →
-``anomaly score --json`` → ``anomaly explain`` → ``anomaly sample``; then, here, the champion
-loads with ``mlflow.pyfunc.load_model`` with pickle forbidden and predicts what ``score``
-wrote, and the dashboard's page of one flagged record renders. One context cell also answers
-through ``mlflow models serve``.
+conditional density). Per cell: ``anomaly train`` → ``anomaly score --json`` → ``anomaly
+explain`` → ``anomaly sample``, run by the CLI in a subprocess (tests/cli_run.py; two
+subprocesses share the cells, so imports are paid twice, not once per command). Then, here,
+the champion loads with ``mlflow.pyfunc.load_model`` with pickle forbidden and predicts what
+``score`` wrote, and the dashboard's page of one flagged record renders. One context cell also
+answers through ``mlflow models serve``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import os
 import subprocess
 import sys
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -66,10 +68,8 @@ CELLS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def home(tmp_path_factory) -> Path:
-    """One state directory for every cell: MLflow's database is created once."""
-    return tmp_path_factory.mktemp("matrix-home")
+#: subprocesses that run the cells' commands side by side (each runs its share in turn)
+WORKERS = 2
 
 
 def write_project(root: Path, kind: str, variant: str) -> Path:
@@ -91,49 +91,84 @@ def write_project(root: Path, kind: str, variant: str) -> Path:
     return path
 
 
-def run_cli(commands: list[list[str]], env: dict[str, str], cwd: Path) -> list[dict[str, Any]]:
-    """The commands in one subprocess (tests/cli_run.py); fails on the first that fails."""
-    done = subprocess.run(
-        [sys.executable, str(HERE / "cli_run.py"), json.dumps(commands)],
-        env=env, cwd=cwd, capture_output=True, text=True, timeout=600, check=False,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-4000:]
-    results = json.loads(done.stdout)
-    last = results[-1]
-    assert last["code"] == 0, (
-        f"`anomaly {' '.join(last['args'])}` exited {last['code']}:\n"
-        f"{last['stdout'][-2000:]}\n{done.stderr[-4000:]}"
-    )
-    assert len(results) == len(commands)
-    return results
+def commands(root: Path, kind: str, variant: str) -> list[list[str]]:
+    """A cell's commands: train → score → explain → sample, as a user types them."""
+    config, batch = str(root / "config.yaml"), str(root / f"{kind}-{variant}.parquet")
+    context = ["--context", "channel=online"] if variant == "context" else []
+    out = str(root / "samples.csv")
+    return [
+        ["train", "--config", config],
+        ["score", "--config", config, "--batch", batch, "--json"],
+        ["explain", "--config", config, "--input", batch],
+        ["sample", "--config", config, "-n", "50", "--out", out, *context],
+    ]
 
 
-def cli_env(home: Path) -> dict[str, str]:
-    """The subprocess's environment: the shared home and the session's Prefect server."""
+@dataclass(frozen=True)
+class Matrix:
+    """The cells' projects, their commands' results, and the shared state directory."""
+
+    home: Path
+    roots: dict[str, Path]
+    results: dict[str, list[dict[str, Any]]]
+    stderr: str
+
+
+@pytest.fixture(scope="module")
+def matrix(request, tmp_path_factory) -> Matrix:
+    """Every selected cell's commands, run by WORKERS subprocesses against one state
+    directory (MLflow's database is created once) and the session's Prefect server."""
     from prefect.settings import PREFECT_API_URL
 
+    selected = [
+        item.callspec.id
+        for item in request.session.items
+        if getattr(item, "originalname", "") == "test_cell" and item.module is request.module
+    ]
+    top = tmp_path_factory.mktemp("matrix")
+    home = top / "home"
+    roots: dict[str, Path] = {}
+    for cell in selected:
+        kind, variant = cell.rsplit("-", 1)
+        roots[cell] = top / cell
+        write_project(roots[cell], kind, variant)
     env = {**os.environ, "ANOMALY_HOME": str(home), "PREFECT_API_URL": str(PREFECT_API_URL.value())}
     env.pop("MLFLOW_TRACKING_URI", None)
-    return env
+    procs = []
+    for worker in range(WORKERS):
+        share = {c: commands(roots[c], *c.rsplit("-", 1)) for c in selected[worker::WORKERS]}
+        if not share:
+            continue
+        todo, done = top / f"commands-{worker}.json", top / f"results-{worker}.json"
+        todo.write_text(json.dumps(share))
+        log = (top / f"stderr-{worker}.txt").open("w")
+        procs.append((subprocess.Popen(
+            [sys.executable, str(HERE / "cli_run.py"), str(todo), str(done)],
+            env=env, cwd=top, stdout=log, stderr=subprocess.STDOUT,
+        ), done, log))  # fmt: skip
+    results: dict[str, list[dict[str, Any]]] = {}
+    for proc, done, log in procs:
+        proc.wait(timeout=1800)
+        log.close()
+        if done.exists():
+            results |= json.loads(done.read_text())
+    stderr = "\n".join(p.read_text() for p in sorted(top.glob("stderr-*.txt")))
+    return Matrix(home, roots, results, stderr)
 
 
 @pytest.mark.parametrize(("kind", "variant"), CELLS)
-def test_cell(kind: str, variant: str, home: Path, tmp_path: Path, monkeypatch) -> None:
-    root = tmp_path / "project"
-    path = write_project(root, kind, variant)
-    batch_file = root / f"{kind}-{variant}.parquet"
-    context = ["--context", "channel=online"] if variant == "context" else []
-    train, score, explain, _ = run_cli(
-        [
-            ["train", "--config", str(path)],
-            ["score", "--config", str(path), "--batch", str(batch_file), "--json"],
-            ["explain", "--config", str(path), "--input", str(batch_file)],
-            ["sample", "--config", str(path), "-n", "50", "--out", "samples.csv", *context],
-        ],
-        cli_env(home),
-        root,
+def test_cell(kind: str, variant: str, matrix: Matrix, monkeypatch) -> None:
+    cell = f"{kind}-{variant}"
+    steps = matrix.results.get(cell)
+    assert steps, f"the CLI process died before {cell}:\n{matrix.stderr[-4000:]}"
+    last = steps[-1]
+    assert last["code"] == 0, (
+        f"`anomaly {' '.join(last['args'])}` exited {last['code']}:\n"
+        f"{last['stdout'][-2000:]}\n{matrix.stderr[-4000:]}"
     )
-    config = load_config(path, home=home)
+    train, score, explain, _ = steps
+    root = matrix.roots[cell]
+    config = load_config(root / "config.yaml", home=matrix.home)
     assert f"{config.name} v1 ({kind})" in " ".join(train["stdout"].split())
     if kind == "auto":
         assert "auto chose" in train["stdout"]
@@ -155,7 +190,7 @@ def test_cell(kind: str, variant: str, home: Path, tmp_path: Path, monkeypatch) 
     if variant == "context":
         assert set(samples["channel"]) == {"online"}
 
-    batch = pd.read_parquet(batch_file)
+    batch = pd.read_parquet(root / f"{cell}.parquet")
     check_pyfunc(config, batch, scored, monkeypatch)
     check_record_page(config, batch, summary["batch_id"], scored)
     if (kind, variant) == ("gaussian", "context"):
