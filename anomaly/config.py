@@ -14,8 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-#: the columns a scored output adds after the input columns it copies
-SCORE_COLUMNS = ("log_likelihood", "p_value", "is_anomaly", "reason")
+from anomaly.schema import SCORE_COLUMNS, column_list
 
 
 class ConfigError(ValueError):
@@ -51,9 +50,7 @@ class Features(_Strict):
         if not self.numeric and not self.categorical:
             msg = "name at least one numeric or categorical column"
             raise ValueError(msg)
-        names = [self.id, *self.numeric, *self.categorical, *self.context]
-        if self.timestamp:
-            names.append(self.timestamp)
+        names = column_list(self.id, self.numeric, self.categorical, self.context, self.timestamp)
         duplicated = sorted({n for n in names if names.count(n) > 1})
         if duplicated:
             msg = f"columns listed twice: {duplicated}"

@@ -21,9 +21,7 @@ from anomaly import models
 from anomaly.calibration import Calibrator
 from anomaly.models import DensityModel
 from anomaly.preprocessing import REASON, Preprocessor
-
-#: the per-row columns a detector adds to a scored frame
-SCORE_COLUMNS = ["log_likelihood", "p_value", "is_anomaly", REASON]
+from anomaly.schema import SCORE_COLUMNS
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,7 @@
-"""The library-level pipeline steps the flows call: train and register, score and store,
-mark done, sample."""
+"""The library-level jobs the flows call, and tests and benchmarks call too: train and
+register (:func:`train_and_store`), score and store (:func:`score_batches`,
+:func:`process_batch`), mark done, sample. The promotion gate is
+:func:`anomaly.promotion.run_gate`."""
 
 from __future__ import annotations
 
@@ -21,9 +23,16 @@ from anomaly import registry
 from anomaly.config import Config
 from anomaly.detector import Detector
 from anomaly.io import SUFFIXES, read_table, shown
-from anomaly.promotion import decide
+from anomaly.promotion import REVIEW_LABELS, decide, evaluation_data
 from anomaly.scoring import BatchSummary, batch_id_for, score_file
-from anomaly.store import connect, default_url, reserve_batch, with_hash, write_batch
+from anomaly.store import (
+    connect,
+    current_labels,
+    default_url,
+    reserve_batch,
+    with_hash,
+    write_batch,
+)
 from anomaly.tracking import log_batch, log_training
 from anomaly.training import TrainResult, train
 
@@ -37,24 +46,44 @@ class Trained:
     run_id: str
 
 
+def reviews(config: Config) -> pd.DataFrame:
+    """The latest label of every reviewed record in the config's store (maybe no rows)."""
+    return current_labels(store_engine(config))
+
+
 def training_data(config: Config, reviewed: pd.DataFrame | None) -> pd.DataFrame:
-    """``data.train``, plus rows reviewed as false positives when the config says so."""
+    """``data.train``, plus rows reviewed as false positives when the config says so (their
+    stored values, in the training data's columns)."""
     data = read_table(config.data.train)
     if reviewed is None or not config.training.include_false_positives:
         return data
     false_positives = reviewed[reviewed["label"] == "false_positive"]
     if not len(false_positives):
         return data
-    extra = pd.DataFrame(list(false_positives["values"]))[list(data.columns)]
+    # a value missing from a stored record (an older feature spec) quarantines that row
+    extra = pd.DataFrame(list(false_positives["values"])).reindex(columns=data.columns)
     return pd.concat([data, extra], ignore_index=True)
 
 
-def train_and_store(
-    config: Config, data: pd.DataFrame | None = None, labelled: pd.DataFrame | None = None
-) -> Trained:
-    """Train, log the run to MLflow and register the model (see :func:`register_result`)."""
-    data = read_table(config.data.train) if data is None else data
-    return register_result(config, train(config, data, labelled), data)
+def labelled_data(config: Config, reviewed: pd.DataFrame | None) -> pd.DataFrame | None:
+    """Labelled rows to evaluate on: ``data.evaluation`` plus reviewed records (confirmed
+    anomalies and false positives); None when there are none."""
+    has_labels = reviewed is not None and reviewed["label"].isin(REVIEW_LABELS).any()
+    if not config.data.evaluation and not has_labels:
+        return None
+    return evaluation_data(config, reviewed)
+
+
+def train_and_store(config: Config, reviewed: pd.DataFrame | None = None) -> Trained:
+    """The train job, as every door runs it: ``data.train`` plus reviewed false positives
+    (:func:`training_data`), fitted and evaluated on :func:`labelled_data`, logged to MLflow
+    and registered (:func:`register_result`).
+
+    ``reviewed``: the store's current labels (:func:`reviews`), read from the store if None.
+    """
+    reviewed = reviews(config) if reviewed is None else reviewed
+    data = training_data(config, reviewed)
+    return register_result(config, train(config, data, labelled_data(config, reviewed)), data)
 
 
 def register_result(config: Config, result: TrainResult, data: pd.DataFrame) -> Trained:

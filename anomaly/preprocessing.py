@@ -32,6 +32,7 @@ from sklearn.exceptions import NotFittedError
 
 from anomaly.config import Features
 from anomaly.models.base import Block
+from anomaly.schema import record_columns
 
 #: longest record id the store keeps (its id columns are 300 characters wide)
 MAX_ID_LENGTH = 256
@@ -247,9 +248,7 @@ class Preprocessor:
     # ------------------------------------------------------------------ validation
     def check_schema(self, columns: list[str]) -> None:
         """Raise :class:`SchemaError` unless every required column is present exactly once."""
-        f = self.features
-        required = [f.id, *f.numeric, *f.categorical, *f.context]
-        required += [f.timestamp] if f.timestamp else []
+        required = record_columns(self.features)
         dupes = sorted({str(c) for c in columns if list(columns).count(c) > 1})
         if dupes:
             msg = f"batch has duplicated column names: {dupes}"

@@ -7,9 +7,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from anomaly import registry
 from anomaly.config import Config
 from anomaly.detector import Detector
 from anomaly.io import read_table
+from anomaly.tracking import client
 from anomaly.training import LABEL, evaluate
 
 
@@ -28,6 +30,10 @@ class Decision:
         return f"{verdict}: " + "; ".join(self.reasons)
 
 
+#: review labels that make a record labelled data (``unsure`` does not)
+REVIEW_LABELS = ("confirmed", "false_positive")
+
+
 def evaluation_data(config: Config, reviewed: pd.DataFrame | None = None) -> pd.DataFrame:
     """Labelled rows: the config's ``data.evaluation`` plus reviewed records from the store
     (confirmed → anomaly, false positive → normal; unsure ones are left out)."""
@@ -35,7 +41,7 @@ def evaluation_data(config: Config, reviewed: pd.DataFrame | None = None) -> pd.
     if config.data.evaluation:
         frames.append(read_table(config.data.evaluation))
     if reviewed is not None and len(reviewed):
-        known = reviewed[reviewed["label"].isin(["confirmed", "false_positive"])]
+        known = reviewed[reviewed["label"].isin(REVIEW_LABELS)]
         if len(known):
             rows = pd.DataFrame(list(known["values"]))
             rows[LABEL] = (known["label"] == "confirmed").to_numpy()
@@ -85,3 +91,55 @@ def decide(
     passed = [text for ok, text in checks if ok]
     reasons = [f"fails {t}" for t in failed] or [f"passes {t}" for t in passed]
     return Decision(not failed, reasons, challenger, champion)
+
+
+@dataclass(frozen=True)
+class GateResult:
+    """What :func:`run_gate` did: the versions compared, the decision, whether aliases moved."""
+
+    challenger: str
+    champion: str | None  #: the champion before the gate ran
+    decision: Decision
+    promoted: bool
+    dry_run: bool = False
+
+
+def run_gate(
+    config: Config, reviewed: pd.DataFrame | None = None, dry_run: bool = False
+) -> GateResult:
+    """The promotion job: compare ``challenger`` with ``champion`` on the same labelled data
+    (:func:`evaluation_data`), apply :func:`decide`, move the aliases if it says promote
+    (champion → previous), and tag the challenger version with the decision and its numbers.
+
+    ``reviewed``: the store's current labels (read from the store if None). ``dry_run``:
+    decide, move and tag nothing.
+    """
+    challenger = registry.alias_version(config, registry.CHALLENGER)
+    champion = registry.alias_version(config, registry.CHAMPION)
+    if challenger is None:
+        msg = f"model {config.name!r} has no challenger: run the train flow first"
+        raise registry.RegistryError(msg)
+    if challenger == champion:
+        decision = Decision(False, [f"v{challenger} is already the champion"])
+    elif champion is None:
+        decision = decide(config, {}, None)
+    else:
+        if reviewed is None:
+            from anomaly.pipeline import reviews  # pipeline imports this module
+
+            reviewed = reviews(config)
+        labelled = evaluation_data(config, reviewed)
+        decision = decide(
+            config,
+            measure(registry.load_detector(config, challenger)[0], labelled),
+            measure(registry.load_detector(config, champion)[0], labelled),
+        )
+    if dry_run:
+        return GateResult(challenger, champion, decision, promoted=False, dry_run=True)
+    if decision.promote:
+        registry.promote(config, challenger, decision.summary())
+    c = client(config)
+    c.set_model_version_tag(config.name, challenger, "promotion.decision", decision.summary())
+    for key, value in decision.challenger.items():
+        c.set_model_version_tag(config.name, challenger, f"promotion.{key}", f"{value:.6g}")
+    return GateResult(challenger, champion, decision, promoted=decision.promote)

@@ -25,6 +25,7 @@ from mlflow.types.schema import AnyType, ColSpec, Schema
 
 from anomaly.detector import Detector
 from anomaly.explain import explain
+from anomaly.schema import input_example
 
 #: what the served model needs; pinned to this environment's versions
 REQUIREMENTS = ("torch", "numpy", "scipy", "pandas", "scikit-learn", "pyarrow", "zuko", "mlflow")
@@ -62,7 +63,7 @@ def pip_requirements() -> list[str]:
 
 
 def signature(detector: Detector, example: pd.DataFrame) -> ModelSignature:
-    """The feature columns in, the scores out.
+    """The record's columns (:func:`anomaly.schema.record_columns`) in, the scores out.
 
     Input columns are typed ``Any``: the detector validates values itself, so a string in a
     numeric column quarantines that row with a reason instead of failing the whole request.
@@ -74,11 +75,7 @@ def signature(detector: Detector, example: pd.DataFrame) -> ModelSignature:
 
 def log_detector(detector: Detector, data: pd.DataFrame) -> ModelInfo:
     """Log ``detector`` as a pyfunc in the active run; ``data`` gives the input example."""
-    f = detector.preprocessor.features
-    columns = [f.id, *f.numeric, *f.categorical] + ([f.timestamp] if f.timestamp else [])
-    example = data[columns].head(5).reset_index(drop=True)
-    if f.timestamp:  # JSON-friendly example; the detector parses timestamps itself
-        example[f.timestamp] = example[f.timestamp].astype(str)
+    example = input_example(detector.preprocessor.features, data)
     with tempfile.TemporaryDirectory() as tmp:
         folder = detector.save(Path(tmp) / "detector")
         return mlflow.pyfunc.log_model(

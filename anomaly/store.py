@@ -48,6 +48,8 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+from anomaly.schema import SCORE_COLUMNS, batch_values
+
 if TYPE_CHECKING:  # the scoring stack (torch) loads only where batches are scored
     from anomaly.scoring import BatchSummary
 
@@ -67,7 +69,7 @@ class Base(DeclarativeBase):
 
 
 class Batch(Base):
-    """One scored (or rejected) batch file."""
+    """One scored (or rejected) batch file: the fields of :data:`anomaly.schema.BATCH_RECORD`."""
 
     __tablename__ = "batches"
     batch_id: Mapped[str] = mapped_column(String(300), primary_key=True)
@@ -229,7 +231,7 @@ INSERT_ROWS = 5_000
 def _flagged_rows(
     flagged: pd.DataFrame, summary: BatchSummary, model_name: str, id_column: str, now: datetime
 ) -> list[dict[str, Any]]:
-    score_cols = {"log_likelihood", "p_value", "reason", "is_anomaly", "contributions"}
+    score_cols = {*SCORE_COLUMNS, "contributions"}
     value_cols = [c for c in flagged.columns if c not in score_cols]
     n = len(flagged)
     contributions = flagged["contributions"].tolist() if "contributions" in flagged else [None] * n
@@ -371,13 +373,7 @@ def write_batch(
         kept = set(
             session.scalars(select(Flagged.record_id).where(Flagged.batch_id == summary.batch_id))
         )
-        session.merge(
-            Batch(
-                **{k: v for k, v in summary.to_dict().items() if k in Batch.__table__.c},
-                model_name=model_name,
-                scored_at=now,
-            )
-        )
+        session.merge(Batch(**batch_values(summary), model_name=model_name, scored_at=now))
         # in slices, so memory holds one slice of row dicts, not the whole batch's
         for start in range(0, len(flagged), INSERT_ROWS):
             part = flagged.iloc[start : start + INSERT_ROWS]

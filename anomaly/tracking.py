@@ -183,10 +183,31 @@ def log_training(
             dataset = mlflow.data.from_pandas(data, source=source, name=f"{config.name}-train")
         _retry(lambda: mlflow.log_input(dataset, context="training"))
         mlflow.log_metrics(result.metrics)
+        if result.selection:
+            log_selection(result.selection)
         with tempfile.TemporaryDirectory() as tmp:
             mlflow.log_artifact(str(score_histogram(result, Path(tmp) / "scores.png")), "plots")
         model_info = log_detector(result.detector, data)
         return run.info.run_id, model_info.model_id
+
+
+#: MLflow param and tag naming the kind ``auto`` chose; the candidates' held-out
+#: log-likelihoods are metrics ``auto.<kind>.heldout_log_likelihood``
+AUTO_CHOSEN = "auto.chosen"
+
+
+def log_selection(selection: dict[str, Any]) -> None:
+    """Log what ``auto`` chose (the active run): param and tag :data:`AUTO_CHOSEN`, and one
+    metric per candidate."""
+    mlflow.log_param(AUTO_CHOSEN, selection["chosen"])
+    mlflow.set_tag(AUTO_CHOSEN, selection["chosen"])
+    scores = selection["heldout_log_likelihood"]
+    mlflow.log_metrics({auto_metric(kind): float(v) for kind, v in scores.items()})
+
+
+def auto_metric(kind: str) -> str:
+    """The MLflow metric holding candidate ``kind``'s held-out log-likelihood under ``auto``."""
+    return f"auto.{kind}.heldout_log_likelihood"
 
 
 def log_batch(config: Config, summary: BatchSummary) -> str:

@@ -37,6 +37,9 @@ class TrainResult:
     detector: Detector
     metrics: dict[str, float]
     heldout_log_likelihood: np.ndarray = field(repr=False)
+    #: kind ``auto`` only: the chosen kind and each candidate's held-out log-likelihood
+    #: (:attr:`anomaly.models.auto.Auto.selection_`)
+    selection: dict[str, Any] | None = None
 
 
 def split_rows(n: int, calibration: float, test: float, seed: int) -> list[np.ndarray]:
@@ -103,7 +106,8 @@ def train(
         labelled = read_table(config.data.evaluation)
     if labelled is not None:
         metrics.update(evaluate(detector, labelled))
-    return TrainResult(detector, metrics, test_ll)
+    selection = model.selection_ if config.model.kind == "auto" else None
+    return TrainResult(detector, metrics, test_ll, selection)
 
 
 def _mean_log_likelihood(model: models.DensityModel, part: Prepared, seed: int) -> float:

@@ -9,8 +9,7 @@ from prefect.client.schemas.objects import TaskRun
 from prefect.states import State
 
 from anomaly.config import Config, load_config
-from anomaly.pipeline import store_engine
-from anomaly.store import current_labels
+from anomaly.pipeline import reviews
 from flows.errors import USER_ERRORS
 
 
@@ -36,7 +35,6 @@ def read_config(config_path: str) -> Config:
 
 
 @task(name="read reviews", **IO)
-def read_reviews(config: Config) -> pd.DataFrame | None:
-    """Latest label of every reviewed record in the store (None when there are none)."""
-    reviewed = current_labels(store_engine(config))
-    return reviewed if len(reviewed) else None
+def read_reviews(config: Config) -> pd.DataFrame:
+    """Latest label of every reviewed record in the store (maybe no rows)."""
+    return reviews(config)

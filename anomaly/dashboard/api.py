@@ -11,11 +11,12 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from anomaly import store
 from anomaly.dashboard.registry_view import model_overview
 from anomaly.dashboard.security import api_reader, api_writer
+from anomaly.schema import BATCH_RECORD
 
 router = APIRouter(prefix="/api", tags=["api"])
 
@@ -93,26 +94,13 @@ class RecordOut(BaseModel):
     reviews: list[ReviewOut]
 
 
-class BatchOut(BaseModel):
-    """A stored batch."""
-
-    model_config = ConfigDict(from_attributes=True)
-    batch_id: str
-    source: str
-    status: str
-    model_name: str
-    model_version: str
-    rows_in: int
-    rows_scored: int
-    rows_quarantined: int
-    rows_flagged: int
-    flag_rate: float
-    expected_rate: float
-    shift_p_value: float
-    shift_alarm: bool
-    mean_log_likelihood: float | None
-    error: str | None
-    scored_at: datetime
+#: a stored batch: the fields of :data:`anomaly.schema.BATCH_RECORD`
+BatchOut = create_model(
+    "BatchOut",
+    __config__=ConfigDict(from_attributes=True),
+    __doc__="A stored batch.",
+    **{name: (kind, ...) for name, kind in BATCH_RECORD.items()},
+)
 
 
 class QuarantinedOut(BaseModel):
@@ -134,6 +122,10 @@ class VersionOut(BaseModel):
     run_id: str | None
     created: str
     metrics: dict[str, float]
+    auto_chosen: str | None = Field(None, description="kind `auto`: the kind it chose")
+    auto_candidates: dict[str, float] = Field(
+        default_factory=dict, description="kind `auto`: each candidate's held-out log-likelihood"
+    )
 
 
 class AliasEventOut(BaseModel):

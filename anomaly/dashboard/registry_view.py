@@ -65,6 +65,10 @@ class VersionInfo:
     run_id: str | None
     created: str
     metrics: dict[str, float] = field(default_factory=dict)
+    #: kind ``auto``: the kind it chose (else None) and each candidate's held-out
+    #: log-likelihood (from the run's ``auto.chosen`` tag and ``auto.*`` metrics)
+    auto_chosen: str | None = None
+    auto_candidates: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -84,7 +88,7 @@ def model_overview(config: Config) -> ModelOverview:
         from mlflow.exceptions import MlflowException
 
         from anomaly import registry
-        from anomaly.tracking import client, tracking_uri
+        from anomaly.tracking import AUTO_CHOSEN, auto_metric, client, tracking_uri
 
         uri = tracking_uri(config)
     except Exception as exc:
@@ -105,11 +109,20 @@ def model_overview(config: Config) -> ModelOverview:
         versions = []
         for version, aliases in sorted(by_version.items(), key=lambda kv: -int(kv[0])):
             mv = c.get_model_version(config.name, version)
-            metrics = dict(c.get_run(mv.run_id).data.metrics) if mv.run_id else {}
+            run = c.get_run(mv.run_id) if mv.run_id else None
+            metrics = dict(run.data.metrics) if run else {}
+            chosen = run.data.tags.get(AUTO_CHOSEN) if run else None
+            candidates = {
+                kind: metrics[auto_metric(kind)]
+                for kind in sorted({k.split(".")[1] for k in metrics if k.startswith("auto.")})
+                if auto_metric(kind) in metrics
+            }
             created = time.strftime(
                 "%Y-%m-%d %H:%M UTC", time.gmtime((mv.creation_timestamp or 0) / 1000)
             )
-            versions.append(VersionInfo(version, aliases, mv.run_id, created, metrics))
+            versions.append(
+                VersionInfo(version, aliases, mv.run_id, created, metrics, chosen, candidates)
+            )
         events = list(reversed(registry.history(config))) if versions else []
     except Exception as exc:
         return ModelOverview(config.name, uri, error=f"the registry could not be read: {exc}")

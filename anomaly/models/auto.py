@@ -61,6 +61,12 @@ class Auto(DensityModel):
         self.chosen_ = max(self.scores_, key=self.scores_.__getitem__)
         self.model_ = self._make(self.chosen_).fit(X, layout=self.layout_)
 
+    @property
+    def selection_(self) -> dict[str, Any]:
+        """What ``fit`` chose: ``{"chosen": kind, "heldout_log_likelihood": {kind: mean}}``
+        (every candidate's mean held-out log-likelihood, nats per record in the model's space)."""
+        return {"chosen": self.chosen_, "heldout_log_likelihood": dict(self.scores_)}
+
     def _log_prob(self, X: np.ndarray) -> np.ndarray:
         return self.model_.log_prob(X)
 
