@@ -44,8 +44,8 @@ BATCH_RECORD: dict[str, Any] = {
     "mean_log_likelihood": float | None,
     "output": str | None,
     "error": str | None,
-    "content_hash": str | None,
     "scored_at": datetime,
+    "content_hash": str | None,
 }
 #: the batch record's fields the store adds (not in a BatchSummary)
 STORE_ADDED = ("model_name", "scored_at")
