@@ -396,6 +396,41 @@ def hash_password(
     typer.echo(hashed(password))  # plain: no line wrapping inside the hash
 
 
+sessions_app = typer.Typer(help="Dashboard logins: list them, end them.", no_args_is_help=True)
+app.add_typer(sessions_app, name="sessions")
+
+
+@sessions_app.command("list")
+def sessions_list(config: ConfigOption) -> None:
+    """Print the dashboard logins that have not ended or expired."""
+    from anomaly.pipeline import store_engine
+    from anomaly.store import live_sessions
+
+    table = Table(title="Dashboard logins")
+    for col in ("user", "since", "expires"):
+        table.add_column(col)
+    for s in live_sessions(store_engine(_config(config))):
+        table.add_row(s.user, f"{s.created_at:%Y-%m-%d %H:%M}", f"{s.expires_at:%Y-%m-%d %H:%M}")
+    out.print(table)
+
+
+@sessions_app.command("revoke")
+def sessions_revoke(
+    config: ConfigOption,
+    user: Annotated[str | None, typer.Argument(help="Reviewer whose logins end.")] = None,
+    all_users: Annotated[bool, typer.Option("--all", help="End everyone's logins.")] = False,
+) -> None:
+    """End a reviewer's dashboard logins (or everyone's) at once: a stolen cookie stops working.
+    API tokens are not sessions: remove a token's hash from the config to revoke it."""
+    from anomaly.pipeline import store_engine
+    from anomaly.store import end_sessions
+
+    if (user is None) == (not all_users):
+        raise _fail("name one reviewer or pass --all")
+    ended = end_sessions(store_engine(_config(config)), user)
+    console.print(f"ended {ended} login(s) of {'everyone' if user is None else repr(user)}")
+
+
 def _print_batches(summaries: list[dict[str, Any]]) -> None:
     table = Table(title="Batches")
     width = max(len(s["batch_id"]) for s in summaries)
