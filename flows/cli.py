@@ -396,6 +396,31 @@ def hash_password(
     typer.echo(hashed(password))  # plain: no line wrapping inside the hash
 
 
+@app.command("verify-model")
+def verify_model(
+    config: ConfigOption,
+    model_version: VersionOption = None,
+    out_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Keep the verified copy here (serve it with `mlflow models serve -m DIR`).",
+        ),
+    ] = None,
+) -> None:
+    """Check every file of a registered model against the SHA-256 recorded at registration."""
+    from anomaly.registry import CHAMPION, download_verified, resolve_version
+
+    cfg = _config(config)
+    version = _run(resolve_version, cfg, model_version or CHAMPION)
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    local = _run(download_verified, cfg, version, out_dir)
+    out.print(f"model {cfg.name} version {version}: every file matches its registered SHA-256")
+    if out_dir is not None:
+        out.print(f"verified copy: {local}")
+
+
 sessions_app = typer.Typer(help="Dashboard logins: list them, end them.", no_args_is_help=True)
 app.add_typer(sessions_app, name="sessions")
 
