@@ -611,12 +611,18 @@ def csv_safe(frame: pd.DataFrame) -> pd.DataFrame:
     return safe.rename(columns=cell)
 
 
+def csv_text(frame: pd.DataFrame) -> str:
+    """An export frame as CSV with formula cells neutralised (:func:`csv_safe`) and CRLF line
+    ends (RFC 4180), so that a CR or LF inside a cell is quoted and cannot start a new row."""
+    return csv_safe(frame).to_csv(index=False, lineterminator="\r\n")
+
+
 def write_export(frame: pd.DataFrame, path: Path) -> Path:
-    """Write an export frame as CSV (formula cells neutralised, :func:`csv_safe`) or Parquet,
-    chosen by the file's suffix."""
+    """Write an export frame as CSV (:func:`csv_text`) or Parquet, chosen by the file's
+    suffix."""
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        csv_safe(frame).to_csv(path, index=False)
+        path.write_bytes(csv_text(frame).encode())
     elif suffix in (".parquet", ".pq"):
         frame.to_parquet(path, index=False)
     else:

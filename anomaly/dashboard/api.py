@@ -304,7 +304,7 @@ def export_response(request: Request, fmt: str) -> Response:
     frame = store.reviewed_records(_engine(request))
     buffer = io.BytesIO()
     if fmt == "csv":
-        buffer.write(store.csv_safe(frame).to_csv(index=False).encode())
+        buffer.write(store.csv_text(frame).encode())
     else:
         frame.to_parquet(buffer, index=False)
     name = f"{request.app.state.config.name}-reviews.{fmt}"

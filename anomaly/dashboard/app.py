@@ -87,7 +87,10 @@ def create_app(
         request.state.csrf_cookie = secrets.token_urlsafe(24) if fresh else cookie
         request.state.csrf = csrf_token(request)
         try:
-            response = await call_next(request)
+            if _has_nul(request):  # no database stores it (PostgreSQL refuses it in text)
+                response = PlainTextResponse("NUL characters are not allowed in a URL", 400)
+            else:
+                response = await call_next(request)
         except Exception:  # logged here so that even this answer carries the headers
             logger.exception("unhandled error in %s %s", request.method, request.url.path)
             response = PlainTextResponse("internal error (logged by the dashboard)", 500)
@@ -109,6 +112,12 @@ def create_app(
         )
 
     return app
+
+
+def _has_nul(request: Request) -> bool:
+    """Whether the path or a query parameter holds a NUL character (sent as ``%00``)."""
+    path = request.scope.get("path", "")
+    return "\x00" in path or any("\x00" in k + v for k, v in request.query_params.multi_items())
 
 
 def _num(value: object, digits: int = 4) -> str:
