@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import secrets
 from collections.abc import Awaitable, Callable
@@ -42,8 +43,8 @@ HSTS = "max-age=31536000"
 #: what a CSRF cookie this app made looks like; anything else is replaced
 _CSRF_COOKIE_FORM = re.compile(r"[A-Za-z0-9_-]{32}")
 #: password checks at once (PBKDF2 is CPU work): a login flood queues here, not in the
-#: threadpool every other request needs
-HASH_THREADS = 2
+#: threadpool every other request needs, and leaves half the cores to the other requests
+HASH_THREADS = max(1, (os.cpu_count() or 2) // 2)
 logger = logging.getLogger(__name__)
 
 
