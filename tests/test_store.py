@@ -359,3 +359,22 @@ def test_queue_count_stops_at_its_limit(engine: sa.Engine) -> None:
     assert store.queue_count(engine, store.QueueFilter()) == 30
     assert store.queue_count(engine, store.QueueFilter(), limit=10) == 10
     assert store.queue_count(engine, store.QueueFilter(), limit=100) == 30
+
+
+def test_sessions_start_end_and_expire(engine: sa.Engine) -> None:
+    hour = timedelta(hours=1)
+    now = datetime.now(UTC)
+    for key, user in (("a", "ann"), ("b", "ann"), ("c", "bob")):
+        store.start_session(engine, key * 64, user, "fingerprint", now + hour)
+    store.start_session(engine, "d" * 64, "bob", "fingerprint", now - hour)  # already expired
+    assert store.live_session(engine, "a" * 64).user == "ann"
+    assert store.live_session(engine, "d" * 64) is None
+    assert store.end_session(engine, "a" * 64)
+    assert not store.end_session(engine, "a" * 64)
+    assert store.live_session(engine, "a" * 64) is None
+    assert store.live_session(engine, "b" * 64) is not None  # ann's other login lives on
+    assert store.end_sessions(engine, "ann") == 1
+    assert [s.user for s in store.live_sessions(engine)] == ["bob"]
+    store.start_session(engine, "e" * 64, "eve", "fingerprint", now + hour)  # drops "d"
+    assert store.end_sessions(engine) == 2
+    assert store.live_sessions(engine) == []

@@ -236,7 +236,6 @@ def batch_page(
     batch = store.get_batch(engine, batch_id)
     if batch is None:
         return render(request, "error.html", 404, message=f"No batch {batch_id!r}.")
-    offset = max(offset, 0)
     rows = store.quarantined_rows(engine, batch_id, QUARANTINE_ROWS, offset)
     return render(
         request,
