@@ -308,6 +308,9 @@ def add_review(
     if label not in LABELS:
         msg = f"label must be one of {LABELS}, got {label!r}"
         raise ValueError(msg)
+    if any("\x00" in text for text in (batch_id, record_id, reviewer, note)):
+        msg = "a NUL character cannot be stored (PostgreSQL refuses it in text): remove it"
+        raise ValueError(msg)
     with Session(engine, expire_on_commit=False) as session, session.begin():
         # lock the record first: concurrent reviews of it get their ids in lock order, so the
         # copied label is always that of the review with the highest id

@@ -247,6 +247,19 @@ def test_bad_request_is_refused_with_a_clear_4xx(case, config, session_client) -
     assert_secure_headers(response)
 
 
+def test_a_nul_character_in_a_review_is_refused_not_a_500(config, session_client) -> None:
+    body = {"batch_id": BATCH, "record_id": "b1-r000013", "label": "unsure", "note": "a\x00b"}
+    api = session_client.post(
+        "/api/reviews", json=body, headers={"X-CSRF-Token": csrf(session_client)}
+    )
+    assert api.status_code == 422
+    assert "NUL" in api.text
+    form = {"label": "unsure", "note": "a\x00b", "csrf": csrf(session_client)}
+    page = session_client.post(f"/records/{BATCH}/b1-r000013/review", data=form)
+    assert page.status_code == 422
+    assert store.reviews_of(store_engine(config), BATCH, "b1-r000013") == []
+
+
 def test_the_corpus_covers_queries_paths_headers_and_cookies() -> None:
     assert len(REQUESTS) >= 30
     text = json.dumps(REQUESTS)

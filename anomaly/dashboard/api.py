@@ -256,6 +256,8 @@ def post_review(
         )  # fmt: skip
     except LookupError as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
+    except ValueError as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
     return ReviewOut.model_validate(saved)
 
 
