@@ -204,6 +204,16 @@ class Dashboard(_Strict):
     open_reads: bool = Field(False, description="anyone may read pages and the API; writes never")
     session_hours: float = Field(12.0, gt=0, description="a login lasts this long")
     mlflow_url: str | None = Field(None, description="MLflow UI address the model page links to")
+    hsts: bool = Field(
+        False,
+        description="served over HTTPS: send Strict-Transport-Security and mark cookies Secure",
+    )
+    login_failures: int = Field(
+        5, ge=1, description="failed logins of one account before it is locked out for a while"
+    )
+    login_failures_per_address: int = Field(
+        20, ge=1, description="failed logins from one client address before it is locked out"
+    )
 
     @field_validator("users")
     @classmethod

@@ -23,6 +23,7 @@ from mlflow.models.model import ModelInfo
 from mlflow.pyfunc import PythonModel, PythonModelContext
 from mlflow.types.schema import AnyType, ColSpec, Schema
 
+from anomaly import integrity
 from anomaly.detector import Detector
 from anomaly.explain import explain
 from anomaly.schema import input_example
@@ -35,8 +36,12 @@ class DetectorModel(PythonModel):
     """pyfunc wrapper: loads the detector once, scores DataFrames."""
 
     def load_context(self, context: PythonModelContext) -> None:
-        """Load the detector folder artifact (no pickle)."""
-        self.detector = Detector.load(context.artifacts["detector"])
+        """Check the detector folder against the hashes it was logged with, then load it (no
+        pickle)."""
+        folder = Path(context.artifacts["detector"])
+        expected = (context.model_config or {}).get("sha256", {})
+        integrity.verify(folder, expected, "the detector artifact")
+        self.detector = Detector.load(folder)
 
     def predict(
         self, context: PythonModelContext, model_input: pd.DataFrame, params: Any = None
@@ -82,6 +87,7 @@ def log_detector(detector: Detector, data: pd.DataFrame) -> ModelInfo:
             name="model",
             python_model=str(Path(__file__).with_name("pyfunc_entry.py")),
             artifacts={"detector": str(folder)},
+            model_config={"sha256": integrity.file_hashes(folder)},
             signature=signature(detector, example),
             input_example=example,
             pip_requirements=pip_requirements(),

@@ -1,6 +1,9 @@
 """The MLflow model registry: versions, the aliases ``champion``/``challenger``/``previous``,
 and an append-only history of every alias change (MLflow keeps none).
 
+Each version carries the SHA-256 of every file of its model as tags ``sha256.<path>``, recorded
+at registration; every load through the project checks them first (:mod:`anomaly.integrity`).
+
 Each alias change is written twice: as tags on the version it points to
 (``alias.<name>.by/at/reason``) and as a registered-model tag ``history.<time>`` holding the
 whole event as JSON, which :func:`history` reads back in order.
@@ -13,13 +16,15 @@ import dataclasses
 import getpass
 import json
 import os
+import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import mlflow
 from mlflow.exceptions import MlflowException
 
+from anomaly import integrity
 from anomaly.config import Config
 from anomaly.tracking import active, client
 
@@ -83,9 +88,14 @@ def register(config: Config, model_id: str, run_id: str) -> str:
     with contextlib.suppress(MlflowException):  # exists already
         c.create_registered_model(config.name)
     source = f"models:/{model_id}"
+    with active(config), tempfile.TemporaryDirectory() as tmp:
+        logged = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=tmp)
+        hashes = integrity.file_hashes(Path(logged))
     with active(config):  # MLflow resolves the source through its global tracking URI
         created = c.create_model_version(config.name, source, run_id, model_id=model_id)
     version = str(created.version)
+    for key, digest in integrity.as_tags(hashes).items():
+        c.set_model_version_tag(config.name, version, key, digest)
     set_alias(config, CHALLENGER, version, f"trained in run {run_id}")
     return str(version)
 
@@ -147,16 +157,39 @@ def resolve_version(config: Config, version_or_alias: str) -> str:
         raise RegistryError(msg) from exc
 
 
-def load_detector(config: Config, version: str | None = None) -> tuple[Detector, str]:
-    """The detector of the champion (or ``version``) and its version number, read directly
-    from the registered model's artifacts (no pyfunc wrapper, no pickle)."""
-    version = resolve_version(config, version or CHAMPION)
+def download_verified(config: Config, version: str, dst: Path | None = None) -> Path:
+    """Download a registered version's files (to ``dst``, else a temporary folder) and check
+    them against the SHA-256 recorded at registration; :class:`anomaly.integrity.IntegrityError`
+    names the first file that differs, is missing or was added."""
+    uri = model_uri(config, version)
     try:
         with active(config):  # models:/ URIs resolve through the global registry URI
-            local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri(config, version))
+            local = mlflow.artifacts.download_artifacts(
+                artifact_uri=uri, dst_path=None if dst is None else str(dst)
+            )
+        tags = client(config).get_model_version(config.name, version).tags
     except MlflowException as exc:
-        msg = f"cannot load {model_uri(config, version)}: {exc.message}"
+        msg = f"cannot load {uri}: {exc.message}"
         raise RegistryError(msg) from exc
+    integrity.verify(
+        Path(local), integrity.from_tags(tags), f"model {config.name!r} version {version}"
+    )
+    return Path(local)
+
+
+def load_detector(config: Config, version: str | None = None) -> tuple[Detector, str]:
+    """The detector of the champion (or ``version``) and its version number, read directly
+    from the registered model's artifacts (no pyfunc wrapper, no pickle) once their hashes
+    match those recorded at registration."""
+    version = resolve_version(config, version or CHAMPION)
+    local = download_verified(config, version)
     from anomaly.detector import Detector  # torch loads only when a model does
 
-    return Detector.load(Path(local) / "artifacts" / "detector"), str(version)
+    return Detector.load(local / "artifacts" / "detector"), str(version)
+
+
+def load_pyfunc(config: Config, version: str | None = None) -> Any:
+    """The champion (or ``version``) as an MLflow pyfunc, loaded from a downloaded copy whose
+    every file, the code file MLflow runs first included, matches the registered hashes."""
+    version = resolve_version(config, version or CHAMPION)
+    return mlflow.pyfunc.load_model(str(download_verified(config, version)))

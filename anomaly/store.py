@@ -171,6 +171,20 @@ class BatchConflictError(RuntimeError):
     """A batch written over a stored batch of the same id but other content."""
 
 
+class LoginSession(Base):
+    """A dashboard login, kept on the server so that it can end before it expires: logout,
+    revocation (``anomaly sessions revoke``) or a changed password end it."""
+
+    __tablename__ = "sessions"
+    #: SHA-256 of the session id: the table never holds what the cookie carries
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user: Mapped[str] = mapped_column(String(200), index=True)
+    #: fingerprint of the user's password hash at login: a new password ends the session
+    credential: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
 def default_url(home: Path) -> str:
     """SQLite file under ``home``."""
     home.mkdir(parents=True, exist_ok=True)
@@ -401,6 +415,9 @@ def add_review(
     if label not in LABELS:
         msg = f"label must be one of {LABELS}, got {label!r}"
         raise ValueError(msg)
+    if any("\x00" in text for text in (batch_id, record_id, reviewer, note)):
+        msg = "a NUL character cannot be stored (PostgreSQL refuses it in text): remove it"
+        raise ValueError(msg)
     with Session(engine, expire_on_commit=False) as session, session.begin():
         # lock the record first: concurrent reviews of it get their ids in lock order, so the
         # copied label is always that of the review with the highest id
@@ -509,8 +526,10 @@ def decode_cursor(cursor: str) -> Key:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         ll, batch_id, record_id = json.loads(raw)
+        if not math.isfinite(float(ll)):
+            raise ValueError(ll)
         return float(ll), str(batch_id), str(record_id)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, OverflowError) as exc:
         msg = f"invalid queue cursor {cursor!r}: use the `next` value of a previous page"
         raise ValueError(msg) from exc
 
@@ -681,14 +700,100 @@ def reviewed_records(engine: Engine) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=None if rows else EXPORT_COLUMNS)
 
 
+#: a spreadsheet reads a cell starting with one of these as a formula (OWASP CSV injection)
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_safe(frame: pd.DataFrame) -> pd.DataFrame:
+    """A copy of ``frame`` whose text cells (and column names) that a spreadsheet would run as
+    a formula start with ``'``: ``=HYPERLINK(...)`` is exported as ``'=HYPERLINK(...)``.
+    Numbers are left alone (``-1.5`` stays a number)."""
+
+    def cell(value: Any) -> Any:
+        if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+            return "'" + value
+        return value
+
+    safe = frame.copy()
+    for column in safe.columns:
+        if safe[column].dtype == object or pd.api.types.is_string_dtype(safe[column]):
+            safe[column] = safe[column].map(cell)
+    return safe.rename(columns=cell)
+
+
+def csv_text(frame: pd.DataFrame) -> str:
+    """An export frame as CSV with formula cells neutralised (:func:`csv_safe`) and CRLF line
+    ends (RFC 4180), so that a CR or LF inside a cell is quoted and cannot start a new row."""
+    return csv_safe(frame).to_csv(index=False, lineterminator="\r\n")
+
+
 def write_export(frame: pd.DataFrame, path: Path) -> Path:
-    """Write an export frame as CSV or Parquet, chosen by the file's suffix."""
+    """Write an export frame as CSV (:func:`csv_text`) or Parquet, chosen by the file's
+    suffix."""
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        frame.to_csv(path, index=False)
+        path.write_bytes(csv_text(frame).encode())
     elif suffix in (".parquet", ".pq"):
         frame.to_parquet(path, index=False)
     else:
         msg = f"export file must end in .csv or .parquet, got {path.name!r}"
         raise ValueError(msg)
     return path
+
+
+# ---------------------------------------------------------------------------- dashboard sessions
+
+
+def start_session(
+    engine: Engine, id_hash: str, user: str, credential: str, expires_at: datetime
+) -> None:
+    """Record a new login (and forget logins that have expired)."""
+    now = datetime.now(UTC)
+    with Session(engine) as session, session.begin():
+        session.execute(delete(LoginSession).where(LoginSession.expires_at <= now))
+        session.add(
+            LoginSession(
+                id_hash=id_hash,
+                user=user,
+                credential=credential,
+                created_at=now,
+                expires_at=expires_at,
+            )
+        )
+
+
+def live_session(engine: Engine, id_hash: str) -> LoginSession | None:
+    """The login with this id hash if it has not ended or expired, else None."""
+    query = select(LoginSession).where(
+        LoginSession.id_hash == id_hash, LoginSession.expires_at > datetime.now(UTC)
+    )
+    with Session(engine) as session:
+        return session.scalars(query).first()
+
+
+def end_session(engine: Engine, id_hash: str) -> bool:
+    """End one login (logout); whether it existed."""
+    with Session(engine) as session, session.begin():
+        result = session.execute(delete(LoginSession).where(LoginSession.id_hash == id_hash))
+    return bool(result.rowcount)
+
+
+def end_sessions(engine: Engine, user: str | None = None) -> int:
+    """End every login of ``user`` (None: of everyone); how many ended."""
+    query = delete(LoginSession)
+    if user is not None:
+        query = query.where(LoginSession.user == user)
+    with Session(engine) as session, session.begin():
+        result = session.execute(query)
+    return int(result.rowcount)
+
+
+def live_sessions(engine: Engine) -> list[LoginSession]:
+    """Every login that has not ended or expired, oldest first."""
+    query = (
+        select(LoginSession)
+        .where(LoginSession.expires_at > datetime.now(UTC))
+        .order_by(LoginSession.created_at)
+    )
+    with Session(engine) as session:
+        return list(session.scalars(query))

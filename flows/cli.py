@@ -520,6 +520,66 @@ def hash_password(
     typer.echo(hashed(password))  # plain: no line wrapping inside the hash
 
 
+@app.command("verify-model")
+def verify_model(
+    config: ConfigOption,
+    model_version: VersionOption = None,
+    out_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Keep the verified copy here (serve it with `mlflow models serve -m DIR`).",
+        ),
+    ] = None,
+) -> None:
+    """Check every file of a registered model against the SHA-256 recorded at registration."""
+    from anomaly.registry import CHAMPION, download_verified, resolve_version
+
+    cfg = _config(config)
+    version = _run(resolve_version, cfg, model_version or CHAMPION)
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    local = _run(download_verified, cfg, version, out_dir)
+    out.print(f"model {cfg.name} version {version}: every file matches its registered SHA-256")
+    if out_dir is not None:
+        out.print(f"verified copy: {local}")
+
+
+sessions_app = typer.Typer(help="Dashboard logins: list them, end them.", no_args_is_help=True)
+app.add_typer(sessions_app, name="sessions")
+
+
+@sessions_app.command("list")
+def sessions_list(config: ConfigOption) -> None:
+    """Print the dashboard logins that have not ended or expired."""
+    from anomaly.pipeline import store_engine
+    from anomaly.store import live_sessions
+
+    table = Table(title="Dashboard logins")
+    for col in ("user", "since", "expires"):
+        table.add_column(col)
+    for s in live_sessions(store_engine(_config(config))):
+        table.add_row(s.user, f"{s.created_at:%Y-%m-%d %H:%M}", f"{s.expires_at:%Y-%m-%d %H:%M}")
+    out.print(table)
+
+
+@sessions_app.command("revoke")
+def sessions_revoke(
+    config: ConfigOption,
+    user: Annotated[str | None, typer.Argument(help="Reviewer whose logins end.")] = None,
+    all_users: Annotated[bool, typer.Option("--all", help="End everyone's logins.")] = False,
+) -> None:
+    """End a reviewer's dashboard logins (or everyone's) at once: a stolen cookie stops working.
+    API tokens are not sessions: remove a token's hash from the config to revoke it."""
+    from anomaly.pipeline import store_engine
+    from anomaly.store import end_sessions
+
+    if (user is None) == (not all_users):
+        raise _fail("name one reviewer or pass --all")
+    ended = end_sessions(store_engine(_config(config)), user)
+    console.print(f"ended {ended} login(s) of {'everyone' if user is None else repr(user)}")
+
+
 def _print_batches(summaries: list[dict[str, Any]]) -> None:
     table = Table(title="Batches")
     width = max(len(s["batch_id"]) for s in summaries)

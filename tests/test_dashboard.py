@@ -19,9 +19,9 @@ from anomaly import store
 from anomaly.config import ConfigError, load_config
 from anomaly.dashboard import create_app
 from anomaly.dashboard.auth import (
-    CSRF_COOKIE,
     SESSION_COOKIE,
     Accounts,
+    Sessions,
     hash_password,
     verify_password,
 )
@@ -42,11 +42,15 @@ def client(config) -> TestClient:
     return TestClient(create_app(config))
 
 
+def csrf(client: TestClient) -> str:
+    """The CSRF token the pages give this client (bound to its session, if any)."""
+    return re.search(r'name="csrf" value="([^"]+)"', client.get("/login").text).group(1)
+
+
 def login(client: TestClient, user: str = "ann", password: str = PASSWORD) -> None:
-    client.get("/login")
     response = client.post(
         "/login",
-        data={"username": user, "password": password, "csrf": client.cookies[CSRF_COOKIE]},
+        data={"username": user, "password": password, "csrf": csrf(client)},
         follow_redirects=False,
     )
     assert response.status_code == 303, response.text
@@ -76,7 +80,7 @@ def test_open_reads_never_open_writes(config, tmp_path: Path) -> None:
     assert client.get("/queue").status_code == 200
     assert client.get("/api/flagged").json()["total"] > 0
     client.get("/queue")  # the CSRF cookie
-    form = {"label": "confirmed", "csrf": client.cookies[CSRF_COOKIE]}
+    form = {"label": "confirmed", "csrf": csrf(client)}
     response = client.post(f"/records/{BATCH}/b1-r000000/review", data=form)
     assert response.status_code == 403
     body = {"batch_id": BATCH, "record_id": "b1-r000000", "label": "confirmed"}
@@ -89,7 +93,7 @@ def test_a_wrong_password_sets_no_session(client: TestClient) -> None:
     for user, password in (("ann", "wrong"), ("nobody", PASSWORD)):
         response = client.post(
             "/login",
-            data={"username": user, "password": password, "csrf": client.cookies[CSRF_COOKIE]},
+            data={"username": user, "password": password, "csrf": csrf(client)},
         )
         assert response.status_code == 401
         assert "Wrong name or password" in response.text
@@ -103,7 +107,7 @@ def test_login_redirects_only_within_the_site(client: TestClient) -> None:
         response = client.post(
             "/login",
             data={"username": "ann", "password": PASSWORD, "next": target,
-                  "csrf": client.cookies[CSRF_COOKIE]},
+                  "csrf": csrf(client)},
             follow_redirects=False,
         )  # fmt: skip
         assert response.headers["location"] == expected
@@ -115,7 +119,7 @@ def test_a_form_review_is_logged_under_the_session_reviewer(config, client: Test
         "label": "confirmed",
         "note": "card reported stolen",
         "reviewer": "mallory",  # ignored: the reviewer comes from the session
-        "csrf": client.cookies[CSRF_COOKIE],
+        "csrf": csrf(client),
     }
     response = client.post(f"/records/{BATCH}/b1-r000001/review", data=form)
     assert response.status_code == 200
@@ -128,7 +132,7 @@ def test_then_next_opens_the_following_record(config, client: TestClient) -> Non
     login(client)
     where = store.QueueFilter(batch_id=OTHER)
     rows, _ = store.queue(store_engine(config), where, limit=4)
-    form = {"label": "unsure", "then": "next", "csrf": client.cookies[CSRF_COOKIE]}
+    form = {"label": "unsure", "then": "next", "csrf": csrf(client)}
     response = client.post(
         f"/records/{OTHER}/{rows[2].record_id}/review?batch_id={OTHER}",
         data=form,
@@ -162,7 +166,7 @@ def test_api_reviews_need_a_valid_token_or_session_and_csrf_header(
     login(client)
     no_header = client.post("/api/reviews", json={**body, "label": "unsure"})
     assert no_header.status_code == 403
-    header = {"X-CSRF-Token": client.cookies[CSRF_COOKIE]}
+    header = {"X-CSRF-Token": csrf(client)}
     with_header = client.post("/api/reviews", json={**body, "label": "unsure"}, headers=header)
     assert with_header.status_code == 201
     assert review_log(config, "b1-r000003") == [
@@ -338,18 +342,17 @@ def test_security_headers(client: TestClient) -> None:
     assert response.headers["x-content-type-options"] == "nosniff"
 
 
-def test_sessions_are_signed_and_expire() -> None:
+def test_sessions_are_signed_and_expire(config) -> None:
+    engine = store_engine(config)
     accounts = Accounts({"ann": hash_password("pw-123456", 1000)}, {}, b"k" * 32, 3600)
-    cookie = accounts.session_cookie("ann")
-    assert accounts.session_user(cookie) == "ann"
-    body, signature = cookie.rsplit(".", 1)
-    assert accounts.session_user(body + "." + "0" * len(signature)) is None
-    other_key = Accounts(accounts.users, {}, b"x" * 32, 3600)
-    assert other_key.session_user(cookie) is None
-    expired = Accounts(accounts.users, {}, b"k" * 32, -1)
-    assert expired.session_user(expired.session_cookie("ann")) is None
-    removed = Accounts({}, {}, b"k" * 32, 3600)
-    assert removed.session_user(cookie) is None
+    sessions = Sessions(accounts, engine)
+    cookie = sessions.start("ann")
+    assert sessions.user(cookie) == "ann"
+    assert sessions.user(cookie[:-4] + "AAAA") is None  # signature
+    assert Sessions(Accounts(accounts.users, {}, b"x" * 32, 3600), engine).user(cookie) is None
+    expired = Sessions(Accounts(accounts.users, {}, b"k" * 32, -1), engine)
+    assert expired.user(expired.start("ann")) is None
+    assert Sessions(Accounts({}, {}, b"k" * 32, 3600), engine).user(cookie) is None  # removed
 
 
 def test_password_hashes_verify_and_differ() -> None:

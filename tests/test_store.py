@@ -461,3 +461,22 @@ def test_concurrent_reservations_of_one_name_get_one_id_per_content(engine: sa.E
     assert errors == []
     assert len(set(got.values())) == len(hashes)  # one id per content, none shared
     assert sum(v == "b.csv" for v in got.values()) == 1
+
+
+def test_sessions_start_end_and_expire(engine: sa.Engine) -> None:
+    hour = timedelta(hours=1)
+    now = datetime.now(UTC)
+    for key, user in (("a", "ann"), ("b", "ann"), ("c", "bob")):
+        store.start_session(engine, key * 64, user, "fingerprint", now + hour)
+    store.start_session(engine, "d" * 64, "bob", "fingerprint", now - hour)  # already expired
+    assert store.live_session(engine, "a" * 64).user == "ann"
+    assert store.live_session(engine, "d" * 64) is None
+    assert store.end_session(engine, "a" * 64)
+    assert not store.end_session(engine, "a" * 64)
+    assert store.live_session(engine, "a" * 64) is None
+    assert store.live_session(engine, "b" * 64) is not None  # ann's other login lives on
+    assert store.end_sessions(engine, "ann") == 1
+    assert [s.user for s in store.live_sessions(engine)] == ["bob"]
+    store.start_session(engine, "e" * 64, "eve", "fingerprint", now + hour)  # drops "d"
+    assert store.end_sessions(engine) == 2
+    assert store.live_sessions(engine) == []

@@ -22,6 +22,10 @@ router = APIRouter(prefix="/api", tags=["api"])
 
 #: queue counts stop here: counting every match of a broad filter costs more than a page
 COUNT_LIMIT = 10_000
+#: longest cursor :func:`anomaly.store.encode_cursor` makes (two 300-character ids, escaped)
+MAX_CURSOR = 8_000
+#: deepest row offset a page accepts (the databases' integers end at 2**63)
+MAX_OFFSET = 1_000_000_000
 LabelFilter = Literal["confirmed", "false_positive", "unsure", "unreviewed"]
 
 
@@ -165,6 +169,11 @@ def queue_filter(
     order: Literal["score_desc", "score_asc"] = "score_desc",
 ) -> store.QueueFilter:
     """The queue filter from query parameters (``until`` includes its whole day, UTC)."""
+    if until is not None and until >= date.max:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            f"until={until} is out of range: the latest day is {date.max - timedelta(days=1)}",
+        )
     return store.QueueFilter(
         batch_id=batch_id or None,
         model_version=model_version or None,
@@ -196,7 +205,9 @@ def list_flagged(
     _user: Reader,
     where: Annotated[store.QueueFilter, Depends(queue_filter)],
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    cursor: Annotated[str | None, Query(description="`next` of the previous page")] = None,
+    cursor: Annotated[
+        str | None, Query(max_length=MAX_CURSOR, description="`next` of the previous page")
+    ] = None,
 ) -> QueuePage:
     """The review queue: most anomalous first (``order=score_desc``), keyset-paginated."""
     try:
@@ -237,6 +248,8 @@ def post_review(
         )  # fmt: skip
     except LookupError as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
+    except ValueError as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
     return ReviewOut.model_validate(saved)
 
 
@@ -252,7 +265,7 @@ def list_quarantined(
     _user: Reader,
     batch_id: str,
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> list[QuarantinedOut]:
     """A batch's quarantined rows with their reasons, in file order."""
     if store.get_batch(_engine(request), batch_id) is None:
@@ -285,7 +298,7 @@ def export_response(request: Request, fmt: str) -> Response:
     frame = store.reviewed_records(_engine(request))
     buffer = io.BytesIO()
     if fmt == "csv":
-        buffer.write(frame.to_csv(index=False).encode())
+        buffer.write(store.csv_text(frame).encode())
     else:
         frame.to_parquet(buffer, index=False)
     name = f"{request.app.state.config.name}-reviews.{fmt}"

@@ -1,23 +1,31 @@
-"""Reviewers and their secrets: password and token hashes, signed session cookies, CSRF tokens.
+"""Reviewers and their secrets: password and token hashes, server-side sessions, CSRF tokens.
 
 Secrets are stored only as hashes (PBKDF2-HMAC-SHA256 for passwords, SHA-256 for random API
-tokens, which are long enough not to need a slow hash) and compared in constant time. Nothing
-here logs a secret.
+tokens, which are long enough not to need a slow hash) and compared in constant time, as bytes
+(``hmac.compare_digest`` refuses non-ASCII ``str``). Nothing here logs a secret.
+
+A session is a random id: the cookie carries it signed and timestamped (itsdangerous), the
+review store keeps its SHA-256 with the user, the expiry and a fingerprint of the user's
+password hash, so logout, ``anomaly sessions revoke`` and a new password end it at once. The
+CSRF token of a page is an HMAC of the session id (before login: of a random cookie), so a
+token works only with the session it was made for.
 """
 
 from __future__ import annotations
 
-import base64
 import functools
 import hashlib
 import hmac
-import json
 import logging
 import os
 import secrets
-import time
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
+from itsdangerous import BadData, URLSafeTimedSerializer
+from sqlalchemy import Engine
+
+from anomaly import store
 from anomaly.config import Dashboard
 
 #: PBKDF2-HMAC-SHA256 iterations (OWASP Password Storage Cheat Sheet, 2023: 600,000)
@@ -110,29 +118,9 @@ class Accounts:
                 found = user
         return found
 
-    def session_cookie(self, user: str) -> str:
-        """A signed cookie value naming ``user``, valid for the session lifetime."""
-        payload = json.dumps({"user": user, "exp": time.time() + self.session_seconds})
-        body = base64.urlsafe_b64encode(payload.encode()).decode()
-        return f"{body}.{self._sign(body)}"
-
-    def session_user(self, cookie: str | None) -> str | None:
-        """The reviewer of a valid, unexpired session cookie that still exists, or None."""
-        if not cookie or "." not in cookie:
-            return None
-        body, signature = cookie.rsplit(".", 1)
-        if not hmac.compare_digest(signature, self._sign(body)):
-            return None
-        try:
-            payload = json.loads(base64.urlsafe_b64decode(body))
-        except ValueError:
-            return None
-        if payload.get("exp", 0) < time.time() or payload.get("user") not in self.users:
-            return None
-        return str(payload["user"])
-
-    def _sign(self, body: str) -> str:
-        return hmac.new(self.key, body.encode(), hashlib.sha256).hexdigest()
+    def credential(self, user: str) -> str:
+        """A fingerprint of the user's password hash: it changes when the password does."""
+        return hashlib.sha256(self.users.get(user, "").encode()).hexdigest()
 
 
 @functools.cache
@@ -141,6 +129,66 @@ def _dummy_hash() -> str:
     return hash_password(secrets.token_urlsafe(16))
 
 
-def csrf_ok(cookie: str | None, sent: str | None) -> bool:
-    """Double-submit check: the token sent with a form equals the visitor's CSRF cookie."""
-    return bool(cookie) and bool(sent) and hmac.compare_digest(str(cookie), str(sent))
+def same_secret(a: str | None, b: str | None) -> bool:
+    """Constant-time equality of two non-empty strings, any characters (compared as bytes)."""
+    if not a or not b:
+        return False
+    return hmac.compare_digest(
+        a.encode("utf-8", "surrogateescape"), b.encode("utf-8", "surrogateescape")
+    )
+
+
+def _id_hash(session_id: str) -> str:
+    return hashlib.sha256(session_id.encode()).hexdigest()
+
+
+class Sessions:
+    """Logins kept in the review store, named by signed cookies."""
+
+    def __init__(self, accounts: Accounts, engine: Engine) -> None:
+        self.accounts = accounts
+        self.engine = engine
+        self._cookies = URLSafeTimedSerializer(accounts.key, salt="anomaly.session")
+
+    def start(self, user: str) -> str:
+        """Record a new login of ``user``; the cookie value naming it."""
+        session_id = secrets.token_urlsafe(32)
+        expires = datetime.now(UTC) + timedelta(seconds=self.accounts.session_seconds)
+        credential = self.accounts.credential(user)
+        store.start_session(self.engine, _id_hash(session_id), user, credential, expires)
+        return self._cookies.dumps(session_id)
+
+    def session_id(self, cookie: str | None) -> str | None:
+        """The session id of a cookie with a valid signature and age (not checked: whether the
+        session still exists)."""
+        if not cookie:
+            return None
+        try:
+            session_id = self._cookies.loads(cookie, max_age=self.accounts.session_seconds)
+        except BadData:
+            return None
+        return session_id if isinstance(session_id, str) else None
+
+    def user(self, cookie: str | None) -> str | None:
+        """The reviewer of a live session: signed, unexpired, not ended, the user still
+        configured with the password they logged in with; else None."""
+        session_id = self.session_id(cookie)
+        if session_id is None:
+            return None
+        found = store.live_session(self.engine, _id_hash(session_id))
+        if found is None or found.user not in self.accounts.users:
+            return None
+        if not same_secret(found.credential, self.accounts.credential(found.user)):
+            return None
+        return found.user
+
+    def end(self, cookie: str | None) -> None:
+        """End the session a cookie names (logout); nothing if it names none."""
+        session_id = self.session_id(cookie)
+        if session_id is not None:
+            store.end_session(self.engine, _id_hash(session_id))
+
+    def csrf_token(self, binding: str) -> str:
+        """The CSRF token for a session id (or, before login, the random CSRF cookie)."""
+        message = b"csrf\0" + binding.encode("utf-8", "surrogateescape")
+        return hmac.new(self.accounts.key, message, hashlib.sha256).hexdigest()

@@ -2,21 +2,33 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import logging
+import math
 from typing import Annotated, Any
 from urllib.parse import quote, urlencode
 
 import numpy as np
-from fastapi import APIRouter, Depends, Form, HTTPException, Request, status
+from fastapi import APIRouter, Depends, Form, HTTPException, Query, Request, status
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from anomaly import store
 from anomaly.dashboard import charts
-from anomaly.dashboard.api import COUNT_LIMIT, export_response, queue_filter
-from anomaly.dashboard.auth import CSRF_COOKIE, SESSION_COOKIE, csrf_ok
+from anomaly.dashboard.api import COUNT_LIMIT, MAX_CURSOR, MAX_OFFSET, export_response, queue_filter
+from anomaly.dashboard.auth import SESSION_COOKIE
 from anomaly.dashboard.registry_view import model_overview
-from anomaly.dashboard.security import accounts, page_reader, session_user
+from anomaly.dashboard.security import (
+    accounts,
+    csrf_ok,
+    page_reader,
+    secure_cookies,
+    session_user,
+    sessions,
+)
 
+logger = logging.getLogger(__name__)
 router = APIRouter(include_in_schema=False)
 Reader = Annotated[str | None, Depends(page_reader)]
 Where = Annotated[store.QueueFilter, Depends(queue_filter)]
@@ -59,7 +71,12 @@ def home() -> RedirectResponse:
 
 
 @router.get("/queue", response_class=HTMLResponse)
-def queue_page(request: Request, _user: Reader, where: Where, cursor: str | None = None) -> Any:
+def queue_page(
+    request: Request,
+    _user: Reader,
+    where: Where,
+    cursor: Annotated[str | None, Query(max_length=MAX_CURSOR)] = None,
+) -> Any:
     """Flagged records, most anomalous first, with filters and keyset pages."""
     engine = request.app.state.engine
     try:
@@ -177,7 +194,7 @@ def review_form(
     reviewer = session_user(request)
     if reviewer is None:
         return render(request, "error.html", 403, message="Log in to review records.")
-    if not csrf_ok(request.cookies.get(CSRF_COOKIE), csrf):
+    if not csrf_ok(request, csrf):
         return render(request, "error.html", 403, message="The form expired: reload the page.")
     engine = request.app.state.engine
     try:
@@ -208,13 +225,17 @@ def batches_page(request: Request, _user: Reader) -> Any:
 
 
 @router.get("/batches/{batch_id}", response_class=HTMLResponse)
-def batch_page(request: Request, _user: Reader, batch_id: str, offset: int = 0) -> Any:
+def batch_page(
+    request: Request,
+    _user: Reader,
+    batch_id: str,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+) -> Any:
     """One batch: its numbers and its quarantined rows with reasons."""
     engine = request.app.state.engine
     batch = store.get_batch(engine, batch_id)
     if batch is None:
         return render(request, "error.html", 404, message=f"No batch {batch_id!r}.")
-    offset = max(offset, 0)
     rows = store.quarantined_rows(engine, batch_id, QUARANTINE_ROWS, offset)
     return render(
         request,
@@ -253,41 +274,66 @@ def _safe_next(target: str) -> str:
 
 
 @router.get("/login", response_class=HTMLResponse)
-def login_form(request: Request, next: str = "/queue") -> Any:
+def login_form(request: Request, next: Annotated[str, Query(max_length=2000)] = "/queue") -> Any:
     """The login form."""
     return render(request, "login.html", next=_safe_next(next), failed=False)
 
 
 @router.post("/login")
-def login(
+async def login(
     request: Request,
     username: Annotated[str, Form(max_length=200)],
     password: Annotated[str, Form(max_length=1000)],
-    csrf: Annotated[str, Form()] = "",
-    next: Annotated[str, Form()] = "/queue",
+    csrf: Annotated[str, Form(max_length=200)] = "",
+    next: Annotated[str, Form(max_length=2000)] = "/queue",
 ) -> Response:
-    """Check the password, then set the signed session cookie."""
-    if not csrf_ok(request.cookies.get(CSRF_COOKIE), csrf):
+    """Check the password (throttled, off the event loop), then start a session.
+
+    Too many failures for the account or from the client address lock it out for a while
+    (:mod:`anomaly.dashboard.throttle`): answered 429 with ``Retry-After``, no password
+    checked. The check runs on the app's small password-check pool, so a flood of logins
+    waits there and never takes the threads other requests need.
+    """
+    await run_in_threadpool(session_user, request)  # looked up once, off the event loop
+    if not csrf_ok(request, csrf):
         return render(request, "error.html", 403, message="The form expired: reload the page.")
-    if not accounts(request).login(username, password):
+    address = request.client.host if request.client else "unknown"
+    throttle = request.app.state.throttle
+    wait = throttle.attempt(username, address)
+    if wait:
+        response = render(
+            request, "login.html", 429, next=_safe_next(next), failed=False,
+            locked=math.ceil(wait),
+        )  # fmt: skip
+        response.headers["Retry-After"] = str(math.ceil(wait))
+        return response
+    loop = asyncio.get_running_loop()
+    checked = loop.run_in_executor(
+        request.app.state.hasher, accounts(request).login, username, password
+    )
+    if not await checked:
+        logger.info("failed login for %r from %s", username, address)
         return render(request, "login.html", 401, next=_safe_next(next), failed=True)
+    throttle.succeeded(username, address)
+    cookie = await run_in_threadpool(sessions(request).start, username)
     response = RedirectResponse(_safe_next(next), status.HTTP_303_SEE_OTHER)
     response.set_cookie(
         SESSION_COOKIE,
-        accounts(request).session_cookie(username),
+        cookie,
         max_age=int(accounts(request).session_seconds),
         httponly=True,
         samesite="lax",
-        secure=request.url.scheme == "https",
+        secure=secure_cookies(request),
     )
     return response
 
 
 @router.post("/logout")
-def logout(request: Request, csrf: Annotated[str, Form()] = "") -> Response:
-    """End the session."""
-    if not csrf_ok(request.cookies.get(CSRF_COOKIE), csrf):
+def logout(request: Request, csrf: Annotated[str, Form(max_length=200)] = "") -> Response:
+    """End the session: its cookie no longer works anywhere, even if copied."""
+    if not csrf_ok(request, csrf):
         return render(request, "error.html", 403, message="The form expired: reload the page.")
+    sessions(request).end(request.cookies.get(SESSION_COOKIE))
     response = RedirectResponse("/login", status.HTTP_303_SEE_OTHER)
     response.delete_cookie(SESSION_COOKIE)
     return response

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import HTTPException, Request, status
 
-from anomaly.dashboard.auth import CSRF_COOKIE, SESSION_COOKIE, Accounts, csrf_ok
+from anomaly.dashboard.auth import SESSION_COOKIE, Accounts, Sessions, same_secret
 
 
 class LoginRequired(Exception):
@@ -20,9 +20,36 @@ def accounts(request: Request) -> Accounts:
     return request.app.state.accounts
 
 
+def sessions(request: Request) -> Sessions:
+    """The app's logins."""
+    return request.app.state.sessions
+
+
 def session_user(request: Request) -> str | None:
-    """The reviewer logged in through the session cookie, or None."""
-    return accounts(request).session_user(request.cookies.get(SESSION_COOKIE))
+    """The reviewer logged in through the session cookie, or None (looked up once a request)."""
+    if not hasattr(request.state, "session_user"):
+        request.state.session_user = sessions(request).user(request.cookies.get(SESSION_COOKIE))
+    return request.state.session_user
+
+
+def secure_cookies(request: Request) -> bool:
+    """Whether cookies get the ``Secure`` flag: served over HTTPS, directly or (``hsts``)
+    behind a proxy that ends TLS."""
+    return request.url.scheme == "https" or request.app.state.config.dashboard.hsts
+
+
+def csrf_token(request: Request) -> str:
+    """This visitor's CSRF token: bound to the session id of a validly signed session cookie,
+    else to the random ``anomaly_csrf`` cookie (set by the app's middleware)."""
+    own = sessions(request)
+    binding = own.session_id(request.cookies.get(SESSION_COOKIE)) or request.state.csrf_cookie
+    return own.csrf_token(binding)
+
+
+def csrf_ok(request: Request, sent: str | None) -> bool:
+    """Whether ``sent`` (form field ``csrf`` or header ``X-CSRF-Token``) is this visitor's
+    token; compared in constant time, as bytes (any characters are refused, never an error)."""
+    return same_secret(csrf_token(request), sent)
 
 
 def _bearer(request: Request) -> str | None:
@@ -60,7 +87,7 @@ def api_reader(request: Request) -> str | None:
 
 def api_writer(request: Request) -> str:
     """Dependency of every API write: a bearer token, or a session plus the CSRF header
-    ``X-CSRF-Token`` (equal to the ``anomaly_csrf`` cookie)."""
+    ``X-CSRF-Token`` (the page's token, bound to the session)."""
     if _bearer(request) is not None:
         return str(api_user(request))
     user = session_user(request)
@@ -70,7 +97,7 @@ def api_writer(request: Request) -> str:
             "writing needs a reviewer: send a bearer token or log in",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    if not csrf_ok(request.cookies.get(CSRF_COOKIE), request.headers.get("x-csrf-token")):
+    if not csrf_ok(request, request.headers.get("x-csrf-token")):
         raise HTTPException(status.HTTP_403_FORBIDDEN, "missing or wrong X-CSRF-Token header")
     return user
 
