@@ -1,7 +1,7 @@
 """Dashboard logins kept on the server, so logout, revocation and a new password end them.
 
 Revision ID: 0004
-Revises: 0002
+Revises: 0003
 """
 
 from __future__ import annotations
