@@ -213,7 +213,7 @@ def test_queue_page_filters_and_pages(client: TestClient) -> None:
     login(client)
     page = client.get("/queue")
     assert "next page" in page.text
-    next_url = re.search(r'href="(/queue\?cursor=[^"]+)" id="next-page"', page.text).group(1)
+    next_url = re.search(r'href="(/queue\?after=[^"]+)" id="next-page"', page.text).group(1)
     second = client.get(next_url.replace("&amp;", "&"))
     assert second.status_code == 200
     assert "first page" in second.text
