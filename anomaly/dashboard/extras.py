@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
+import pandas as pd
 from fastapi import Request
 from sqlalchemy import Engine
 
@@ -49,5 +50,38 @@ def record_extras(
         "comment_action": path + "/comments" + (f"?{query}" if query else ""),
         "assign_action": path + "/assign" + (f"?{query}" if query else ""),
         "reviewers": sorted(request.app.state.accounts.users),
-        "nearest": None,
+        "nearest": nearest_normal(detector, record) if detector is not None else None,
     }
+
+
+#: nearest normal records shown beside a flagged one
+NEAREST = 5
+#: a numeric value "differs" when it is this far away in model space (training SDs)
+DIFFERS_SD = 0.5
+
+
+def nearest_normal(detector: Detector, record: store.Flagged) -> dict[str, Any] | None:
+    """The training rows nearest to the record in model space, with the values that differ
+    marked: categories that are not the same, numbers more than :data:`DIFFERS_SD` apart in
+    model space (None: the model kept no training rows, or the record cannot be placed)."""
+    index = detector.neighbours
+    if index is None:
+        return None
+    pre = detector.preprocessor
+    prepared = pre.transform(pd.DataFrame([record.values]))
+    if len(prepared.X) == 0:
+        return None
+    x = prepared.X[0]
+    idx, distances = index.nearest(x, NEAREST)
+    blocks = {b.name: b for b in pre.layout_}
+    rows = []
+    for i, row, distance in zip(idx, index.rows(idx), distances, strict=True):
+        differs = {}
+        for feature, block in blocks.items():
+            if block.categorical:
+                differs[feature] = str(record.values.get(feature)) != str(row.get(feature))
+            else:
+                gap = abs(float(index.points[i, block.start]) - float(x[block.start]))
+                differs[feature] = gap > DIFFERS_SD
+        rows.append({"values": row, "distance": distance, "differs": differs})
+    return {"features": list(index.values), "record": record.values, "rows": rows}
