@@ -826,7 +826,11 @@ def _unique(keys: list[tuple[str, str]]) -> list[tuple[str, str]]:
 def _lock(session: Session, keys: list[tuple[str, str]]) -> None:
     """Lock the records ``keys`` (in key order); LookupError names one that does not exist."""
     pair = tuple_(Flagged.batch_id, Flagged.record_id)
-    query = select(Flagged.batch_id, Flagged.record_id).where(pair.in_(keys)).order_by(pair)
+    query = (
+        select(Flagged.batch_id, Flagged.record_id)
+        .where(pair.in_(keys))
+        .order_by(Flagged.batch_id, Flagged.record_id)
+    )
     found = {tuple(r) for r in session.execute(query.with_for_update())}
     missing = [k for k in keys if k not in found]
     if missing:

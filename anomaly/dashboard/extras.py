@@ -12,6 +12,7 @@ from sqlalchemy import Engine
 
 from anomaly import store
 from anomaly.dashboard import search
+from anomaly.preprocessing import SchemaError
 
 if TYPE_CHECKING:
     from anomaly.detector import Detector
@@ -68,8 +69,11 @@ def nearest_normal(detector: Detector, record: store.Flagged) -> dict[str, Any] 
     if index is None:
         return None
     pre = detector.preprocessor
-    prepared = pre.transform(pd.DataFrame([record.values]))
-    if len(prepared.X) == 0:
+    try:
+        prepared = pre.transform(pd.DataFrame([record.values]))
+    except SchemaError:  # stored without a column the model reads
+        return None
+    if len(prepared.X) == 0:  # a value the model cannot place (quarantined)
         return None
     x = prepared.X[0]
     idx, distances = index.nearest(x, NEAREST)

@@ -4,6 +4,7 @@ value filters (``amount>=100``, ``channel=online``) and the sort order."""
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Literal
 from urllib.parse import urlencode
@@ -12,7 +13,7 @@ from fastapi import Depends, HTTPException, Query, Request, status
 
 from anomaly import store
 from anomaly.dashboard.api import queue_filter
-from anomaly.dashboard.security import session_user
+from anomaly.dashboard.security import api_user
 
 #: the query parameters a search is made of (kept by links between pages)
 PARAMS = (
@@ -68,8 +69,8 @@ def search_params(
     assignee: Annotated[
         str | None, Query(max_length=200, description="a reviewer, `me` or `unassigned`")
     ] = None,
-    min_score: Annotated[float | None, Query(allow_inf_nan=False)] = None,
-    max_score: Annotated[float | None, Query(allow_inf_nan=False)] = None,
+    min_score: Annotated[str | None, Query(max_length=40, description="a number")] = None,
+    max_score: Annotated[str | None, Query(max_length=40, description="a number")] = None,
     f: Annotated[
         list[str] | None,
         Query(max_length=400, description="value filters: amount>=100, channel=online"),
@@ -79,18 +80,32 @@ def search_params(
     """The search the query parameters ask for (``sort`` defaults to the queue's ``order``)."""
     mine = None
     if assignee == ME:
-        mine = session_user(request) or "\x00nobody"  # not logged in: nothing is "mine"
+        mine = api_user(request) or "\x00nobody"  # not logged in: nothing is "mine"
     return store.Search(
         where=where,
         record_id=(q or "").strip() or None,
         exact=exact,
         assignee=mine or (assignee if assignee not in (None, "", UNASSIGNED) else None),
         unassigned=assignee == UNASSIGNED,
-        min_score=min_score,
-        max_score=max_score,
+        min_score=_number("min_score", min_score),
+        max_score=_number("max_score", max_score),
         features=value_filters(request, f or []),
         sort=sort or where.order,
     )
+
+
+def _number(name: str, text: str | None) -> float | None:
+    """A finite number from a query parameter (empty: none), or 422."""
+    if text is None or not text.strip():
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        msg = f"{name} must be a number, got {text[:40]!r}"
+        raise _unprocessable(msg)
+    return value
 
 
 def kept_query(request: Request) -> str:

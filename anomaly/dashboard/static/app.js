@@ -82,6 +82,16 @@
     return true;
   }
 
+  // filters: leave empty fields out of the URL (short links; an empty date is no date)
+  const filters = document.getElementById("filters");
+  if (filters) {
+    filters.addEventListener("submit", function () {
+      filters.querySelectorAll("input, select").forEach(function (field) {
+        if (field.name && field.value === "") { field.disabled = true; }
+      });
+    });
+  }
+
   document.getElementById("help-button").addEventListener("click", function () {
     help.hidden = !help.hidden;
   });
