@@ -18,30 +18,34 @@ LEFT, RIGHT, TOP, BOTTOM = 64, 16, 26, 34
 
 @dataclass(frozen=True)
 class Series:
-    """Values per day; ``tips`` are the hover texts, ``alarms`` days drawn in red."""
+    """Values per day (None: nothing that day); ``tips`` are the hover texts, ``alarms`` days
+    drawn in red; ``counts`` puts whole numbers on the value axis."""
 
     name: str
-    values: Sequence[float]
+    values: Sequence[float | None]
     tips: Sequence[str]
     kind: str = "line"  # or "bar"
     fmt: Callable[[float], str] = lambda v: f"{v:,.0f}"
-    reference: Sequence[float] | None = None  # e.g. the expected flag rate α, dashed
+    counts: bool = True
+    reference: Sequence[float | None] | None = None  # e.g. the expected flag rate α, dashed
     alarms: Sequence[bool] | None = None
 
 
-def nice_ticks(top: float, count: int = 4) -> list[float]:
-    """Round tick values from 0 to at least ``top``.
+def nice_ticks(top: float, count: int = 4, whole: bool = False) -> list[float]:
+    """Round tick values from 0 to at least ``top`` (``whole``: whole numbers only).
 
     >>> nice_ticks(0.034)
     [0.0, 0.01, 0.02, 0.03, 0.04]
+    >>> nice_ticks(2, whole=True)
+    [0.0, 1.0, 2.0]
     """
     if top <= 0 or not math.isfinite(top):
         return [0.0, 1.0]
-    raw = top / count
+    raw = max(top / count, 1.0) if whole else top / count
     power = 10 ** math.floor(math.log10(raw))
     step = next(m * power for m in (1, 2, 2.5, 5, 10) if m * power >= raw)
     n = math.ceil(top / step - 1e-9)
-    return [round(i * step, 12) for i in range(n + 1)]
+    return [round(float(i * step), 12) for i in range(n + 1)]
 
 
 def bands(versions: Sequence[Sequence[str]]) -> list[tuple[int, int, str]]:
@@ -63,8 +67,10 @@ def day_chart(days: Sequence[date], series: Series, versions: Sequence[Sequence[
     plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
     n = len(days)
     step = plot_w / n
-    top_value = max([*series.values, *(series.reference or [])], default=0.0)
-    ticks = nice_ticks(top_value)
+    present = [v for v in series.values if v is not None]
+    reference = [v for v in series.reference or [] if v is not None]
+    top_value = max([*present, *reference], default=0.0)
+    ticks = nice_ticks(top_value, whole=series.counts)
     y_max = ticks[-1]
 
     def x_of(i: float) -> float:
@@ -96,13 +102,31 @@ def day_chart(days: Sequence[date], series: Series, versions: Sequence[Sequence[
             f'y2="{TOP + plot_h + 4}"></line><text class="x-tick" x="{x_of(i):.1f}" '
             f'y="{TOP + plot_h + 16}" text-anchor="middle">{days[i].isoformat()}</text>'
         )
+
+    def lines(values: Sequence[float | None], css: str) -> None:
+        """One polyline per run of days with values (a step per day for the reference)."""
+        runs: list[list[str]] = [[]]
+        for i, v in enumerate(values):
+            if v is None:
+                runs.append([])
+            elif css == "reference":  # α holds over the whole day
+                runs[-1] += [
+                    f"{x_of(i - 0.5):.1f},{y_of(v):.1f}",
+                    f"{x_of(i + 0.5):.1f},{y_of(v):.1f}",
+                ]
+            else:
+                runs[-1].append(f"{x_of(i):.1f},{y_of(v):.1f}")
+        for run in runs:
+            if len(run) > 1:
+                parts.append(f'<polyline class="{css}" points="{" ".join(run)}"></polyline>')
+
     if series.reference is not None:
-        ref = " ".join(f"{x_of(i):.1f},{y_of(v):.1f}" for i, v in enumerate(series.reference))
-        parts.append(f'<polyline class="reference" points="{ref}"></polyline>')
-    if series.kind == "line" and n > 1:
-        line = " ".join(f"{x_of(i):.1f},{y_of(v):.1f}" for i, v in enumerate(series.values))
-        parts.append(f'<polyline class="series" points="{line}"></polyline>')
+        lines(series.reference, "reference")
+    if series.kind == "line":
+        lines(series.values, "series")
     for i, v in enumerate(series.values):
+        if v is None:
+            continue
         alarm = bool(series.alarms and series.alarms[i])
         tip = f"<title>{escape(series.tips[i])}</title>"
         if series.kind == "bar":

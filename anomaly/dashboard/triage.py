@@ -26,6 +26,13 @@ PAGE_ROWS = 50
 FAVICON = Path(__file__).parent / "static" / "favicon.ico"
 #: the overview's range choices, in days back from the latest scored day
 RANGES = (7, 30, 90, 365)
+#: counts of searches with value filters stop here: each match is read from the JSON values
+VALUE_COUNT_LIMIT = 1_000
+
+
+def count_limit(s: store.Search) -> int:
+    """Where a search's counts stop (“1,000+”)."""
+    return VALUE_COUNT_LIMIT if s.features else COUNT_LIMIT
 
 
 @router.get("/favicon.ico")
@@ -47,13 +54,13 @@ def _n_cal(request: Request, versions: set[str]) -> dict[str, int]:
     return out
 
 
-def _position(page: store.Page, shown: int) -> str:
+def _position(page: store.Page, shown: int, limit: int) -> str:
     """``101–150 of 3,412`` (``10,000+`` when the count stopped at its limit)."""
     if not shown:
         return "no records"
-    total = f"{page.total:,}" + ("+" if page.total >= COUNT_LIMIT else "")
-    first = f"{page.offset + 1:,}" + ("+" if page.offset >= COUNT_LIMIT else "")
-    last = f"{page.offset + shown:,}" + ("+" if page.offset >= COUNT_LIMIT else "")
+    total = f"{page.total:,}" + ("+" if page.total >= limit else "")
+    first = f"{page.offset + 1:,}" + ("+" if page.offset >= limit else "")
+    last = f"{page.offset + shown:,}" + ("+" if page.offset >= limit else "")
     return f"{first}–{last} of {total}"
 
 
@@ -87,7 +94,7 @@ def queue_page(
     engine = request.app.state.engine
     page = store.search(
         engine, s, PAGE_ROWS, after=search.decode(after or cursor, s),
-        before=search.decode(before, s), count_limit=COUNT_LIMIT,
+        before=search.decode(before, s), count_limit=count_limit(s),
     )  # fmt: skip
     query = search.kept_query(request)
 
@@ -99,7 +106,7 @@ def queue_page(
         "queue.html",
         rows=[(r, record_url(r, query)) for r in page.rows],
         keys=[_key_value(r) for r in page.rows],
-        position=_position(page, len(page.rows)),
+        position=_position(page, len(page.rows), count_limit(s)),
         choices=store.filter_choices(engine),
         assignees=sorted({*request.app.state.accounts.users, *store.reviewers_assigned(engine)}),
         params=request.query_params,
@@ -257,6 +264,16 @@ def _range(
     return end - timedelta(days=days - 1), end, days
 
 
+def _versions_in_force(days: list[store.Day | None]) -> list[tuple[str, ...]]:
+    """The model versions of each day; a day nothing was scored keeps the day before's."""
+    known = [d.versions for d in days if d is not None]
+    out, current = [], known[0] if known else ()
+    for d in days:
+        current = d.versions if d is not None else current
+        out.append(current)
+    return out
+
+
 @router.get("/overview", response_class=HTMLResponse)
 def overview_page(
     request: Request,
@@ -269,47 +286,64 @@ def overview_page(
     version in force as bands."""
     first, last, days = _range(request, days, since, until)
     rows = store.overview(request.app.state.engine, first, last)
-    dates = [d.day for d in rows]
-    versions = [d.versions for d in rows]
+    by_day = {d.day: d for d in rows}
+    if rows:  # every day of the range on the axis, scored or not
+        start, end = first or rows[0].day, last or rows[-1].day
+        dates = [start + timedelta(days=i) for i in range((end - start).days + 1)]
+    else:
+        dates = []
+    days_ = [by_day.get(d) for d in dates]
+    versions = _versions_in_force(days_)
 
-    def tip(d: store.Day, what: str) -> str:
+    def tip(d: store.Day | None, what: str) -> str:
+        if d is None:
+            return ""
         return f"{d.day}: {what} — {d.batches} batch(es), model " + ", ".join(
             f"v{v}" for v in d.versions
         )
 
+    def each(value: Any) -> list[Any]:
+        return [None if d is None else value(d) for d in days_]
+
     charts = [
         timecharts.Series(
             "flag rate (dashed: expected α)",
-            [d.flag_rate for d in rows],
+            each(lambda d: d.flag_rate),
             [
                 tip(
                     d,
-                    f"flag rate {d.flag_rate:.4f} ({d.rows_flagged:,} of {d.rows_scored:,}), "
-                    f"α {d.expected_rate:.4f}",
+                    f"flag rate {d.flag_rate:.4f} ({d.rows_flagged:,} of "
+                    f"{d.rows_scored:,}), α {d.expected_rate:.4f}",
                 )
-                for d in rows
+                if d
+                else ""
+                for d in days_
             ],
             fmt=lambda v: f"{v:.3g}",
-            reference=[d.expected_rate for d in rows],
-            alarms=[d.alarms > 0 for d in rows],
+            counts=False,
+            reference=each(lambda d: d.expected_rate),
+            alarms=each(lambda d: d.alarms > 0),
         ),
         timecharts.Series(
             "shift alarms",
-            [d.alarms for d in rows],
-            [tip(d, f"{d.alarms} shift alarm(s)") for d in rows],
+            each(lambda d: d.alarms),
+            [tip(d, f"{d.alarms} shift alarm(s)") if d else "" for d in days_],
             kind="bar",
-            alarms=[d.alarms > 0 for d in rows],
+            alarms=each(lambda d: d.alarms > 0),
         ),
         timecharts.Series(
             "rows scored",
-            [d.rows_scored for d in rows],
-            [tip(d, f"{d.rows_scored:,} rows scored, {d.rows_flagged:,} flagged") for d in rows],
+            each(lambda d: d.rows_scored),
+            [
+                tip(d, f"{d.rows_scored:,} rows scored, {d.rows_flagged:,} flagged") if d else ""
+                for d in days_
+            ],
             kind="bar",
         ),
         timecharts.Series(
-            "review backlog (flagged, not yet reviewed, at the day's end)",
-            [d.backlog for d in rows],
-            [tip(d, f"backlog {d.backlog:,}") for d in rows],
+            "review backlog (flagged, not yet reviewed, at the end of each scoring day)",
+            each(lambda d: d.backlog),
+            [tip(d, f"backlog {d.backlog:,}") if d else "" for d in days_],
         ),
     ]
     return render(
@@ -336,8 +370,14 @@ class SearchPageOut(BaseModel):
     items: list[FlaggedOut]
     next: str | None
     previous: str | None
-    offset: int = Field(description=f"records before this page, counted up to {COUNT_LIMIT}")
-    total: int = Field(description=f"matching records, counted up to {COUNT_LIMIT}")
+    offset: int = Field(
+        description=f"records before this page, counted up to {COUNT_LIMIT} "
+        f"({VALUE_COUNT_LIMIT} with value filters)"
+    )
+    total: int = Field(
+        description=f"matching records, counted up to {COUNT_LIMIT} "
+        f"({VALUE_COUNT_LIMIT} with value filters)"
+    )
     total_capped: bool
 
 
@@ -355,7 +395,7 @@ def api_search(
     repeatable: ``amount>=100``, ``channel=online``), in the order ``sort``; keyset pages."""
     page = store.search(
         request.app.state.engine, s, limit, after=search.decode(after, s),
-        before=search.decode(before, s), count_limit=COUNT_LIMIT,
+        before=search.decode(before, s), count_limit=count_limit(s),
     )  # fmt: skip
     return SearchPageOut(
         items=[FlaggedOut.of(r) for r in page.rows],
@@ -363,7 +403,7 @@ def api_search(
         previous=store.encode_key(page.first) if page.has_previous and page.first else None,
         offset=page.offset,
         total=page.total,
-        total_capped=page.total >= COUNT_LIMIT,
+        total_capped=page.total >= count_limit(s),
     )
 
 
