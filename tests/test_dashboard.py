@@ -619,3 +619,29 @@ def test_typical_values_follow_the_column_kind() -> None:
     )
     assert display.p_value_text(1 / 4001, 4000) == "< 1/4001"
     assert display.p_value_text(2 / 4001, 4000) == "0.0005"
+
+
+def test_normal_index_finds_the_nearest_rows_and_round_trips(tmp_path: Path) -> None:
+    import numpy as np
+
+    from anomaly.neighbours import NormalIndex
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(500, 3))
+    raw = pd.DataFrame({"x": X[:, 0] * 10, "c": np.where(X[:, 1] > 0, "a", "b")})
+    index = NormalIndex.build(X, raw, max_rows=200)
+    assert index.points.shape == (200, 3)
+    query = index.points[17] + 1e-3
+    idx, dist = index.nearest(query, k=4)
+    assert idx[0] == 17
+    assert list(dist) == sorted(dist)
+    brute = np.argsort(np.linalg.norm(index.points - query, axis=1))[:4]
+    assert list(idx) == list(brute)
+    index.save(tmp_path)
+    loaded = NormalIndex.load(tmp_path)
+    assert np.array_equal(loaded.points, index.points)
+    assert loaded.rows(idx) == index.rows(idx)
+    assert isinstance(loaded.rows(idx)[0]["c"], str)
+    assert NormalIndex.load(tmp_path / "none") is None
+    with pytest.raises(ValueError, match="same rows"):
+        NormalIndex.build(X, raw.iloc[:10])

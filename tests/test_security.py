@@ -28,6 +28,7 @@ ARTIFACT_FILES = [
     "calibration.json",
     "preprocessing.json",
     "detector.json",
+    "neighbours.npz",
 ]
 
 

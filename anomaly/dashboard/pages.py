@@ -19,7 +19,6 @@ from anomaly.dashboard.security import accounts, page_reader, session_user
 router = APIRouter(include_in_schema=False)
 Reader = Annotated[str | None, Depends(page_reader)]
 Searched = Annotated[store.Search, Depends(search.search_params)]
-PAGE_ROWS = 50
 QUARANTINE_ROWS = 200
 
 
