@@ -680,7 +680,7 @@ class Search:
             raise ValueError(msg)
 
 
-def _searched(query: Select[Any], s: Search) -> Select[Any]:
+def _searched(query: Select[Any], s: Search, dialect: str) -> Select[Any]:
     query = _filtered(query, s.where)
     if s.record_id:
         if s.exact:
@@ -688,6 +688,10 @@ def _searched(query: Select[Any], s: Search) -> Select[Any]:
         else:  # substr, not LIKE: no wildcards to escape, and case-sensitive on every database
             prefix = func.substr(Flagged.record_id, 1, len(s.record_id))
             query = query.where(prefix == s.record_id)
+            if dialect == "sqlite":  # its text order is byte order: the range is exact and
+                # lets ix_flagged_record_id find the ids (other collations may not be)
+                top = s.record_id + chr(0x10FFFF)
+                query = query.where(Flagged.record_id >= s.record_id, Flagged.record_id < top)
     if s.unassigned:
         query = query.where(Flagged.assignee.is_(None))
     elif s.assignee is not None:
@@ -746,7 +750,7 @@ def search(
     ``offset`` and ``total`` are counted (up to ``count_limit``) only if ``counted``."""
     columns, ascending = _sort_key(s.sort)
     backwards = before is not None
-    query = _searched(select(Flagged), s)
+    query = _searched(select(Flagged), s, engine.dialect.name)
     if backwards:
         query = query.where(_beyond(columns, before, forward=not ascending))
     elif after is not None:
@@ -780,7 +784,7 @@ def search_count(
 ) -> int:
     """How many records ``s`` matches (only those before the key ``before``), counting at
     most ``limit``."""
-    matching = _searched(select(Flagged.batch_id), s)
+    matching = _searched(select(Flagged.batch_id), s, engine.dialect.name)
     if before is not None:
         columns, ascending = _sort_key(s.sort)
         matching = matching.where(_beyond(columns, before, forward=not ascending))

@@ -482,3 +482,25 @@ def test_overview_per_day_with_backlog(engine: sa.Engine) -> None:
     assert first.versions == ("1",)
     assert (first.backlog, third.backlog) == (20, 26)  # 20 flagged; −4 reviewed on the 2nd, +10
     assert [d.day.day for d in store.overview(engine, since=days[1].day)] == [3]
+
+
+def test_sqlite_search_by_id_and_time_come_from_indexes(tmp_path: Path) -> None:
+    """An id (or its start) is found through ix_flagged_record_id; time and assignee orders
+    page through their own indexes without a sort."""
+    engine = store.connect(f"sqlite:///{tmp_path / 'review.db'}")
+
+    def plan(s: store.Search) -> str:
+        columns, ascending = store._sort_key(s.sort)
+        query = store._searched(sa.select(store.Flagged), s, "sqlite").order_by(
+            *(c if ascending else c.desc() for c in columns)
+        )
+        compiled = query.limit(51).compile(engine, compile_kwargs={"literal_binds": True})
+        with engine.connect() as conn:
+            rows = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}")
+            return " ".join(str(row[-1]) for row in rows)
+
+    assert "ix_flagged_record_id" in plan(store.Search(record_id="b4-r00"))
+    assert "ix_flagged_record_id" in plan(store.Search(record_id="b4-r000001", exact=True))
+    for s in (store.Search(sort="time_desc"), store.Search(unassigned=True),
+              store.Search(assignee="ann"), store.Search(sort="batch")):  # fmt: skip
+        assert "TEMP B-TREE" not in plan(s), (s, plan(s))
