@@ -20,6 +20,7 @@ import pandas as pd
 from anomaly import models
 from anomaly.calibration import Calibrator
 from anomaly.models import DensityModel
+from anomaly.neighbours import NormalIndex
 from anomaly.preprocessing import REASON, Preprocessor
 from anomaly.schema import SCORE_COLUMNS
 
@@ -51,6 +52,8 @@ class Detector:
         self.model = model
         self.calibrator = calibrator
         self.metadata = dict(metadata or {})
+        #: training rows for "nearest normal records" (set by training; None: not kept)
+        self.neighbours: NormalIndex | None = None
 
     def log_likelihood(self, df: pd.DataFrame) -> tuple[np.ndarray, Scored]:
         """Raw-space log-likelihood of the valid rows of ``df`` (nats per record)."""
@@ -123,6 +126,8 @@ class Detector:
         self.preprocessor.save(directory)
         self.calibrator.save(directory)
         self.model.save(directory / "model")
+        if self.neighbours is not None:
+            self.neighbours.save(directory)
         meta = {**self.metadata, "feature_names": self.preprocessor.feature_names_}
         (directory / "detector.json").write_text(json.dumps(meta, indent=2, default=str))
         return directory
@@ -135,12 +140,14 @@ class Detector:
             msg = f"no saved detector in {directory}: detector.json is missing"
             raise FileNotFoundError(msg)
         try:
-            return cls(
+            detector = cls(
                 Preprocessor.load(directory),
                 models.load(directory / "model"),
                 Calibrator.load(directory),
                 json.loads((directory / "detector.json").read_text()),
             )
+            detector.neighbours = NormalIndex.load(directory)
+            return detector
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             msg = f"refusing to load the detector in {directory}: a .json file is not JSON text"
             raise ValueError(msg) from exc

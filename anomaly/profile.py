@@ -19,7 +19,8 @@ TOP_CATEGORIES = 20
 
 
 def feature_profile(df: pd.DataFrame, features: Features) -> dict[str, Any]:
-    """Quantiles of every numeric feature and category frequencies of every categorical one.
+    """Quantiles of every numeric feature (and whether it holds whole numbers only) and category
+    frequencies of every categorical one.
 
     >>> from anomaly.config import Features
     >>> df = pd.DataFrame({"id": range(5), "x": [1.0, 2, 3, 4, 5], "c": list("aabbb")})
@@ -33,6 +34,7 @@ def feature_profile(df: pd.DataFrame, features: Features) -> dict[str, Any]:
         if len(x):
             q = x.quantile([p / 100 for p in QUANTILES]).to_numpy()
             numeric[col] = {f"q{p:02d}": float(v) for p, v in zip(QUANTILES, q, strict=True)}
+            numeric[col]["integer"] = bool((x % 1 == 0).all())  # counts: shown as whole numbers
     categorical: dict[str, dict[str, Any]] = {}
     for col in features.categorical:
         freq = df[col].dropna().astype(str).value_counts(normalize=True)

@@ -20,7 +20,7 @@ import base64
 import json
 import math
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -41,6 +41,7 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    literal,
     select,
     tuple_,
     update,
@@ -110,6 +111,8 @@ class Flagged(Base):
     scored_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     #: the latest review's label (a copy kept by :func:`add_review`); None: not reviewed
     label: Mapped[str | None] = mapped_column(String(20), nullable=True)
+    #: the latest assignment's reviewer (a copy kept by :func:`assign`); None: unassigned
+    assignee: Mapped[str | None] = mapped_column(String(200), nullable=True)
 
     # the queue's orders: by score, optionally within one batch / model version / label
     __table_args__ = (
@@ -119,6 +122,9 @@ class Flagged(Base):
             "ix_flagged_version_queue", "model_version", "log_likelihood", "batch_id", "record_id"
         ),
         Index("ix_flagged_label_queue", "label", "log_likelihood", "batch_id", "record_id"),
+        Index("ix_flagged_assignee_queue", "assignee", "log_likelihood", "batch_id", "record_id"),
+        Index("ix_flagged_time_queue", "scored_at", "batch_id", "record_id"),
+        Index("ix_flagged_record_id", "record_id"),
     )
 
 
@@ -183,6 +189,34 @@ class LoginSession(Base):
     credential: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
+class Assignment(Base):
+    """One entry of the append-only assignment log (``assignee`` None: unassigned)."""
+
+    __tablename__ = "assignments"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    batch_id: Mapped[str] = mapped_column(String(300))
+    record_id: Mapped[str] = mapped_column(String(300))
+    assignee: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    assigned_by: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (Index("ix_assignments_record_log", "batch_id", "record_id", "id"),)
+
+
+class Comment(Base):
+    """One comment of a record's append-only thread."""
+
+    __tablename__ = "comments"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    batch_id: Mapped[str] = mapped_column(String(300))
+    record_id: Mapped[str] = mapped_column(String(300))
+    author: Mapped[str] = mapped_column(String(200))
+    body: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (Index("ix_comments_record_log", "batch_id", "record_id", "id"),)
 
 
 def default_url(home: Path) -> str:
@@ -406,6 +440,7 @@ def write_batch(
             .where(Flagged.batch_id == summary.batch_id, reviewed.exists())
             .values(label=_latest_label())
         )
+        _restore_assignees(session, summary.batch_id)
 
 
 def add_review(
@@ -797,3 +832,406 @@ def live_sessions(engine: Engine) -> list[LoginSession]:
     )
     with Session(engine) as session:
         return list(session.scalars(query))
+
+
+# ---------------------------------------------------------------------------- search and triage
+
+#: the orders search results come in: score (most anomalous first or last), time, batch
+Sort = Literal["score_desc", "score_asc", "time_desc", "time_asc", "batch"]
+SORTS: tuple[str, ...] = ("score_desc", "score_asc", "time_desc", "time_asc", "batch")
+#: records per bulk action (one transaction)
+BULK_LIMIT = 1_000
+
+
+def _sort_key(sort: str) -> tuple[tuple[Any, ...], bool]:
+    """The key columns of an order (each backed by an index) and whether it ascends."""
+    if sort == "batch":
+        return (Flagged.batch_id, Flagged.log_likelihood, Flagged.record_id), True
+    if sort in ("time_desc", "time_asc"):
+        return (Flagged.scored_at, Flagged.batch_id, Flagged.record_id), sort == "time_asc"
+    return _score_columns(), sort == "score_desc"
+
+
+def _score_columns() -> tuple[Any, ...]:
+    return Flagged.log_likelihood, Flagged.batch_id, Flagged.record_id
+
+
+@dataclass(frozen=True)
+class FeatureFilter:
+    """A condition on one stored value: a numeric range (``low``/``high``, inclusive) or a
+    category (``equals``)."""
+
+    feature: str
+    low: float | None = None
+    high: float | None = None
+    equals: str | None = None
+
+
+@dataclass(frozen=True)
+class Search:
+    """What the search box and the queue's filters ask for.
+
+    ``record_id`` matches ids that start with it (``exact``: only that id); ``min_score`` /
+    ``max_score`` bound the score (−log-likelihood); ``assignee`` is a reviewer, and
+    ``unassigned`` asks for records assigned to nobody.
+    """
+
+    where: QueueFilter = QueueFilter()
+    record_id: str | None = None
+    exact: bool = False
+    assignee: str | None = None
+    unassigned: bool = False
+    min_score: float | None = None
+    max_score: float | None = None
+    features: tuple[FeatureFilter, ...] = ()
+    sort: str = "score_desc"
+
+    def __post_init__(self) -> None:
+        if self.sort not in SORTS:
+            msg = f"sort must be one of {SORTS}, got {self.sort!r}"
+            raise ValueError(msg)
+
+
+def _searched(query: Select[Any], s: Search, dialect: str) -> Select[Any]:
+    query = _filtered(query, s.where)
+    if s.record_id:
+        if s.exact:
+            query = query.where(Flagged.record_id == s.record_id)
+        else:  # substr, not LIKE: no wildcards to escape, and case-sensitive on every database
+            prefix = func.substr(Flagged.record_id, 1, len(s.record_id))
+            query = query.where(prefix == s.record_id)
+            if dialect == "sqlite":  # its text order is byte order: the range is exact and
+                # lets ix_flagged_record_id find the ids (other collations may not be)
+                top = s.record_id + chr(0x10FFFF)
+                query = query.where(Flagged.record_id >= s.record_id, Flagged.record_id < top)
+    if s.unassigned:
+        query = query.where(Flagged.assignee.is_(None))
+    elif s.assignee is not None:
+        query = query.where(Flagged.assignee == s.assignee)
+    if s.min_score is not None:
+        query = query.where(Flagged.log_likelihood <= -s.min_score)
+    if s.max_score is not None:
+        query = query.where(Flagged.log_likelihood >= -s.max_score)
+    for f in s.features:
+        value = Flagged.values[f.feature]  # the name is a bound JSON path, never SQL text
+        if f.equals is not None:
+            query = query.where(value.as_string() == f.equals)
+        if f.low is not None:
+            query = query.where(value.as_float() >= f.low)
+        if f.high is not None:
+            query = query.where(value.as_float() <= f.high)
+    return query
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of search results: ``offset`` records come before it, ``total`` match (both
+    counted up to the limit given); ``first``/``last`` are the keys to page back and on from."""
+
+    rows: list[Flagged]
+    has_previous: bool
+    has_next: bool
+    offset: int
+    total: int
+    first: tuple[Any, ...] | None
+    last: tuple[Any, ...] | None
+
+
+def search_key(record: Flagged, s: Search) -> tuple[Any, ...]:
+    """A record's position in the order of ``s``."""
+    return tuple(getattr(record, c.key) for c in _sort_key(s.sort)[0])
+
+
+def _beyond(columns: tuple[Any, ...], key: tuple[Any, ...], forward: bool) -> Any:
+    """Rows strictly after (``forward``) or before ``key`` in the columns' ascending order."""
+    values = tuple_(*(literal(v, c.type) for v, c in zip(key, columns, strict=True)))
+    return tuple_(*columns) > values if forward else tuple_(*columns) < values
+
+
+def search(
+    engine: Engine,
+    s: Search,
+    limit: int = 50,
+    after: tuple[Any, ...] | None = None,
+    before: tuple[Any, ...] | None = None,
+    count_limit: int | None = None,
+    counted: bool = True,
+) -> Page:
+    """A keyset page of the records ``s`` matches: the one after ``after`` or the one before
+    ``before`` (neither: the first). Each page is an index range scan, however deep; its
+    ``offset`` and ``total`` are counted (up to ``count_limit``) only if ``counted``."""
+    columns, ascending = _sort_key(s.sort)
+    backwards = before is not None
+    query = _searched(select(Flagged), s, engine.dialect.name)
+    if backwards:
+        query = query.where(_beyond(columns, before, forward=not ascending))
+    elif after is not None:
+        query = query.where(_beyond(columns, after, forward=ascending))
+    reverse = ascending == backwards
+    query = query.order_by(*(c.desc() if reverse else c for c in columns))
+    with Session(engine) as session:
+        rows = list(session.scalars(query.limit(limit + 1)))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    if backwards:
+        rows.reverse()
+    first = search_key(rows[0], s) if rows else None
+    last = search_key(rows[-1], s) if rows else None
+    offset = 0
+    if counted and first is not None and (backwards or after is not None):
+        offset = search_count(engine, s, count_limit, before=first)
+    return Page(
+        rows=rows,
+        has_previous=more if backwards else after is not None and (offset > 0 or not counted),
+        has_next=True if backwards else more,
+        offset=offset,
+        total=search_count(engine, s, count_limit) if counted else 0,
+        first=first,
+        last=last,
+    )
+
+
+def search_count(
+    engine: Engine, s: Search, limit: int | None = None, before: tuple[Any, ...] | None = None
+) -> int:
+    """How many records ``s`` matches (only those before the key ``before``), counting at
+    most ``limit``."""
+    matching = _searched(select(Flagged.batch_id), s, engine.dialect.name)
+    if before is not None:
+        columns, ascending = _sort_key(s.sort)
+        matching = matching.where(_beyond(columns, before, forward=not ascending))
+    if limit is not None:
+        matching = matching.limit(limit)
+    with Session(engine) as session:
+        return int(session.scalar(select(func.count()).select_from(matching.subquery())))
+
+
+def encode_key(key: tuple[Any, ...]) -> str:
+    """An opaque, URL-safe cursor for a search position (times as ISO-8601)."""
+    plain = [v.isoformat() if isinstance(v, datetime) else v for v in key]
+    return base64.urlsafe_b64encode(json.dumps(plain).encode()).decode().rstrip("=")
+
+
+def decode_key(cursor: str, sort: str) -> tuple[Any, ...]:
+    """The search position a cursor of :func:`encode_key` stands for, in the order ``sort``."""
+    try:
+        raw = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        a, b, c = raw
+        if sort in ("time_desc", "time_asc"):
+            return datetime.fromisoformat(str(a)), str(b), str(c)
+        if sort == "batch":
+            return str(a), float(b), str(c)
+        return float(a), str(b), str(c)
+    except (ValueError, TypeError) as exc:
+        msg = f"invalid page cursor {cursor!r}: use a link of a previous page"
+        raise ValueError(msg) from exc
+
+
+def _unique(keys: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Distinct keys in a fixed order: every transaction locks rows in the same order."""
+    keys = sorted(set(keys))
+    if not keys:
+        msg = "select at least one record"
+        raise ValueError(msg)
+    if len(keys) > BULK_LIMIT:
+        msg = f"at most {BULK_LIMIT} records per action, got {len(keys)}"
+        raise ValueError(msg)
+    return keys
+
+
+def _lock(session: Session, keys: list[tuple[str, str]]) -> None:
+    """Lock the records ``keys`` (in key order); LookupError names one that does not exist."""
+    pair = tuple_(Flagged.batch_id, Flagged.record_id)
+    query = (
+        select(Flagged.batch_id, Flagged.record_id)
+        .where(pair.in_(keys))
+        .order_by(Flagged.batch_id, Flagged.record_id)
+    )
+    found = {tuple(r) for r in session.execute(query.with_for_update())}
+    missing = [k for k in keys if k not in found]
+    if missing:
+        batch_id, record_id = missing[0]
+        msg = f"no flagged record {record_id!r} in batch {batch_id!r} ({len(missing)} missing)"
+        raise LookupError(msg)
+
+
+def add_reviews(
+    engine: Engine, keys: list[tuple[str, str]], label: str, reviewer: str, note: str = ""
+) -> int:
+    """Label many records in one transaction: one review-log entry per record, and each
+    record's current label becomes ``label``. All or nothing; returns the number labelled."""
+    if label not in LABELS:
+        msg = f"label must be one of {LABELS}, got {label!r}"
+        raise ValueError(msg)
+    keys = _unique(keys)
+    now = datetime.now(UTC)
+    with Session(engine) as session, session.begin():
+        _lock(session, keys)
+        session.execute(
+            insert(Review),
+            [
+                {"batch_id": b, "record_id": r, "label": label, "note": note,
+                 "reviewer": reviewer, "created_at": now}
+                for b, r in keys
+            ],
+        )  # fmt: skip
+        pair = tuple_(Flagged.batch_id, Flagged.record_id)
+        session.execute(update(Flagged).where(pair.in_(keys)).values(label=label))
+    return len(keys)
+
+
+def assign(
+    engine: Engine, keys: list[tuple[str, str]], assignee: str | None, assigned_by: str
+) -> int:
+    """Assign records to a reviewer (None: unassign) in one transaction, logging each."""
+    keys = _unique(keys)
+    now = datetime.now(UTC)
+    with Session(engine) as session, session.begin():
+        _lock(session, keys)
+        session.execute(
+            insert(Assignment),
+            [
+                {"batch_id": b, "record_id": r, "assignee": assignee,
+                 "assigned_by": assigned_by, "created_at": now}
+                for b, r in keys
+            ],
+        )  # fmt: skip
+        pair = tuple_(Flagged.batch_id, Flagged.record_id)
+        session.execute(update(Flagged).where(pair.in_(keys)).values(assignee=assignee))
+    return len(keys)
+
+
+def _restore_assignees(session: Session, batch_id: str) -> None:
+    """After a batch is re-stored: each record's assignee from the assignment log."""
+    logged = select(Assignment.id).where(
+        Assignment.batch_id == Flagged.batch_id, Assignment.record_id == Flagged.record_id
+    )
+    latest = (
+        select(Assignment.assignee)
+        .where(Assignment.batch_id == Flagged.batch_id, Assignment.record_id == Flagged.record_id)
+        .order_by(Assignment.id.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+    session.execute(
+        update(Flagged).where(Flagged.batch_id == batch_id, logged.exists()).values(assignee=latest)
+    )
+
+
+def reviewers_assigned(engine: Engine) -> list[str]:
+    """The reviewers records are assigned to, for the assignee filter."""
+    with Session(engine) as session:
+        names = session.scalars(
+            select(Flagged.assignee).where(Flagged.assignee.is_not(None)).distinct()
+        )
+        return sorted(names)
+
+
+def add_comment(engine: Engine, batch_id: str, record_id: str, author: str, body: str) -> Comment:
+    """Append a comment to a record's thread (comments are never edited or deleted)."""
+    body = body.strip()
+    if not body:
+        msg = "a comment needs some text"
+        raise ValueError(msg)
+    with Session(engine, expire_on_commit=False) as session, session.begin():
+        if session.get(Flagged, (batch_id, record_id)) is None:
+            msg = f"no flagged record {record_id!r} in batch {batch_id!r}"
+            raise LookupError(msg)
+        comment = Comment(
+            batch_id=batch_id, record_id=record_id, author=author, body=body,
+            created_at=datetime.now(UTC),
+        )  # fmt: skip
+        session.add(comment)
+    return comment
+
+
+def comments_of(engine: Engine, batch_id: str, record_id: str) -> list[Comment]:
+    """A record's comment thread, oldest first."""
+    query = (
+        select(Comment)
+        .where(Comment.batch_id == batch_id, Comment.record_id == record_id)
+        .order_by(Comment.id)
+    )
+    with Session(engine) as session:
+        return list(session.scalars(query))
+
+
+# ---------------------------------------------------------------------------- overview
+
+
+@dataclass(frozen=True)
+class Day:
+    """One UTC day of scoring: rows scored and flagged, the expected rate α, shift alarms, the
+    model versions that scored, and the review backlog (flagged so far, not yet reviewed) at
+    the day's end."""
+
+    day: date
+    batches: int
+    rows_scored: int
+    rows_flagged: int
+    expected_rate: float
+    alarms: int
+    versions: tuple[str, ...]
+    backlog: int
+
+    @property
+    def flag_rate(self) -> float:
+        return self.rows_flagged / self.rows_scored if self.rows_scored else 0.0
+
+
+def _utc_day(engine: Engine, column: Any) -> Any:
+    """A timestamp column's UTC date as ``YYYY-MM-DD`` text."""
+    if engine.dialect.name == "sqlite":  # stored as UTC text
+        return func.substr(column, 1, 10)
+    return func.to_char(func.timezone("UTC", column), "YYYY-MM-DD")
+
+
+def overview(engine: Engine, since: date | None = None, until: date | None = None) -> list[Day]:
+    """Per UTC day from ``since`` to ``until`` (inclusive; default: the stored range), what was
+    scored and flagged, and the review backlog at each day's end (counting from the start)."""
+    first_review = (
+        select(func.min(Review.created_at).label("at"))
+        .group_by(Review.batch_id, Review.record_id)
+        .subquery()
+    )
+    day = _utc_day(engine, first_review.c.at)
+    with Session(engine) as session:
+        rows = session.execute(
+            select(
+                Batch.scored_at, Batch.rows_scored, Batch.rows_flagged, Batch.expected_rate,
+                Batch.shift_alarm, Batch.model_version,
+            ).where(Batch.status == "scored")
+        ).all()  # fmt: skip
+        reviewed = dict(session.execute(select(day, func.count()).group_by(day)).all())
+    days: dict[date, dict[str, Any]] = {}
+    for at, scored, flagged, alpha, alarm, version in rows:
+        d = (at if at.tzinfo is None else at.astimezone(UTC)).date()
+        entry = days.setdefault(d, {"batches": 0, "scored": 0, "flagged": 0, "alpha": 0.0,
+                                    "alarms": 0, "versions": set()})  # fmt: skip
+        entry["batches"] += 1
+        entry["scored"] += scored
+        entry["flagged"] += flagged
+        entry["alpha"] += alpha * scored
+        entry["alarms"] += int(alarm)
+        entry["versions"].add(version)
+    reviews_by_day = {date.fromisoformat(k): v for k, v in reviewed.items() if k}
+    timeline = sorted(set(days) | set(reviews_by_day))
+    out, backlog = [], 0
+    for d in timeline:
+        entry = days.get(d)
+        backlog += (entry["flagged"] if entry else 0) - reviews_by_day.get(d, 0)
+        if entry is None or (since and d < since) or (until and d > until):
+            continue
+        out.append(
+            Day(
+                day=d,
+                batches=entry["batches"],
+                rows_scored=entry["scored"],
+                rows_flagged=entry["flagged"],
+                expected_rate=entry["alpha"] / entry["scored"] if entry["scored"] else 0.0,
+                alarms=entry["alarms"],
+                versions=tuple(sorted(entry["versions"], key=lambda v: (len(v), v))),
+                backlog=max(backlog, 0),
+            )
+        )
+    return out

@@ -16,6 +16,7 @@ from anomaly.calibration import Calibrator
 from anomaly.config import Config
 from anomaly.detector import Detector
 from anomaly.io import read_table
+from anomaly.neighbours import NormalIndex
 from anomaly.preprocessing import Prepared, Preprocessor
 from anomaly.profile import feature_profile
 from anomaly.sample_check import sample_quality
@@ -86,6 +87,9 @@ def train(
         "profile": feature_profile(df.iloc[train_idx], config.features),  # for reviewers
     }
     detector = Detector(pre, model, calibrator, metadata)
+    fit_raw = df.iloc[train_idx].reset_index(drop=True).iloc[fit_part.scored.index]
+    columns = [*config.features.numeric, *config.features.categorical]
+    detector.neighbours = NormalIndex.build(fit_part.X, fit_raw[columns], config.model.seed)
     metrics = {
         "rows_train": float(len(fit_part.X)),
         "rows_calibration": float(len(cal_ll)),

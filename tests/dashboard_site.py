@@ -3,12 +3,15 @@ batch scored by the pipeline, and synthetic flagged batches with contributions."
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import yaml
+from sqlalchemy import update
 from store_data import fill
 
+from anomaly import store
 from anomaly.config import Config, load_config
 from anomaly.dashboard.auth import hash_password, hash_token
 from anomaly.demo_data import generate_normal, plant_anomalies
@@ -50,7 +53,8 @@ def write_config(folder: Path, **dashboard: Any) -> Path:
 
 
 def build_site(folder: Path) -> Config:
-    """Train v1 (champion), score one real batch, add three synthetic batches."""
+    """Train v1 (champion), score one real batch, add three synthetic batches scored on the
+    three days before (so the overview has days)."""
     path = write_config(folder)
     generate_normal(3000, seed=0).to_parquet(folder / "train.parquet")
     (folder / "inbox").mkdir(exist_ok=True)
@@ -59,5 +63,15 @@ def build_site(folder: Path) -> Config:
     config = load_config(path)
     train_and_store(config)
     score_batches(config, [folder / "inbox" / "real.parquet"])
-    fill(store_engine(config), batches=3, per_batch=30, version="1")
+    engine = store_engine(config)
+    written = fill(engine, batches=3, per_batch=30, version="1")
+    today = datetime.now(UTC)
+    with engine.begin() as conn:
+        for days_ago, s in zip((3, 2, 1), written, strict=True):
+            for table in (store.Batch, store.Flagged):
+                conn.execute(
+                    update(table)
+                    .where(table.batch_id == s.batch_id)
+                    .values(scored_at=today - timedelta(days=days_ago))
+                )
     return config

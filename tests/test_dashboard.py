@@ -217,7 +217,7 @@ def test_queue_page_filters_and_pages(client: TestClient) -> None:
     login(client)
     page = client.get("/queue")
     assert "next page" in page.text
-    next_url = re.search(r'href="(/queue\?cursor=[^"]+)" id="next-page"', page.text).group(1)
+    next_url = re.search(r'href="(/queue\?after=[^"]+)" id="next-page"', page.text).group(1)
     second = client.get(next_url.replace("&amp;", "&"))
     assert second.status_code == 200
     assert "first page" in second.text
@@ -398,3 +398,253 @@ def test_cli_export_and_hash_password(config, tmp_path: Path) -> None:
     assert "long-password" not in hashed.output.replace("password:", "")
     token = runner.invoke(cli, ["hash-password", "--token"])
     assert "sha256:" in token.output
+
+
+# ---------------------------------------------------------------------------- triage (issue 19)
+
+THIRD = "batch-002.parquet"
+BOT = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def search(client: TestClient, **params: object) -> dict:
+    response = client.get("/api/search", params=params, headers=BOT)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_search_api_filters(config, client: TestClient) -> None:
+    prefix = search(client, q="b2-r00001")
+    assert sorted(r["record_id"] for r in prefix["items"]) == [f"b2-r00001{i}" for i in range(10)]
+    exact = search(client, q="b2-r000013", exact=True)["items"]
+    assert [(r["batch_id"], r["record_id"]) for r in exact] == [(THIRD, "b2-r000013")]
+    assert search(client, q="B2-R00001")["items"] == []  # ids are case-sensitive everywhere
+    in_batch = search(client, batch_id=THIRD, limit=500)
+    assert in_batch["total"] == 30
+    assert {r["batch_id"] for r in in_batch["items"]} == {THIRD}
+    scores = search(client, min_score=24, max_score=27, limit=500)["items"]
+    assert scores
+    assert all(24 <= r["score"] <= 27 for r in scores)
+    big = search(client, f="amount>=100", batch_id=THIRD, limit=500)["items"]
+    assert big
+    assert all(r["values"]["amount"] >= 100 for r in big)
+    ranged = search(client, f=["amount>=20", "amount<=60"], limit=500)["items"]
+    assert ranged
+    assert all(20 <= r["values"]["amount"] <= 60 for r in ranged)
+    fuel = search(client, f="merchant_category=fuel", batch_id=THIRD, limit=500)["items"]
+    all_fuel = [r for r in in_batch["items"] if r["values"]["merchant_category"] == "fuel"]
+    assert len(fuel) == len(all_fuel) > 0
+    assert search(client, f="merchant_category=fuel, amount>=1e9")["items"] == []
+    body = {"records": [{"batch_id": THIRD, "record_id": "b2-r000020"}], "label": "unsure"}
+    assert client.post("/api/reviews/bulk", json=body, headers=BOT).status_code == 200
+    unsure = search(client, label="unsure", batch_id=THIRD)["items"]
+    assert [r["record_id"] for r in unsure] == ["b2-r000020"]
+
+
+def test_search_pages_both_ways_in_every_order(client: TestClient) -> None:
+    for sort in ("score_desc", "score_asc", "time_desc", "time_asc", "batch"):
+        pages, after = [], None
+        while True:
+            page = search(client, sort=sort, limit=7, **({"after": after} if after else {}))
+            assert page["offset"] == 7 * len(pages)
+            pages.append(page)
+            after = page["next"]
+            if after is None:
+                break
+        keys = [(r["batch_id"], r["record_id"]) for p in pages for r in p["items"]]
+        assert len(keys) == len(set(keys)) == pages[0]["total"]
+        back = search(client, sort=sort, limit=7, before=pages[2]["previous"])
+        assert back["items"] == pages[1]["items"]
+        assert back["offset"] == 7
+    by_score = [r["score"] for r in search(client, sort="score_desc", limit=100)["items"]]
+    assert by_score == sorted(by_score, reverse=True)
+    by_batch = [r["batch_id"] for r in search(client, sort="batch", limit=100)["items"]]
+    assert by_batch == sorted(by_batch)
+
+
+@pytest.mark.parametrize(
+    ("params", "status"),
+    [
+        ({"q": "' OR 1=1 --"}, 200),
+        ({"q": "b2-r%"}, 200),
+        ({"q": "b2-r_0000"}, 200),
+        ({"batch_id": "x' OR '1'='1"}, 200),
+        ({"f": "merchant_category=fuel' OR '1'='1"}, 200),
+        ({"f": 'merchant_category="; DROP TABLE flagged; --'}, 200),
+        ({"f": "amount') OR 1=1 --=3"}, 422),
+        ({"f": 'amount"]>=1'}, 422),
+        ({"f": "amount>=1; DROP TABLE flagged"}, 422),
+        ({"f": "values>=1"}, 422),
+        ({"f": "amount"}, 422),
+        ({"min_score": "1 OR 1=1"}, 422),
+        ({"max_score": "nan"}, 422),
+        ({"sort": "log_likelihood; DROP TABLE flagged"}, 422),
+        ({"label": "confirmed' OR 1=1"}, 422),
+        ({"after": "not-a-cursor"}, 422),
+        ({"before": "WyJ4IiwgMSwgMl0"}, 422),
+        ({"since": "2024-01-01' OR 1=1"}, 422),
+        ({"q": "x" * 301}, 422),
+    ],
+)
+def test_injection_shaped_search_input_is_refused_or_empty(
+    config, client: TestClient, params: dict, status: int
+) -> None:
+    before = store.search_count(store_engine(config), store.Search())
+    response = client.get("/api/search", params=params, headers=BOT)
+    assert response.status_code == status, response.text
+    if status == 200:
+        assert response.json()["items"] == []
+    page = client.get("/queue", params=params, headers=BOT)
+    assert page.status_code in (200, 303, 422)
+    assert store.search_count(store_engine(config), store.Search()) == before
+
+
+def test_bulk_labels_in_one_transaction_with_a_log_entry_each(config, client: TestClient) -> None:
+    keys = [{"batch_id": THIRD, "record_id": f"b2-r00000{i}"} for i in range(5)]
+    missing = {"records": [*keys, {"batch_id": THIRD, "record_id": "nope"}], "label": "unsure"}
+    refused = client.post("/api/reviews/bulk", json=missing, headers=BOT)
+    assert refused.status_code == 404
+    assert all(review_log(config, k["record_id"], THIRD) == [] for k in keys)  # all or nothing
+    body = {"records": keys, "label": "confirmed", "note": "one ring"}
+    done = client.post("/api/reviews/bulk", json=body, headers=BOT)
+    assert done.json() == {"records": 5}
+    for k in keys:
+        assert review_log(config, k["record_id"], THIRD) == [("confirmed", "bot", "one ring")]
+    bad = client.post("/api/reviews/bulk", json={**body, "label": "fraud"}, headers=BOT)
+    assert bad.status_code == 422
+    login(client)
+    form = {"key": [f"{THIRD}/b2-r000005", f"{THIRD}/b2-r000006"], "label": "false_positive",
+            "csrf": client.cookies[CSRF_COOKIE], "back": f"/queue?batch_id={THIRD}"}  # fmt: skip
+    page = client.post("/queue/bulk", data=form)
+    assert "Done: 2 labelled false positive" in page.text
+    assert review_log(config, "b2-r000006", THIRD) == [("false_positive", "ann", "")]
+    assert client.post("/queue/bulk", data={**form, "csrf": "x"}).status_code == 403
+
+
+def test_assignment_queues(config, client: TestClient) -> None:
+    keys = [{"batch_id": THIRD, "record_id": f"b2-r00002{i}"} for i in range(3)]
+    assert client.post("/api/assignments", json={"records": keys, "assignee": "ann"},
+                       headers=BOT).json() == {"records": 3}  # fmt: skip
+    unknown = client.post("/api/assignments", json={"records": keys, "assignee": "zed"},
+                          headers=BOT)  # fmt: skip
+    assert unknown.status_code == 422
+    assigned = search(client, assignee="ann", batch_id=THIRD)["items"]
+    assert sorted(r["record_id"] for r in assigned) == [k["record_id"] for k in keys]
+    open_ = search(client, assignee="unassigned", batch_id=THIRD, limit=500)["items"]
+    assert len(open_) == 27
+    assert search(client, assignee="me", batch_id=THIRD)["items"] == []  # bot has none
+    login(client)
+    mine = client.get(f"/queue?assignee=me&batch_id={THIRD}").text
+    assert sorted(re.findall(r'data-href="/records/[^/]+/([^"?]+)', mine)) == [
+        k["record_id"] for k in keys
+    ]
+    form = {"assignee": "unassigned", "csrf": client.cookies[CSRF_COOKIE]}
+    client.post(f"/records/{THIRD}/b2-r000020/assign", data=form)
+    assert len(search(client, assignee="ann", batch_id=THIRD)["items"]) == 2
+    # re-storing the batch keeps assignments (from the append-only assignment log)
+    engine = store_engine(config)
+    from store_data import ID, flagged_frame, quarantined_frame, summary
+
+    store.write_batch(engine, summary(2, 30, alarm=True), "demo", flagged_frame(2, 30),
+                      quarantined_frame(2), ID)  # fmt: skip
+    assert len(search(client, assignee="ann", batch_id=THIRD)["items"]) == 2
+
+
+def test_comment_thread(config, client: TestClient) -> None:
+    record = f"/records/{THIRD}/b2-r000029"
+    login(client)
+    csrf = client.cookies[CSRF_COOKIE]
+    for body in ("first look: merchant is new", "called the card holder"):
+        page = client.post(f"{record}/comments", data={"body": body, "csrf": csrf})
+        assert page.status_code == 200
+    assert client.post(f"{record}/comments", data={"body": "  ", "csrf": csrf}).status_code == 422
+    assert client.post(f"{record}/comments", data={"body": "x"}).status_code == 403
+    comment = {"batch_id": THIRD, "record_id": "b2-r000029", "body": "closed"}
+    made = client.post("/api/comments", headers=BOT, json=comment)
+    assert made.status_code == 201
+    thread = client.get(
+        "/api/comments", params={"batch_id": THIRD, "record_id": "b2-r000029"}, headers=BOT
+    ).json()
+    assert [(c["author"], c["body"]) for c in thread] == [
+        ("ann", "first look: merchant is new"), ("ann", "called the card holder"), ("bot", "closed")
+    ]  # fmt: skip
+    page = client.get(record).text
+    assert page.index("first look") < page.index("called the card holder") < page.index("closed")
+
+
+def test_overview_page_and_api(client: TestClient) -> None:
+    login(client)
+    page = client.get("/overview?days=7").text
+    assert page.count('class="chart day-chart"') == 4
+    assert re.search(r'class="x-tick"[^>]*>\d{4}-\d{2}-\d{2}</text>', page)
+    assert re.search(r'class="y-tick"[^>]*>0</text>', page)
+    assert "<title>" in page
+    assert 'class="band band-0"' in page
+    days = client.get("/api/overview", headers=BOT).json()
+    assert days
+    assert sum(d["batches"] for d in days) >= 4
+    assert any(d["alarms"] for d in days)
+    assert all(d["versions"] for d in days)
+    assert re.search(r">v1(\+v99)?</text>", page)  # the model version in force, as a band
+    assert client.get("/overview?since=2024-13-01").status_code == 422
+
+
+def test_display_fixes(config, client: TestClient) -> None:
+    icon = client.get("/favicon.ico")
+    assert icon.status_code == 200
+    assert icon.headers["content-type"] == "image/x-icon"
+    login(client)
+    rows, _ = store.queue(store_engine(config), store.QueueFilter(batch_id="real.parquet"))
+    page = client.get(f"/records/real.parquet/{rows[0].record_id}").text
+    assert re.search(r'id="p-value">&lt; 1/\d+<', page)  # the floor 1/(n_cal + 1)
+    stamp = rows[0].values["timestamp"]
+    assert re.search(r"\.\d{9}", stamp)  # stored with nanoseconds …
+    assert f'<td class="num">{stamp[:19]}+00:00</td>' in page  # … shown to the second
+    queue = client.get("/queue?batch_id=real.parquet").text
+    assert "&lt; 1/" in queue
+    assert re.search(r'<td class="when">\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00</td>', queue)
+
+
+def test_typical_values_follow_the_column_kind() -> None:
+    from anomaly.dashboard import display
+
+    profile = {
+        "numeric": {"tx": {"q01": 0.0, "q50": 2.0, "q99": 9.0, "integer": True},
+                    "old": {"q01": 0.0, "q05": 1.0, "q50": 2.0, "q95": 5.0, "q99": 9.0},
+                    "amount": {"q01": 0.5, "q50": 40.2, "q99": 900.0, "integer": False}},
+        "categorical": {"code": {"frequencies": {"7": 0.5, "9": 0.5}}},
+    }  # fmt: skip
+    assert display.typical("tx", -0.002561, profile) == 0
+    assert display.typical("old", 2.7, profile) == 3  # an older profile: quantiles all whole
+    assert display.typical("amount", 12.345, profile) == 12.345
+    assert display.typical("code", 7, profile) == "7"
+    assert display.when("2024-03-04T21:55:12.395656706+00:00", "Europe/Paris") == (
+        "2024-03-04T22:55:12+01:00"
+    )
+    assert display.p_value_text(1 / 4001, 4000) == "< 1/4001"
+    assert display.p_value_text(2 / 4001, 4000) == "0.0005"
+
+
+def test_normal_index_finds_the_nearest_rows_and_round_trips(tmp_path: Path) -> None:
+    import numpy as np
+
+    from anomaly.neighbours import NormalIndex
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(500, 3))
+    raw = pd.DataFrame({"x": X[:, 0] * 10, "c": np.where(X[:, 1] > 0, "a", "b")})
+    index = NormalIndex.build(X, raw, max_rows=200)
+    assert index.points.shape == (200, 3)
+    query = index.points[17] + 1e-3
+    idx, dist = index.nearest(query, k=4)
+    assert idx[0] == 17
+    assert list(dist) == sorted(dist)
+    brute = np.argsort(np.linalg.norm(index.points - query, axis=1))[:4]
+    assert list(idx) == list(brute)
+    index.save(tmp_path)
+    loaded = NormalIndex.load(tmp_path)
+    assert np.array_equal(loaded.points, index.points)
+    assert loaded.rows(idx) == index.rows(idx)
+    assert isinstance(loaded.rows(idx)[0]["c"], str)
+    assert NormalIndex.load(tmp_path / "none") is None
+    with pytest.raises(ValueError, match="same rows"):
+        NormalIndex.build(X, raw.iloc[:10])

@@ -37,6 +37,7 @@ ARTIFACT_FILES = [
     "calibration.json",
     "preprocessing.json",
     "detector.json",
+    "neighbours.npz",
 ]
 
 

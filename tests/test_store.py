@@ -480,3 +480,148 @@ def test_sessions_start_end_and_expire(engine: sa.Engine) -> None:
     store.start_session(engine, "e" * 64, "eve", "fingerprint", now + hour)  # drops "d"
     assert store.end_sessions(engine) == 2
     assert store.live_sessions(engine) == []
+
+
+# ---------------------------------------------------------------------------- search and triage
+
+
+def _dated(engine: sa.Engine, batch_id: str, at: datetime) -> None:
+    """Date a stored batch (and its records) as if scored at ``at``."""
+    with engine.begin() as conn:
+        for table in (store.Batch, store.Flagged):
+            conn.execute(sa.update(table).where(table.batch_id == batch_id).values(scored_at=at))
+
+
+@pytest.mark.parametrize("sort", store.SORTS)
+def test_search_pages_both_ways_cover_every_record_once(engine: sa.Engine, sort: str) -> None:
+    fill(engine, batches=3, per_batch=20)
+    _dated(engine, "batch-001.parquet", datetime(2024, 5, 1, 8, tzinfo=UTC))
+    s = store.Search(sort=sort)
+    pages, after = [], None
+    while True:
+        page = store.search(engine, s, limit=7, after=after)
+        assert page.offset == 7 * len(pages)
+        assert page.total == 60
+        pages.append(page)
+        if not page.has_next:
+            break
+        after = store.decode_key(store.encode_key(page.last), sort)  # through its cursor
+    keys = [(r.batch_id, r.record_id) for p in pages for r in p.rows]
+    assert len(keys) == len(set(keys)) == 60
+    ordered = [store.search_key(r, s) for p in pages for r in p.rows]
+    assert ordered == sorted(ordered, reverse=sort in ("score_asc", "time_desc"))
+    for i in range(len(pages) - 1, 0, -1):  # and back again
+        back = store.search(engine, s, limit=7, before=pages[i].first)
+        assert [r.record_id for r in back.rows] == [r.record_id for r in pages[i - 1].rows]
+        assert back.offset == 7 * (i - 1)
+        assert back.has_previous == (i > 1)
+
+
+def test_search_filters(engine: sa.Engine) -> None:
+    fill(engine, batches=2, per_batch=30)
+    assert len(store.search(engine, store.Search(record_id="b1-r00001")).rows) == 10
+    exact = store.search(engine, store.Search(record_id="b1-r000011", exact=True)).rows
+    assert [r.record_id for r in exact] == ["b1-r000011"]
+    assert store.search(engine, store.Search(record_id="b1-r%")).rows == []  # no wildcards
+    assert store.search(engine, store.Search(record_id="B1-R0")).rows == []  # case-sensitive
+    scored = store.search(engine, store.Search(min_score=24, max_score=26), limit=100).rows
+    assert scored
+    assert all(24 <= -r.log_likelihood <= 26 for r in scored)
+    rng = store.FeatureFilter("amount", low=30, high=90)
+    ranged = store.search(engine, store.Search(features=(rng,)), limit=100).rows
+    assert ranged
+    assert all(30 <= r.values["amount"] <= 90 for r in ranged)
+    fuel = store.FeatureFilter("merchant_category", equals="fuel")
+    found = store.search(engine, store.Search(features=(fuel,)), limit=100).rows
+    every = store.search(engine, store.Search(), limit=100).rows
+    assert {r.record_id for r in found} == {
+        r.record_id for r in every if r.values["merchant_category"] == "fuel"
+    }
+    odd = store.FeatureFilter('x"] OR 1=1 --', equals="fuel")  # a JSON path, bound: no match
+    assert store.search(engine, store.Search(features=(odd,))).rows == []
+
+
+def test_bulk_reviews_are_one_transaction_with_an_entry_each(engine: sa.Engine) -> None:
+    fill(engine, batches=2, per_batch=10)
+    keys = [("batch-000.parquet", f"b0-r{i:06d}") for i in range(6)]
+    with pytest.raises(LookupError, match="no flagged record 'nope'"):
+        store.add_reviews(engine, [*keys, ("batch-000.parquet", "nope")], "unsure", "ann")
+    assert store.current_labels(engine).empty  # all or nothing
+    assert store.add_reviews(engine, keys + keys[:2], "confirmed", "ann", "ring") == 6
+    labels = store.current_labels(engine)
+    assert sorted(labels["record_id"]) == [k[1] for k in keys]
+    assert set(labels["label"]) == {"confirmed"}
+    assert all(len(store.reviews_of(engine, *k)) == 1 for k in keys)
+    found = store.search(engine, store.Search(where=store.QueueFilter(label="confirmed")))
+    assert found.total == 6
+    with pytest.raises(ValueError, match="label must be one of"):
+        store.add_reviews(engine, keys, "fraud", "ann")
+    with pytest.raises(ValueError, match="at least one"):
+        store.add_reviews(engine, [], "unsure", "ann")
+
+
+def test_assignments_filter_and_survive_a_rewrite(engine: sa.Engine) -> None:
+    fill(engine, batches=1, per_batch=10)
+    keys = [("batch-000.parquet", f"b0-r{i:06d}") for i in range(3)]
+    assert store.assign(engine, keys, "ann", "bob") == 3
+    store.assign(engine, keys[:1], None, "bob")
+    assert store.search(engine, store.Search(assignee="ann")).total == 2
+    assert store.search(engine, store.Search(unassigned=True)).total == 8
+    assert store.reviewers_assigned(engine) == ["ann"]
+    s = summary(0, 10)
+    store.write_batch(engine, s, "demo", flagged_frame(0, 10), quarantined_frame(0), ID)
+    assert store.search(engine, store.Search(assignee="ann")).total == 2
+
+
+def test_comment_threads_are_append_only_and_ordered(engine: sa.Engine) -> None:
+    fill(engine, batches=1, per_batch=3)
+    for author, body in (("ann", "first"), ("bob", "second"), ("ann", "third")):
+        store.add_comment(engine, "batch-000.parquet", "b0-r000001", author, body)
+    thread = store.comments_of(engine, "batch-000.parquet", "b0-r000001")
+    assert [(c.author, c.body) for c in thread] == [("ann", "first"), ("bob", "second"),
+                                                    ("ann", "third")]  # fmt: skip
+    with pytest.raises(ValueError, match="needs some text"):
+        store.add_comment(engine, "batch-000.parquet", "b0-r000001", "ann", "  ")
+    with pytest.raises(LookupError):
+        store.add_comment(engine, "batch-000.parquet", "nope", "ann", "hello")
+
+
+def test_overview_per_day_with_backlog(engine: sa.Engine) -> None:
+    fill(engine, batches=3, per_batch=10)  # batch 2 has a shift alarm
+    for b, day in enumerate((1, 1, 3)):
+        _dated(engine, f"batch-{b:03d}.parquet", datetime(2024, 5, day, 8, tzinfo=UTC))
+    keys = [("batch-000.parquet", f"b0-r{i:06d}") for i in range(4)]
+    store.add_reviews(engine, keys, "confirmed", "ann")
+    with engine.begin() as conn:  # reviewed on May 2nd
+        conn.execute(sa.update(store.Review).values(created_at=datetime(2024, 5, 2, 9, tzinfo=UTC)))
+    days = store.overview(engine)
+    assert [d.day.day for d in days] == [1, 3]
+    first, third = days
+    assert (first.batches, first.rows_flagged, first.rows_scored) == (2, 20, 2000)
+    assert first.flag_rate == pytest.approx(0.01)
+    assert (first.alarms, third.alarms) == (0, 1)
+    assert first.versions == ("1",)
+    assert (first.backlog, third.backlog) == (20, 26)  # 20 flagged; −4 reviewed on the 2nd, +10
+    assert [d.day.day for d in store.overview(engine, since=days[1].day)] == [3]
+
+
+def test_sqlite_search_by_id_and_time_come_from_indexes(tmp_path: Path) -> None:
+    """An id (or its start) is found through ix_flagged_record_id; time and assignee orders
+    page through their own indexes without a sort."""
+    engine = store.connect(f"sqlite:///{tmp_path / 'review.db'}")
+
+    def plan(s: store.Search) -> str:
+        columns, ascending = store._sort_key(s.sort)
+        query = store._searched(sa.select(store.Flagged), s, "sqlite").order_by(
+            *(c if ascending else c.desc() for c in columns)
+        )
+        compiled = query.limit(51).compile(engine, compile_kwargs={"literal_binds": True})
+        with engine.connect() as conn:
+            rows = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}")
+            return " ".join(str(row[-1]) for row in rows)
+
+    assert "ix_flagged_record_id" in plan(store.Search(record_id="b4-r00"))
+    assert "ix_flagged_record_id" in plan(store.Search(record_id="b4-r000001", exact=True))
+    for s in (store.Search(sort="time_desc"), store.Search(unassigned=True),
+              store.Search(assignee="ann"), store.Search(sort="batch")):  # fmt: skip
+        assert "TEMP B-TREE" not in plan(s), (s, plan(s))

@@ -19,7 +19,7 @@ from sqlalchemy import Engine
 
 from anomaly import store
 from anomaly.config import Config
-from anomaly.dashboard import api, pages
+from anomaly.dashboard import api, display, pages, triage
 from anomaly.dashboard.auth import CSRF_COOKIE, Accounts, Sessions
 from anomaly.dashboard.registry_view import Detectors
 from anomaly.dashboard.security import LoginRequired, csrf_token, secure_cookies
@@ -72,9 +72,15 @@ def create_app(
     app.state.detectors = Detectors(config)
     templates = Jinja2Templates(directory=HERE / "templates")
     templates.env.filters["num"] = _num
+    zone = config.schedule.timezone
+    templates.env.filters["when"] = lambda value: display.when(value, zone)
+    templates.env.filters["p_text"] = display.p_value_text
+    templates.env.globals["time_zone"] = zone
     app.state.templates = templates
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     app.include_router(api.router)
+    app.include_router(triage.api_router)
+    app.include_router(triage.router)
     app.include_router(pages.router)
 
     @app.middleware("http")

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import math
 from typing import Annotated, Any
-from urllib.parse import quote, urlencode
+from urllib.parse import urlencode
 
 import numpy as np
 from fastapi import APIRouter, Depends, Form, HTTPException, Query, Request, status
@@ -15,8 +14,8 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from anomaly import store
-from anomaly.dashboard import charts
-from anomaly.dashboard.api import COUNT_LIMIT, MAX_CURSOR, MAX_OFFSET, export_response, queue_filter
+from anomaly.dashboard import charts, display, extras, search
+from anomaly.dashboard.api import MAX_OFFSET, export_response
 from anomaly.dashboard.auth import SESSION_COOKIE
 from anomaly.dashboard.registry_view import model_overview
 from anomaly.dashboard.security import (
@@ -31,8 +30,7 @@ from anomaly.dashboard.security import (
 logger = logging.getLogger(__name__)
 router = APIRouter(include_in_schema=False)
 Reader = Annotated[str | None, Depends(page_reader)]
-Where = Annotated[store.QueueFilter, Depends(queue_filter)]
-PAGE_ROWS = 50
+Searched = Annotated[store.Search, Depends(search.search_params)]
 QUARANTINE_ROWS = 200
 
 
@@ -52,65 +50,24 @@ def render(request: Request, name: str, status_code: int = 200, **context: Any) 
     )
 
 
-def _filter_query(where: store.QueueFilter, request: Request) -> str:
-    """The queue's filter parameters as given, for links that keep them."""
-    keys = ("batch_id", "model_version", "label", "since", "until", "order")
-    kept = {k: request.query_params[k] for k in keys if request.query_params.get(k)}
-    return urlencode(kept)
-
-
-def _record_url(record: store.Flagged, query: str) -> str:
-    path = f"/records/{quote(record.batch_id, safe='')}/{quote(record.record_id, safe='')}"
-    return path + (f"?{query}" if query else "")
-
-
 @router.get("/")
 def home() -> RedirectResponse:
     """The queue is the start page."""
     return RedirectResponse("/queue", status.HTTP_303_SEE_OTHER)
 
 
-@router.get("/queue", response_class=HTMLResponse)
-def queue_page(
-    request: Request,
-    _user: Reader,
-    where: Where,
-    cursor: Annotated[str | None, Query(max_length=MAX_CURSOR)] = None,
-) -> Any:
-    """Flagged records, most anomalous first, with filters and keyset pages."""
-    engine = request.app.state.engine
-    try:
-        after = store.decode_cursor(cursor) if cursor else None
-    except ValueError as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
-    rows, last = store.queue(engine, where, limit=PAGE_ROWS, after=after)
-    query = _filter_query(where, request)
-    next_url = None
-    if last is not None:
-        cursor_param = urlencode({"cursor": store.encode_cursor(last)})
-        next_url = "/queue?" + "&".join(filter(None, [query, cursor_param]))
-    return render(
-        request,
-        "queue.html",
-        rows=[(r, _record_url(r, query)) for r in rows],
-        total=store.queue_count(engine, where, COUNT_LIMIT),
-        count_limit=COUNT_LIMIT,
-        choices=store.filter_choices(engine),
-        params=request.query_params,
-        labels=store.LABELS,
-        first_url="/queue" + (f"?{query}" if query else ""),
-        next_url=next_url,
-        paged=cursor is not None,
-    )
-
-
-def _feature_rows(record: store.Flagged, profile: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """Each value beside its training profile (numeric quantiles or category frequency)."""
+def _feature_rows(
+    record: store.Flagged, profile: dict[str, Any] | None, timestamp: str | None, zone: str
+) -> list[dict[str, Any]]:
+    """Each value beside its training profile (numeric quantiles or category frequency); the
+    timestamp column in ISO-8601 in the time zone ``zone``."""
     numeric = (profile or {}).get("numeric", {})
     categorical = (profile or {}).get("categorical", {})
     rows = []
     for feature, value in record.values.items():
         row: dict[str, Any] = {"feature": feature, "value": value, "kind": "other"}
+        if feature == timestamp:
+            row["value"] = display.when(value, zone)
         if feature in numeric:
             q = numeric[feature]
             row.update(kind="numeric", q=q, bar=charts.range_bar(value, q))
@@ -130,19 +87,14 @@ def _feature_rows(record: store.Flagged, profile: dict[str, Any] | None) -> list
 
 @router.get("/records/{batch_id}/{record_id:path}", response_class=HTMLResponse)
 def record_page(
-    request: Request, _user: Reader, where: Where, batch_id: str, record_id: str
+    request: Request, _user: Reader, search_of: Searched, batch_id: str, record_id: str
 ) -> Any:
     """A flagged record: values against the training range, contributions, calibration."""
     engine = request.app.state.engine
     record = store.get_record(engine, batch_id, record_id)
     if record is None:
         return render(request, "error.html", 404, message="No such flagged record.")
-    query = _filter_query(where, request)
-    following = store.neighbour(engine, where, record)
-    backwards = dataclasses.replace(
-        where, order="score_asc" if where.order == "score_desc" else "score_desc"
-    )
-    preceding = store.neighbour(engine, backwards, record)
+    query = search.kept_query(request)
     detector, model_error = request.app.state.detectors.get(record.model_version)
     histogram, profile, calibration = None, None, {}
     if detector is not None:
@@ -156,12 +108,18 @@ def record_page(
             "share_above": float(np.mean(cal.scores_ >= score)),
         }
         profile = detector.metadata.get("profile")
-    contributions = record.contributions or []
+    contributions = [
+        {**c, "typical": display.typical(str(c.get("feature")), c.get("typical"), profile)}
+        for c in record.contributions or []
+    ]
+    config = request.app.state.config
     return render(
         request,
         "record.html",
         record=record,
-        features=_feature_rows(record, profile),
+        features=_feature_rows(
+            record, profile, config.features.timestamp, config.schedule.timezone
+        ),
         has_profile=profile is not None,
         contribution_chart=charts.contribution_bars(contributions),
         contributions=contributions,
@@ -171,18 +129,17 @@ def record_page(
         reviews=store.reviews_of(engine, batch_id, record_id),
         labels=store.LABELS,
         query=query,
-        action=_record_url(record, "") + "/review" + (f"?{query}" if query else ""),
-        next_url=_record_url(following, query) if following else None,
-        prev_url=_record_url(preceding, query) if preceding else None,
+        action=extras.record_url(record, "") + "/review" + (f"?{query}" if query else ""),
         queue_url="/queue" + (f"?{query}" if query else ""),
         saved=request.query_params.get("saved"),
+        **extras.record_extras(request, record, detector, search_of),
     )
 
 
 @router.post("/records/{batch_id}/{record_id:path}/review")
 def review_form(
     request: Request,
-    where: Where,
+    search_of: Searched,
     batch_id: str,
     record_id: str,
     label: Annotated[str, Form()],
@@ -204,9 +161,9 @@ def review_form(
     except LookupError:
         return render(request, "error.html", 404, message="No such flagged record.")
     record = store.get_record(engine, batch_id, record_id)
-    query = _filter_query(where, request)
-    target = store.neighbour(engine, where, record) if then == "next" else None
-    url = _record_url(target or record, query)
+    query = search.kept_query(request)
+    target = extras.following(engine, search_of, record) if then == "next" else None
+    url = extras.record_url(target or record, query)
     url += ("&" if "?" in url else "?") + "saved=" + label
     return RedirectResponse(url, status.HTTP_303_SEE_OTHER)
 
