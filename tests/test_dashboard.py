@@ -513,7 +513,7 @@ def test_bulk_labels_in_one_transaction_with_a_log_entry_each(config, client: Te
     assert bad.status_code == 422
     login(client)
     form = {"key": [f"{THIRD}/b2-r000005", f"{THIRD}/b2-r000006"], "label": "false_positive",
-            "csrf": client.cookies[CSRF_COOKIE], "back": f"/queue?batch_id={THIRD}"}  # fmt: skip
+            "csrf": csrf(client), "back": f"/queue?batch_id={THIRD}"}  # fmt: skip
     page = client.post("/queue/bulk", data=form)
     assert "Done: 2 labelled false positive" in page.text
     assert review_log(config, "b2-r000006", THIRD) == [("false_positive", "ann", "")]
@@ -537,7 +537,7 @@ def test_assignment_queues(config, client: TestClient) -> None:
     assert sorted(re.findall(r'data-href="/records/[^/]+/([^"?]+)', mine)) == [
         k["record_id"] for k in keys
     ]
-    form = {"assignee": "unassigned", "csrf": client.cookies[CSRF_COOKIE]}
+    form = {"assignee": "unassigned", "csrf": csrf(client)}
     client.post(f"/records/{THIRD}/b2-r000020/assign", data=form)
     assert len(search(client, assignee="ann", batch_id=THIRD)["items"]) == 2
     # re-storing the batch keeps assignments (from the append-only assignment log)
@@ -552,11 +552,11 @@ def test_assignment_queues(config, client: TestClient) -> None:
 def test_comment_thread(config, client: TestClient) -> None:
     record = f"/records/{THIRD}/b2-r000029"
     login(client)
-    csrf = client.cookies[CSRF_COOKIE]
+    token = csrf(client)
     for body in ("first look: merchant is new", "called the card holder"):
-        page = client.post(f"{record}/comments", data={"body": body, "csrf": csrf})
+        page = client.post(f"{record}/comments", data={"body": body, "csrf": token})
         assert page.status_code == 200
-    assert client.post(f"{record}/comments", data={"body": "  ", "csrf": csrf}).status_code == 422
+    assert client.post(f"{record}/comments", data={"body": "  ", "csrf": token}).status_code == 422
     assert client.post(f"{record}/comments", data={"body": "x"}).status_code == 403
     comment = {"batch_id": THIRD, "record_id": "b2-r000029", "body": "closed"}
     made = client.post("/api/comments", headers=BOT, json=comment)

@@ -15,10 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from anomaly import store
 from anomaly.dashboard import search, timecharts
 from anomaly.dashboard.api import COUNT_LIMIT, FlaggedOut
-from anomaly.dashboard.auth import CSRF_COOKIE, csrf_ok
 from anomaly.dashboard.extras import record_url
 from anomaly.dashboard.pages import Reader, Searched, render
-from anomaly.dashboard.security import api_reader, api_writer, session_user
+from anomaly.dashboard.security import api_reader, api_writer, csrf_ok, session_user
 
 router = APIRouter(include_in_schema=False)
 api_router = APIRouter(prefix="/api", tags=["api"])
@@ -151,7 +150,7 @@ def _form_writer(request: Request, csrf: str) -> str | Response:
     reviewer = session_user(request)
     if reviewer is None:
         return render(request, "error.html", 403, message="Log in to change records.")
-    if not csrf_ok(request.cookies.get(CSRF_COOKIE), csrf):
+    if not csrf_ok(request, csrf):
         return render(request, "error.html", 403, message="The form expired: reload the page.")
     return reviewer
 
