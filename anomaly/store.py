@@ -1021,9 +1021,12 @@ def decode_key(cursor: str, sort: str) -> tuple[Any, ...]:
             return datetime.fromisoformat(str(a)), str(b), str(c)
         if sort == "batch":
             return str(a), float(b), str(c)
-        return float(a), str(b), str(c)
-    except (ValueError, TypeError) as exc:
-        msg = f"invalid page cursor {cursor!r}: use a link of a previous page"
+        score = float(a)
+        if not math.isfinite(score):
+            raise ValueError(score)
+        return score, str(b), str(c)
+    except (ValueError, TypeError, OverflowError) as exc:
+        msg = f"invalid page cursor {cursor[:60]!r}: use a link of a previous page"
         raise ValueError(msg) from exc
 
 
