@@ -432,12 +432,15 @@ def write_batch(
         for start in range(0, len(quarantined), INSERT_ROWS):
             part = quarantined.iloc[start : start + INSERT_ROWS]
             session.execute(insert(Quarantined), _quarantined_rows(part, summary, id_column, start))
+        # rows inserted here whose record has reviews (a reviewed record is kept, so only data
+        # from before migration 0003 has any); kept rows are not touched: on PostgreSQL this
+        # statement would wait on a review's lock and then copy a label older than that review
         reviewed = select(Review.id).where(
             Review.batch_id == Flagged.batch_id, Review.record_id == Flagged.record_id
         )
         session.execute(
             update(Flagged)
-            .where(Flagged.batch_id == summary.batch_id, reviewed.exists())
+            .where(Flagged.batch_id == summary.batch_id, Flagged.label.is_(None), reviewed.exists())
             .values(label=_latest_label())
         )
         _restore_assignees(session, summary.batch_id)
