@@ -73,7 +73,8 @@ def running(home: Path) -> Server | None:
         server = Server(api_url=str(state["api_url"]), pid=int(state["pid"]))
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return server if alive(server.pid) and healthy(server.api_url) else None
+    # a busy server may answer slowly; a dead one refuses at once
+    return server if alive(server.pid) and healthy(server.api_url, timeout=10.0) else None
 
 
 def _start(home: Path, *, temporary: bool, log: Path) -> tuple[subprocess.Popen[bytes], str]:
