@@ -25,6 +25,7 @@ from anomaly.processes import alive, die_with_parent, file_lock, free_port
 
 #: the port Prefect's own server uses; taken when free, so the UI has its usual address
 DEFAULT_PORT = 4200
+LEASES = "prefect.server.concurrency.lease_storage"
 #: seconds a fresh database may take to migrate before the server answers (12 s measured)
 STARTUP_TIMEOUT = 180
 
@@ -89,6 +90,10 @@ def _start(home: Path, *, temporary: bool, log: Path) -> tuple[subprocess.Popen[
         "PREFECT_UI_ENABLED": "false" if temporary else "true",
         "PREFECT_UI_API_URL": api_url,
         "PREFECT__SERVER_FINAL": "1",
+        # deployment concurrency leases in files under PREFECT_HOME, not in the server's
+        # memory: shared by the servers of one database, and a run of a killed serve gives its
+        # slot back when its lease expires (in memory, the slot stayed taken for good)
+        "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": f"{LEASES}.filesystem",
     }
     env.pop("PREFECT_API_URL", None)
     if temporary:
