@@ -21,12 +21,20 @@ def die_with_parent() -> Callable[[], None]:
     parent = os.getpid()
 
     def preexec() -> None:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() != parent:  # the parent died before prctl took effect
             os._exit(1)
 
     return preexec
+
+
+def die_with_parent_now() -> None:
+    """Let the kernel send this process SIGKILL when its parent (the thread that started it)
+    ends; exits at once if the parent is already gone."""
+    parent = os.getppid()
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 def alive(pid: int) -> bool:
@@ -59,6 +67,7 @@ def free_port(preferred: int | None = None) -> int:
     """``preferred`` when it is free on 127.0.0.1, else a free port chosen by the kernel."""
     for port in (preferred, 0) if preferred else (0,):
         with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from prefect.runner import Runner
 from anomaly.config import load_config
 from flows.promote import promote_flow
 from flows.score import score_flow_for
+from flows.tasks import SERVE_PID
 from flows.train import train_flow
 
 #: one run at a time; a run due while another is running is cancelled, so missed or slow
@@ -89,6 +91,8 @@ class _Runner(Runner):
 def serve_deployments(runnable: list[RunnerDeployment]) -> None:
     """Serve the deployments until SIGTERM or SIGINT; returns normally after either (flow
     runs in progress are cancelled; an unfinished batch is recovered by the next run)."""
+
+    os.environ[SERVE_PID] = str(os.getpid())  # its flow-run processes die with it
 
     async def main() -> None:
         runner = _Runner(pause_on_shutdown=True)

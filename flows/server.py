@@ -25,6 +25,7 @@ from anomaly.processes import alive, die_with_parent, file_lock, free_port
 
 #: the port Prefect's own server uses; taken when free, so the UI has its usual address
 DEFAULT_PORT = 4200
+LEASES = "prefect.server.concurrency.lease_storage"
 #: seconds a fresh database may take to migrate before the server answers (12 s measured)
 STARTUP_TIMEOUT = 180
 
@@ -73,7 +74,8 @@ def running(home: Path) -> Server | None:
         server = Server(api_url=str(state["api_url"]), pid=int(state["pid"]))
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return server if alive(server.pid) and healthy(server.api_url) else None
+    # a busy server may answer slowly; a dead one refuses at once
+    return server if alive(server.pid) and healthy(server.api_url, timeout=10.0) else None
 
 
 def _start(home: Path, *, temporary: bool, log: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -88,6 +90,10 @@ def _start(home: Path, *, temporary: bool, log: Path) -> tuple[subprocess.Popen[
         "PREFECT_UI_ENABLED": "false" if temporary else "true",
         "PREFECT_UI_API_URL": api_url,
         "PREFECT__SERVER_FINAL": "1",
+        # deployment concurrency leases in files under PREFECT_HOME, not in the server's
+        # memory: shared by the servers of one database, and a run of a killed serve gives its
+        # slot back when its lease expires (in memory, the slot stayed taken for good)
+        "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": f"{LEASES}.filesystem",
     }
     env.pop("PREFECT_API_URL", None)
     if temporary:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pandas as pd
 from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
@@ -10,7 +12,11 @@ from prefect.states import State
 
 from anomaly.config import Config, load_config
 from anomaly.pipeline import reviews
+from anomaly.processes import die_with_parent_now
 from flows.errors import USER_ERRORS
+
+#: set by ``anomaly serve`` to its process id, for the flow-run processes it starts
+SERVE_PID = "ANOMALY_SERVE_PID"
 
 
 def _transient(task: Task, task_run: TaskRun, state: State) -> bool:
@@ -30,7 +36,10 @@ IO = {
 
 @task(name="load config", **IO)
 def read_config(config_path: str) -> Config:
-    """The validated config."""
+    """The validated config. A flow run that ``anomaly serve`` started in a process of its own
+    also ties that process to serve here, so that it ends with serve even after ``kill -9``."""
+    if os.environ.get(SERVE_PID) == str(os.getppid()):
+        die_with_parent_now()
     return load_config(config_path)
 
 
