@@ -186,6 +186,7 @@ def test_commands_without_a_flow_load_no_prefect(project):
     assert result.stdout.strip().splitlines()[-1] == "[]"
 
 
+@pytest.mark.slow
 def test_kill_9_mid_batch_leaves_nothing_and_the_rerun_stores_a_clean_run(project, tmp_path):
     frame = batch(200_000, 4)
     drop(frame, project.inbox, "killed.parquet")
