@@ -1,7 +1,7 @@
 """Markdown summary of the detection-quality CSV written by ``benchmarks/quality.py``.
 
     python benchmarks/summarize.py [benchmarks/results/quality.csv ...] [--detectors a,b]
-                                   [--exclude c,d] [--datasets x,y]
+                                   [--exclude c,d] [--datasets x,y] [--seeds 0]
 
 Table (BENCHMARK.md, section 1): rows = datasets, columns = detectors, cell = mean AUROC over the
 seeds (``fail`` when any seed of that detector failed on that dataset, ``—`` when not run). Bottom
@@ -141,6 +141,7 @@ def main() -> None:
     parser.add_argument("--detectors", default="", help="comma list of detectors to show")
     parser.add_argument("--exclude", default="", help="comma list of detectors to leave out")
     parser.add_argument("--datasets", default="", help="comma list of name substrings")
+    parser.add_argument("--seeds", default="", help="comma list of seeds to keep (default all)")
     args = parser.parse_args()
     frames = []
     for path in args.csv:
@@ -158,6 +159,8 @@ def main() -> None:
     if args.datasets:
         subs = [s.strip().lower() for s in args.datasets.split(",") if s.strip()]
         df = df[df["dataset"].str.lower().apply(lambda n: any(s in n for s in subs))]
+    if args.seeds:
+        df = df[df["seed"].isin([int(x) for x in args.seeds.split(",") if x.strip()])]
     df = common_seeds(df)
     if df.empty:
         sys.exit("no rows to summarise")

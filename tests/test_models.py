@@ -754,9 +754,10 @@ def fit_part(X: np.ndarray, seed: int = 0) -> np.ndarray:
     return X[order[round(0.2 * len(X)) :]]
 
 
-@pytest.mark.parametrize("data", DENSITY_DATA)
-def test_auto_stacks_candidates_by_heldout_likelihood(fitted, saved, data):
-    model = fitted("auto", data).model  # the default rule: a stacked mixture
+@pytest.mark.parametrize("data", CONTRACT_DATA)
+def test_auto_stacks_candidates_by_heldout_likelihood(data, tmp_path):
+    train = DATASETS[data].train()
+    model = make("auto", rule="stack").fit(train)
     assert set(model.scores_) == set(SMALL["auto"]["candidates"])
     assert all(np.isfinite(v) for v in model.scores_.values())
     weights = model.selection_["weights"]
@@ -766,14 +767,42 @@ def test_auto_stacks_candidates_by_heldout_likelihood(fitted, saved, data):
     assert model.selection_["rule"] == "stack"
     # the kept kinds, as fitted on the fit part (80 %), mixed with their weights
     X = DATASETS[data].heldout()[:200]
-    part = fit_part(fitted("auto", data).X)
+    part = fit_part(train)
     parts = [
         np.log(w) + make(k, **SMALL["auto"]["candidate_params"].get(k, {})).fit(part).log_prob(X)
         for k, w in weights.items()
     ]
     np.testing.assert_allclose(model.log_prob(X), logsumexp(parts, axis=0), rtol=1e-12)
-    loaded = models.load(saved("auto", data))
+    assert abs(grid_integral(model.log_prob, DATASETS[data].grid) - 1.0) < 0.05
+    loaded = models.load(model.save(tmp_path / "auto"))
     assert loaded.selection_ == model.selection_
+    np.testing.assert_array_equal(loaded.log_prob(X), model.log_prob(X))
+
+
+@pytest.mark.parametrize("data", CONTRACT_DATA)
+def test_auto_product_of_experts_is_normalised(data, tmp_path):
+    """log p = mean of the candidates' log p − log Z, Z ≤ 1 estimated by importance sampling."""
+    train = DATASETS[data].train()
+    model = make("auto", rule="product").fit(train)
+    assert model.selection_["weights"] == dict.fromkeys(SMALL["auto"]["candidates"], 1 / 3)
+    assert model.log_z_ <= 0.0
+    X = DATASETS[data].heldout()[:200]
+    part = fit_part(train)
+    mean_log_p = np.mean(
+        [
+            make(k, **SMALL["auto"]["candidate_params"].get(k, {})).fit(part).log_prob(X)
+            for k in SMALL["auto"]["candidates"]
+        ],
+        axis=0,
+    )
+    np.testing.assert_allclose(model.log_prob(X), mean_log_p - model.log_z_, rtol=1e-10)
+    assert abs(grid_integral(model.log_prob, DATASETS[data].grid) - 1.0) < 0.05
+    heldout = DATASETS[data].heldout()
+    samples = model.sample(2_000, seed=1)
+    problems = sample_problems(model, samples, heldout, model.log_prob(heldout).mean())
+    assert not problems, problems
+    loaded = models.load(model.save(tmp_path / "auto"))
+    assert loaded.log_z_ == model.log_z_
     np.testing.assert_array_equal(loaded.log_prob(X), model.log_prob(X))
 
 

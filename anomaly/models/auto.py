@@ -1,23 +1,32 @@
-"""``auto``: fit kinds from several families and let held-out likelihood decide, no labels.
+"""``auto``: several families at once, parametric, kernel and flow; no labels needed.
 
-Each kind in ``candidates`` is fitted on ``1 - heldout_fraction`` of the rows and scored on the
-rest (log-likelihoods are honest on discrete columns, see ``anomaly.models.base``, so the kinds
-compare in nats). The ``rule`` turns those held-out scores into the model:
+Each kind in ``candidates`` (default ``gaussian``, ``gmm``, ``kde``, ``knn``, ``flow``) is fitted
+on ``1 - heldout_fraction`` of the rows and scored on the rest (log-likelihoods are honest on
+discrete columns, see ``anomaly.models.base``, so the kinds compare in nats). The ``rule`` makes
+one density of them:
 
+- ``"product"`` (the default): the geometric mixture Π_k p_k^(1/K) / Z, a product of experts
+  whose log is the average of the candidates' log-likelihoods minus log Z: a row is normal only
+  if the families agree it is, so no single family's blind spot decides (the averaging ensemble
+  of the outlier-ensemble literature, Aggarwal & Sathe 2015; label-free selection of one
+  detector is little better than chance, Ma et al. 2023). The average is meaningful because the
+  nats are honest. Z is estimated by importance sampling from the arithmetic mixture
+  Σ_k p_k / K: the ratio Π_k p_k^(1/K) / (Σ_k p_k / K) is ≤ 1 (AM–GM), so the estimate has
+  bounded variance, and the same ratio is the acceptance probability of an exact rejection
+  sampler (acceptance rate Z);
 - ``"stack"``: the stacked density Σ_k w_k p_k (Smyth & Wolpert 1999, *Linearly combining
   density estimators via stacking*), the weights maximising the held-out likelihood (EM over
-  the fixed held-out log-densities). A mixture of normalised densities is normalised and
-  samples (pick a component by weight, draw from it). Components under ``min_weight`` are
-  dropped and the rest renormalised;
+  the fixed held-out log-densities); components under ``min_weight`` are dropped;
 - ``"mean"``: the one kind with the best mean held-out log-likelihood;
 - ``"tail"``: the one kind with the best mean log-likelihood on the held-out rows that are
   least typical under all candidates pooled (their lowest ``TAIL_FRACTION``), where anomalies
   are ranked.
 
-The kept models are the ones fitted on the fit part: the weights were estimated for them (a
-refit on all rows would change the components under the weights, and double the fitting time).
+The kept models are the ones fitted on the fit part: the weights and Z were estimated for them
+(a refit on all rows would change the components under them, and double the fitting time).
 ``selection_`` says what was decided:
 ``{"rule", "chosen", "weights", "candidates": {kind: held-out log-likelihood per record}}``.
+The measurements behind the default are in docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -33,7 +42,9 @@ from anomaly.models.base import DensityModel
 
 logger = logging.getLogger(__name__)
 
-RULES = ("stack", "mean", "tail")
+RULES = ("stack", "product", "mean", "tail")
+#: draws from the arithmetic mixture that estimate log Z of the ``product`` rule
+Z_SAMPLES = 4_096
 #: share of the held-out rows the ``tail`` rule scores on
 TAIL_FRACTION = 0.1
 
@@ -59,7 +70,8 @@ def tail_rows(H: np.ndarray, fraction: float = TAIL_FRACTION) -> np.ndarray:
 
 
 class Auto(DensityModel):
-    """A stacked density (default) or one selected kind, decided on held-out rows."""
+    """A product (default) or stacked density of several kinds, or one selected kind, decided
+    on held-out rows."""
 
     kind = "auto"
     exact_cells = True  # the candidates see the layout and handle discrete columns themselves
@@ -70,7 +82,7 @@ class Auto(DensityModel):
         candidates: tuple[str, ...] = ("gaussian", "gmm", "kde", "knn", "flow"),
         candidate_params: dict[str, dict[str, Any]] | None = None,
         heldout_fraction: float = 0.2,
-        rule: str = "stack",
+        rule: str = "product",
         min_weight: float = 0.01,
     ) -> None:
         super().__init__(seed)
@@ -103,6 +115,8 @@ class Auto(DensityModel):
         if self.rule == "stack":
             w = stack_weights(H)
             w = np.where(w >= self.min_weight, w, 0.0)
+        elif self.rule == "product":
+            w = np.ones(len(kinds))
         else:
             rows = tail_rows(H) if self.rule == "tail" else slice(None)
             w = np.eye(len(kinds))[int(np.argmax(H[:, rows].mean(axis=1)))]
@@ -110,11 +124,16 @@ class Auto(DensityModel):
         self.kinds_ = [kinds[i] for i in keep]
         self.weights_ = w[keep] / w[keep].sum()
         self.components_ = [fitted[i] for i in keep]
+        self.log_z_ = 0.0
+        if self.rule == "product" and len(keep) > 1:
+            draws = self._mixture_sample(Z_SAMPLES, np.random.default_rng(self.seed))
+            self.log_z_ = float(logsumexp(self._log_ratio(draws)) - np.log(Z_SAMPLES))
         self._set_chosen()
 
     def _set_chosen(self) -> None:
         one = len(self.kinds_) == 1
-        self.chosen_ = self.kinds_[0] if one else "stack of " + " + ".join(self.kinds_)
+        how = "product of " if self.rule == "product" else "stack of "
+        self.chosen_ = self.kinds_[0] if one else how + " + ".join(self.kinds_)
         if one:  # explanations explain the kind itself (anomaly.explain)
             self.model_ = self.components_[0]
         self.selection_ = {
@@ -124,12 +143,21 @@ class Auto(DensityModel):
             "candidates": dict(self.scores_),
         }
 
-    def _log_prob(self, X: np.ndarray) -> np.ndarray:
-        pairs = zip(self.weights_, self.components_, strict=True)
-        parts = [np.log(w) + m.log_prob(X) for w, m in pairs]
-        return logsumexp(np.stack(parts), axis=0)
+    def _component_log_probs(self, X: np.ndarray) -> np.ndarray:
+        return np.stack([m.log_prob(X) for m in self.components_])
 
-    def _sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
+    def _log_prob(self, X: np.ndarray) -> np.ndarray:
+        L = self._component_log_probs(X)
+        if self.rule == "product":
+            return self.weights_ @ L - self.log_z_
+        return logsumexp(np.log(self.weights_)[:, None] + L, axis=0)
+
+    def _log_ratio(self, X: np.ndarray) -> np.ndarray:
+        """log of Π_k p_k^(w_k) / Σ_k w_k p_k (≤ 0) per row."""
+        L = self._component_log_probs(X)
+        return self.weights_ @ L - logsumexp(np.log(self.weights_)[:, None] + L, axis=0)
+
+    def _mixture_sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
         counts = rng.multinomial(n, self.weights_ / self.weights_.sum())
         draws = [
             m.sample(int(c), seed=int(rng.integers(2**31)))
@@ -137,8 +165,31 @@ class Auto(DensityModel):
         ]
         return np.concatenate(draws)[rng.permutation(n)]
 
+    def _sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        if self.rule != "product" or len(self.components_) == 1 or n == 0:
+            return self._mixture_sample(n, rng)
+        kept: list[np.ndarray] = []
+        have = 0
+        for _ in range(100):  # rejection from the arithmetic mixture; acceptance rate Z
+            if have >= n:
+                break
+            m = min(1_000_000, int(np.ceil(1.2 * (n - have) / max(np.exp(self.log_z_), 1e-3))))
+            draws = self._mixture_sample(m, rng)
+            accept = np.log(rng.random(m)) < self._log_ratio(draws)
+            kept.append(draws[accept])
+            have += int(accept.sum())
+        if have < n:
+            msg = f"auto: rejection sampling accepted {have} of {n} rows; the experts disagree"
+            raise RuntimeError(msg)
+        return np.concatenate(kept)[:n]
+
     def _fitted_json(self) -> dict[str, Any]:
-        return {"kinds": self.kinds_, "weights": self.weights_.tolist(), "scores": self.scores_}
+        return {
+            "kinds": self.kinds_,
+            "weights": self.weights_.tolist(),
+            "scores": self.scores_,
+            "log_z": self.log_z_,
+        }
 
     def _save_weights(self, directory: Path) -> None:
         for i, model in enumerate(self.components_):
@@ -148,6 +199,7 @@ class Auto(DensityModel):
         from anomaly.models import load
 
         self.scores_ = fitted["scores"]
+        self.log_z_ = fitted.get("log_z", 0.0)
         if "kinds" not in fitted:  # saved before stacking: one chosen kind in chosen/
             self.kinds_, self.weights_ = [fitted["chosen"]], np.ones(1)
             self.components_ = [load(directory / "chosen")]
