@@ -840,7 +840,7 @@ def test_auto_on_a_single_gaussian():
         model.log_prob(X), models.create("gaussian").fit(fit_part(X)).log_prob(X), rtol=1e-12
     )
     # the stack puts most of its weight on the right family too
-    stack = models.create("auto", candidates=("gaussian", "kde")).fit(X)
+    stack = models.create("auto", candidates=("gaussian", "kde"), rule="stack").fit(X)
     assert stack.selection_["weights"].get("gaussian", 0.0) > 0.5
 
 

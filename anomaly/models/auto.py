@@ -5,18 +5,17 @@ on ``1 - heldout_fraction`` of the rows and scored on the rest (log-likelihoods 
 discrete columns, see ``anomaly.models.base``, so the kinds compare in nats). The ``rule`` makes
 one density of them:
 
-- ``"product"`` (the default): the geometric mixture Π_k p_k^(1/K) / Z, a product of experts
-  whose log is the average of the candidates' log-likelihoods minus log Z: a row is normal only
-  if the families agree it is, so no single family's blind spot decides (the averaging ensemble
-  of the outlier-ensemble literature, Aggarwal & Sathe 2015; label-free selection of one
-  detector is little better than chance, Ma et al. 2023). The average is meaningful because the
-  nats are honest. Z is estimated by importance sampling from the arithmetic mixture
-  Σ_k p_k / K: the ratio Π_k p_k^(1/K) / (Σ_k p_k / K) is ≤ 1 (AM–GM), so the estimate has
-  bounded variance, and the same ratio is the acceptance probability of an exact rejection
-  sampler (acceptance rate Z);
-- ``"stack"``: the stacked density Σ_k w_k p_k (Smyth & Wolpert 1999, *Linearly combining
-  density estimators via stacking*), the weights maximising the held-out likelihood (EM over
-  the fixed held-out log-densities); components under ``min_weight`` are dropped;
+- ``"stack"`` (the default): the stacked density Σ_k w_k p_k (Smyth & Wolpert 1999, *Linearly
+  combining density estimators via stacking*), the weights maximising the held-out likelihood
+  (EM over the fixed held-out log-densities); components under ``min_weight`` are dropped. A
+  mixture of normalised densities is normalised and samples (pick a component, draw from it);
+- ``"product"``: the geometric mixture Π_k p_k^(1/K) / Z, a product of experts whose log is
+  the average of the candidates' log-likelihoods minus log Z: a row is normal only if the
+  families agree it is (the averaging ensemble of the outlier-ensemble literature, Aggarwal &
+  Sathe 2015). The average is meaningful because the nats are honest. Z is estimated by
+  importance sampling from the arithmetic mixture Σ_k p_k / K: the ratio
+  Π_k p_k^(1/K) / (Σ_k p_k / K) is ≤ 1 (AM–GM), so the estimate has bounded variance, and the
+  same ratio is the acceptance probability of an exact rejection sampler (acceptance rate Z);
 - ``"mean"``: the one kind with the best mean held-out log-likelihood;
 - ``"tail"``: the one kind with the best mean log-likelihood on the held-out rows that are
   least typical under all candidates pooled (their lowest ``TAIL_FRACTION``), where anomalies
@@ -70,8 +69,10 @@ def tail_rows(H: np.ndarray, fraction: float = TAIL_FRACTION) -> np.ndarray:
 
 
 class Auto(DensityModel):
-    """A product (default) or stacked density of several kinds, or one selected kind, decided
-    on held-out rows."""
+    """A stacked (default) or product density of several kinds, or one selected kind, decided
+    on held-out rows. Label-free selection of one detector is little better than chance (Ma et
+    al. 2023, *The need for unsupervised outlier model selection*); see docs/benchmarks.md for
+    how the rules compare on the ADBench datasets."""
 
     kind = "auto"
     exact_cells = True  # the candidates see the layout and handle discrete columns themselves
@@ -82,7 +83,7 @@ class Auto(DensityModel):
         candidates: tuple[str, ...] = ("gaussian", "gmm", "kde", "knn", "flow"),
         candidate_params: dict[str, dict[str, Any]] | None = None,
         heldout_fraction: float = 0.2,
-        rule: str = "product",
+        rule: str = "stack",
         min_weight: float = 0.01,
     ) -> None:
         super().__init__(seed)
