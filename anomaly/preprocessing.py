@@ -4,8 +4,9 @@ Numeric columns are (optionally) log-transformed and standardised; categorical c
 one-hot encoded. Log-likelihoods are reported in the raw feature space: the log-determinant of
 the numeric transform's Jacobian is returned per row, to be added to the model's log-density.
 
-A numeric column whose training values lie on a lattice (integer counts, prices in cents: every
-gap a whole multiple of the smallest, at most 1,000 levels) is *discrete*: it is standardised
+A numeric column whose training values lie on a lattice (every gap a whole multiple of the
+smallest) and repeat (at most 1,000 levels, at most one per two rows), e.g. integer counts, is
+*discrete*: it is standardised
 without the log transform, its layout block carries the lattice step in model units, and the
 model reports the probability of the value's cell (``anomaly.models.base``), which needs no
 Jacobian. Raw log-likelihoods are then log-probabilities for the discrete columns and
@@ -96,7 +97,7 @@ class Preprocessor:
         for col in self.features.numeric:
             x = good[col].to_numpy(np.float64)
             skew = pd.Series(x).skew() if len(x) > 2 else 0.0
-            step = lattice_step(x)
+            step = lattice_step(x, max_share=0.5)  # a lattice whose values repeat
             if step:
                 self.steps_[col], self.origins_[col] = step, float(x.min())
             auto_log = self.features.numeric_transform == "auto" and not step

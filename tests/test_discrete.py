@@ -69,6 +69,9 @@ def test_lattice_step():
     assert lattice_step(np.random.default_rng(0).normal(size=500)) == 0.0
     assert lattice_step(np.ones(10)) == 0.0  # constant: no lattice
     assert lattice_step(np.arange(5_000.0)) == 0.0  # too many levels to call discrete
+    cents = np.round(np.random.default_rng(0).lognormal(3.5, 0.9, 400), 2)
+    assert lattice_step(cents) == pytest.approx(0.01)
+    assert lattice_step(cents, max_share=0.5) == 0.0  # they hardly repeat: no spike to fear
     layout = lattice_layout(np.column_stack([np.arange(6.0), np.linspace(0, 1, 6) ** 0.5]))
     assert [b.step for b in layout] == [1.0, 0.0]
 

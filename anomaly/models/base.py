@@ -97,11 +97,14 @@ def check_layout(layout: list[Block], n_columns: int) -> list[Block]:
     return layout
 
 
-def lattice_step(values: np.ndarray, max_levels: int = 1_000) -> float:
+def lattice_step(values: np.ndarray, max_levels: int = 1_000, max_share: float = 1.0) -> float:
     """Spacing of the lattice the values lie on (every gap a whole multiple of the smallest),
-    or 0.0 for continuous values (at least 2 and at most ``max_levels`` distinct values)."""
-    levels = np.unique(np.asarray(values, dtype=np.float64))
-    if not 2 <= len(levels) <= max_levels:
+    or 0.0 for continuous values: at least 2 and at most ``max_levels`` distinct values, and at
+    most ``max_share`` × the number of values (values that hardly repeat cannot make a density
+    spike, e.g. amounts in cents)."""
+    values = np.asarray(values, dtype=np.float64)
+    levels = np.unique(values)
+    if not 2 <= len(levels) <= min(max_levels, max_share * len(values)):
         return 0.0
     gaps = np.diff(levels)
     step = gaps.min()
