@@ -19,7 +19,8 @@ the continuous ones), estimated by log-mean-exp of q at ``CELL_POINTS`` fixed La
 points of the cell: an unbiased estimate of the mass whose log is a lower bound in expectation
 (Jensen), so it never claims more than the model holds. Every kind's number is then the
 log-probability of the same event and the kinds compare in nats. Kinds that compute cell
-masses themselves set ``exact_cells`` (``auto`` delegates to its candidates).
+masses themselves set ``exact_cells`` (``kde``/``knn``: exact discrete Gaussian kernels;
+``auto`` delegates to its candidates).
 
 Saved form (no pickle anywhere): ``config.json`` (kind, constructor arguments, fitted shape,
 layout, context width) plus ``weights.npz`` (numpy arrays, loaded with ``allow_pickle=False``).
