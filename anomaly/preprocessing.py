@@ -4,6 +4,14 @@ Numeric columns are (optionally) log-transformed and standardised; categorical c
 one-hot encoded. Log-likelihoods are reported in the raw feature space: the log-determinant of
 the numeric transform's Jacobian is returned per row, to be added to the model's log-density.
 
+A numeric column whose training values lie on a lattice (every gap a whole multiple of the
+smallest) and repeat (at most 1,000 levels, at most one per two rows), e.g. integer counts, is
+*discrete*: it is standardised
+without the log transform, its layout block carries the lattice step in model units, and the
+model reports the probability of the value's cell (``anomaly.models.base``), which needs no
+Jacobian. Raw log-likelihoods are then log-probabilities for the discrete columns and
+log-densities for the continuous ones, whatever the kind.
+
 Context columns (``features.context``) are conditioned on, not judged: they go to a separate
 matrix (``Prepared.context``) and the model scores log p(x | context), with no Jacobian for
 them. A context column whose training values have a numeric dtype is standardised (no log
@@ -31,7 +39,7 @@ from pandas.api.types import is_object_dtype, is_string_dtype
 from sklearn.exceptions import NotFittedError
 
 from anomaly.config import Features
-from anomaly.models.base import Block
+from anomaly.models.base import Block, lattice_step
 from anomaly.schema import record_columns
 
 #: longest record id the store keeps (its id columns are 300 characters wide)
@@ -88,10 +96,16 @@ class Preprocessor:
         self.transforms_: dict[str, str] = {}
         self.means_: dict[str, float] = {}
         self.scales_: dict[str, float] = {}
+        self.steps_: dict[str, float] = {}
+        self.origins_: dict[str, float] = {}
         for col in self.features.numeric:
             x = good[col].to_numpy(np.float64)
             skew = pd.Series(x).skew() if len(x) > 2 else 0.0
-            use_log = self.features.numeric_transform == "auto" and x.min() >= 0 and skew > 1.0
+            step = lattice_step(x, max_share=0.5)  # a lattice whose values repeat
+            if step:
+                self.steps_[col], self.origins_[col] = step, float(x.min())
+            auto_log = self.features.numeric_transform == "auto" and not step
+            use_log = auto_log and x.min() >= 0 and skew > 1.0
             self.transforms_[col] = "signed_log" if use_log else "none"
             t = _signed_log(x) if use_log else x
             self.means_[col] = float(t.mean())
@@ -130,7 +144,10 @@ class Preprocessor:
     def layout_(self) -> list[Block]:
         """Which model-matrix columns belong to which raw feature (numerics, then one-hots)."""
         self._check_fitted()
-        blocks = [Block(col, j, j + 1) for j, col in enumerate(self.features.numeric)]
+        blocks = [
+            Block(col, j, j + 1, step=self.steps_.get(col, 0.0) / self.scales_[col])
+            for j, col in enumerate(self.features.numeric)
+        ]
         start = len(blocks)
         for col, cats in self.categories_.items():
             blocks.append(Block(col, start, start + len(cats), categorical=True))
@@ -154,7 +171,8 @@ class Preprocessor:
             if self.transforms_[col] == "signed_log":
                 log_det -= np.log1p(np.abs(x))
                 x = _signed_log(x)
-            log_det -= np.log(self.scales_[col])
+            if col not in self.steps_:  # a discrete column's cell probability needs no Jacobian
+                log_det -= np.log(self.scales_[col])
             blocks.append(np.clip((x - self.means_[col]) / self.scales_[col], -CLIP, CLIP))
         notes = pd.Series([""] * n, index=good.index, dtype=object)
         for col, cats in self.categories_.items():
@@ -237,6 +255,9 @@ class Preprocessor:
             t = X[:, j] * self.scales_[col] + self.means_[col]
             if self.transforms_[col] == "signed_log":
                 t = np.sign(t) * np.expm1(np.abs(t))
+            if col in self.steps_:  # back onto the lattice of the training values
+                step, origin = self.steps_[col], self.origins_[col]
+                t = origin + np.round((t - origin) / step) * step
             out[col] = t
         start = len(self.features.numeric)
         for col, cats in self.categories_.items():
@@ -329,6 +350,8 @@ class Preprocessor:
             "transforms": self.transforms_,
             "means": self.means_,
             "scales": self.scales_,
+            "steps": self.steps_,
+            "origins": self.origins_,
             "categories": self.categories_,
             "context_kinds": self.context_kinds_,
             "context_means": self.context_means_,
@@ -349,6 +372,9 @@ class Preprocessor:
         pre.means_ = state["means"]
         pre.scales_ = state["scales"]
         pre.categories_ = state["categories"]
+        # files written before discrete columns existed: every numeric column continuous
+        pre.steps_ = state.get("steps", {})
+        pre.origins_ = state.get("origins", {})
         # files written before context columns existed have none
         pre.context_kinds_ = state.get("context_kinds", {})
         pre.context_means_ = state.get("context_means", {})

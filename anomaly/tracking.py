@@ -197,12 +197,14 @@ AUTO_CHOSEN = "auto.chosen"
 
 
 def log_selection(selection: dict[str, Any]) -> None:
-    """Log what ``auto`` chose (the active run): param and tag :data:`AUTO_CHOSEN`, and one
-    metric per candidate."""
+    """Log what ``auto`` chose (the active run): param and tag :data:`AUTO_CHOSEN`, its rule,
+    and per candidate its held-out log-likelihood and weight."""
     mlflow.log_param(AUTO_CHOSEN, selection["chosen"])
     mlflow.set_tag(AUTO_CHOSEN, selection["chosen"])
-    scores = selection["heldout_log_likelihood"]
+    mlflow.log_param("auto.rule", selection["rule"])
+    scores = selection["candidates"]
     mlflow.log_metrics({auto_metric(kind): float(v) for kind, v in scores.items()})
+    mlflow.log_metrics({f"auto.{k}.weight": float(w) for k, w in selection["weights"].items()})
 
 
 def auto_metric(kind: str) -> str:

@@ -11,14 +11,16 @@ Protocol, per dataset and seed: shuffle the normal rows with the seed; training 
 normals (at most 20,000) plus all anomalies (at most 20,000, random subset). Columns constant on
 the training rows are dropped; every column is standardised with the training mean and standard
 deviation (zero deviation → 1). Detectors fit on the training rows only; a score is "higher = more
-anomalous" (``-log_prob`` for the project's kinds, ``decision_function`` for PyOD,
-``-score_samples`` for scikit-learn). Metrics on the test rows: AUROC, average precision; the
-threshold is the 99th percentile of the calibration scores, and the realised false-positive rate
-on test normals and recall on test anomalies at that threshold are recorded, with fit and score
-seconds (score = calibration + test rows). Beside them, ``calibrated_fpr``/``calibrated_recall``
-are the same rates for the project's conformal calibrator (``anomaly.calibration.Calibrator``,
-rule ``fpr``, alpha 0.01) fitted on the same calibration scores: it flags p <= 0.01, which
-guarantees FPR <= 1 % and flags nothing when there are under 99 calibration rows.
+anomalous" (``-log_prob`` for the project's kinds, which are given the training columns' lattice
+steps, ``anomaly.models.lattice_layout``, as the pipeline's preprocessor gives them;
+``decision_function`` for PyOD, ``-score_samples`` for scikit-learn). Metrics on the test rows:
+AUROC, average precision; the threshold is the 99th percentile of the calibration scores, and the
+realised false-positive rate on test normals and recall on test anomalies at that threshold are
+recorded, with fit and score seconds (score = calibration + test rows). Beside them,
+``calibrated_fpr``/``calibrated_recall`` are the same rates for the project's conformal calibrator
+(``anomaly.calibration.Calibrator``, rule ``fpr``, alpha 0.01) fitted on the same calibration
+scores: it flags p <= 0.01, which guarantees FPR <= 1 % and flags nothing when there are under 99
+calibration rows.
 
 Every (dataset, seed, detector) runs in a forked child process with ``--threads`` torch threads
 (default 2) and is killed after 300 s. A detector that raises, returns NaN/inf, dies or times out
@@ -76,7 +78,7 @@ Scorer = Callable[[np.ndarray, np.ndarray, int], np.ndarray]
 # ---------------------------------------------------------------------------------- detectors
 def _project(kind: str) -> Scorer:
     def run(X_train: np.ndarray, X_score: np.ndarray, seed: int) -> np.ndarray:
-        from anomaly.models import KINDS, create
+        from anomaly.models import KINDS, create, lattice_layout
         from anomaly.models.neural import TorchDensity
 
         torch_params = {"progress": False, "n_threads": THREADS}
@@ -87,7 +89,8 @@ def _project(kind: str) -> Scorer:
             params = {"candidate_params": {k: dict(torch_params) for k in torch_kinds}}
         else:
             params = {}
-        model = create(kind, seed=seed, **params).fit(X_train)
+        # discrete columns (a lattice of values on the training rows) get probability mass
+        model = create(kind, seed=seed, **params).fit(X_train, layout=lattice_layout(X_train))
         return _timed_score(lambda: -np.asarray(model.log_prob(X_score), dtype=float))
 
     return run

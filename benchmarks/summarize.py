@@ -1,12 +1,14 @@
 """Markdown summary of the detection-quality CSV written by ``benchmarks/quality.py``.
 
     python benchmarks/summarize.py [benchmarks/results/quality.csv ...] [--detectors a,b]
-                                   [--exclude c,d] [--datasets x,y]
+                                   [--exclude c,d] [--datasets x,y] [--seeds 0]
 
 Table (BENCHMARK.md, section 1): rows = datasets, columns = detectors, cell = mean AUROC over the
 seeds (``fail`` when any seed of that detector failed on that dataset, ``—`` when not run). Bottom
 rows = mean AUROC, mean AUPRC, mean rank (per dataset, by mean AUROC, 1 = best, ties share the
-average rank), datasets won (ties count for every tied detector), median realised FPR at the 1 %
+average rank), datasets won (ties count for every tied detector), worst deficit (the largest
+gap, over datasets, between the best peer's mean AUROC and the detector's, with that dataset;
+peers are the detectors not named ``anomaly-*``), median realised FPR at the 1 %
 target (over datasets, each its mean over seeds) — the protocol's 99th-percentile threshold,
 then the project's conformal calibrator on the same scores — and failures (failed dataset × seed
 runs, over all datasets). Per dataset, only the seeds that every shown detector has run are used.
@@ -88,11 +90,23 @@ def summarize(df: pd.DataFrame) -> str:
         conformal = (
             per_dataset["calibrated_fpr"].mean().groupby("detector").median().reindex(detectors)
         )
+        peers = [d for d in detectors if not d.startswith("anomaly-")]
+        deficit_row = []
+        if peers:
+            gap = sub_roc[peers].max(axis=1).to_numpy()[:, None] - sub_roc
+            worst = gap.max()
+            where = gap.idxmax()
+            deficit_row = [
+                "| **worst deficit vs best peer** | "
+                + " | ".join(f"{worst[d]:.3f} ({where[d]})" for d in detectors)
+                + " |"
+            ]
         lines += [
             row("mean AUROC", sub_roc.mean(), ".3f"),
             row("mean AUPRC", sub_prc.mean(), ".3f"),
             row("mean rank", ranks.mean(), ".2f"),
             row("datasets won", won, "d"),
+            *deficit_row,
             row("median FPR @1 %", fpr, ".3f"),
             row("median FPR @1 %, conformal", conformal, ".3f"),
         ]
@@ -127,6 +141,7 @@ def main() -> None:
     parser.add_argument("--detectors", default="", help="comma list of detectors to show")
     parser.add_argument("--exclude", default="", help="comma list of detectors to leave out")
     parser.add_argument("--datasets", default="", help="comma list of name substrings")
+    parser.add_argument("--seeds", default="", help="comma list of seeds to keep (default all)")
     args = parser.parse_args()
     frames = []
     for path in args.csv:
@@ -144,6 +159,8 @@ def main() -> None:
     if args.datasets:
         subs = [s.strip().lower() for s in args.datasets.split(",") if s.strip()]
         df = df[df["dataset"].str.lower().apply(lambda n: any(s in n for s in subs))]
+    if args.seeds:
+        df = df[df["seed"].isin([int(x) for x in args.seeds.split(",") if x.strip()])]
     df = common_seeds(df)
     if df.empty:
         sys.exit("no rows to summarise")

@@ -210,7 +210,7 @@ def train(config: ConfigOption) -> None:
         table.add_row(key, f"{value:.6g}")
     out.print(table)
     if result["selection"]:  # kind auto: what it chose, and why
-        scores = result["selection"]["heldout_log_likelihood"]
+        scores = result["selection"]["candidates"]
         out.print(
             f"auto chose {result['selection']['chosen']}; held-out log-likelihood per "
             "candidate: " + ", ".join(f"{k} {v:.6g}" for k, v in scores.items())

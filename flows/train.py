@@ -44,7 +44,7 @@ def train_flow(config_path: str) -> dict[str, object]:
         description=f"training run of {config.name}",
     )
     if selection:
-        logger.info("auto chose %s: %s", selection["chosen"], selection["heldout_log_likelihood"])
+        logger.info("auto chose %s: %s", selection["chosen"], selection["candidates"])
     logger.info("registered %s v%s", config.name, trained.version)
     return {
         "version": trained.version,

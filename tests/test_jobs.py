@@ -131,7 +131,7 @@ def test_auto_says_what_it_chose(tmp_path):
     trained = train_and_store(config)
     selection = trained.result.selection
     assert selection["chosen"] in ("gaussian", "kde")
-    scores = selection["heldout_log_likelihood"]
+    scores = selection["candidates"]
     assert set(scores) == {"gaussian", "kde"}
     assert selection["chosen"] == max(scores, key=scores.__getitem__)
     run = MlflowClient(tracking_uri(config)).get_run(trained.run_id)

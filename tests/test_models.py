@@ -77,6 +77,7 @@ BAD_PARAMS: dict[str, list[tuple[dict[str, Any], str]]] = {
         ({"candidates": ()}, "candidates"),
         ({"candidates": ("gaussian", "auto")}, "candidates"),
         ({"candidates": ("gaussian", "no-such-kind")}, "no-such-kind"),
+        ({"rule": "vote"}, "rule must be one of"),
     ],
     "independent": [
         ({"bandwidth": 0.0}, "bandwidth"),
@@ -747,25 +748,86 @@ def test_vae_log_prob_independent_of_batch(fitted, data):
 
 
 # ---------------------------------------------------------------------- auto
-@pytest.mark.parametrize("data", DENSITY_DATA)
-def test_auto_chooses_best_scoring_candidate(fitted, saved, data):
-    model = fitted("auto", data).model
+def fit_part(X: np.ndarray, seed: int = 0) -> np.ndarray:
+    """The rows ``auto`` fits its candidates on (the rest, 20 %, are held out)."""
+    order = np.random.default_rng(seed).permutation(len(X))
+    return X[order[round(0.2 * len(X)) :]]
+
+
+@pytest.mark.parametrize("data", CONTRACT_DATA)
+def test_auto_stacks_candidates_by_heldout_likelihood(data, tmp_path):
+    train = DATASETS[data].train()
+    model = make("auto", rule="stack").fit(train)
     assert set(model.scores_) == set(SMALL["auto"]["candidates"])
     assert all(np.isfinite(v) for v in model.scores_.values())
-    assert model.chosen_ == max(model.scores_, key=model.scores_.__getitem__)
-    # the winner is refitted on all rows
-    chosen = make(model.chosen_, **SMALL["auto"]["candidate_params"].get(model.chosen_, {}))
+    weights = model.selection_["weights"]
+    assert sum(weights.values()) == pytest.approx(1.0)
+    assert min(weights.values()) >= 0.01 - 1e-12
+    assert model.selection_["candidates"] == model.scores_
+    assert model.selection_["rule"] == "stack"
+    # the kept kinds, as fitted on the fit part (80 %), mixed with their weights
     X = DATASETS[data].heldout()[:200]
-    np.testing.assert_array_equal(model.log_prob(X), chosen.fit(fitted("auto", data).X).log_prob(X))
-    loaded = models.load(saved("auto", data))
-    assert loaded.chosen_ == model.chosen_
-    assert loaded.scores_ == model.scores_
+    part = fit_part(train)
+    parts = [
+        np.log(w) + make(k, **SMALL["auto"]["candidate_params"].get(k, {})).fit(part).log_prob(X)
+        for k, w in weights.items()
+    ]
+    np.testing.assert_allclose(model.log_prob(X), logsumexp(parts, axis=0), rtol=1e-12)
+    assert abs(grid_integral(model.log_prob, DATASETS[data].grid) - 1.0) < 0.05
+    loaded = models.load(model.save(tmp_path / "auto"))
+    assert loaded.selection_ == model.selection_
+    np.testing.assert_array_equal(loaded.log_prob(X), model.log_prob(X))
+
+
+@pytest.mark.parametrize("data", CONTRACT_DATA)
+def test_auto_product_of_experts_is_normalised(data, tmp_path):
+    """log p = mean of the candidates' log p − log Z, Z ≤ 1 estimated by importance sampling."""
+    train = DATASETS[data].train()
+    model = make("auto", rule="product").fit(train)
+    assert model.selection_["weights"] == dict.fromkeys(SMALL["auto"]["candidates"], 1 / 3)
+    assert model.log_z_ <= 0.0
+    X = DATASETS[data].heldout()[:200]
+    part = fit_part(train)
+    mean_log_p = np.mean(
+        [
+            make(k, **SMALL["auto"]["candidate_params"].get(k, {})).fit(part).log_prob(X)
+            for k in SMALL["auto"]["candidates"]
+        ],
+        axis=0,
+    )
+    np.testing.assert_allclose(model.log_prob(X), mean_log_p - model.log_z_, rtol=1e-10)
+    assert abs(grid_integral(model.log_prob, DATASETS[data].grid) - 1.0) < 0.05
+    heldout = DATASETS[data].heldout()
+    samples = model.sample(2_000, seed=1)
+    problems = sample_problems(model, samples, heldout, model.log_prob(heldout).mean())
+    assert not problems, problems
+    loaded = models.load(model.save(tmp_path / "auto"))
+    assert loaded.log_z_ == model.log_z_
+    np.testing.assert_array_equal(loaded.log_prob(X), model.log_prob(X))
+
+
+@pytest.mark.parametrize("rule", ["mean", "tail"])
+def test_auto_selection_rules_pick_one_kind(rule, tmp_path):
+    X = DATASETS["mix1d"].train()
+    model = make("auto", rule=rule).fit(X)
+    assert len(model.selection_["weights"]) == 1
+    chosen = model.chosen_
+    if rule == "mean":
+        assert chosen == max(model.scores_, key=model.scores_.__getitem__)
+    params = SMALL["auto"]["candidate_params"].get(chosen, {})
+    held = DATASETS["mix1d"].heldout()[:100]
+    alone = make(chosen, **params).fit(X)  # one kind is refitted on all rows
+    np.testing.assert_array_equal(model.log_prob(held), alone.log_prob(held))
+    assert model.model_.kind == chosen  # what explanations explain
+    loaded = models.load(model.save(tmp_path / "auto"))
+    assert loaded.chosen_ == chosen
+    assert loaded.selection_ == model.selection_
 
 
 def test_auto_on_a_single_gaussian():
     # 2000 rows (400 held out): enough for the Gaussian to beat the KDE on any draw we tried
     X = DATASETS["gauss2d"].draw(2_000, np.random.default_rng(3))
-    model = models.create("auto", candidates=("gaussian", "kde")).fit(X)
+    model = models.create("auto", candidates=("gaussian", "kde"), rule="mean").fit(X)
     assert list(model.scores_) == ["gaussian", "kde"]
     # held-out scores (nats per row) are near the true negative entropy of the distribution
     neg_entropy = -multivariate_normal(GAUSS_MEAN, GAUSS_COV).entropy()
@@ -777,6 +839,9 @@ def test_auto_on_a_single_gaussian():
     np.testing.assert_allclose(
         model.log_prob(X), models.create("gaussian").fit(X).log_prob(X), rtol=1e-12
     )
+    # the stack puts most of its weight on the right family too
+    stack = models.create("auto", candidates=("gaussian", "kde"), rule="stack").fit(X)
+    assert stack.selection_["weights"].get("gaussian", 0.0) > 0.5
 
 
 # ---------------------------------------------------------------------- production defaults
@@ -949,9 +1014,10 @@ def test_gaussian_feature_log_probs_one_hot_block_is_one_term(mixed_fitted):
     X = mixed_draw(50, np.random.default_rng(3))
     terms = model.feature_log_probs(X)
     assert terms.shape == (50, 2)
-    # the block term is log p(x_block | x): the joint minus the marginal of x
+    # the block term is log q(x_block | x) of the fitted (dequantised) Gaussian q: its joint
+    # density at the row minus the marginal of x
     marginal = norm.logpdf(X[:, 0], model.mean_[0], np.sqrt(model.covariance_[0, 0]))
-    np.testing.assert_allclose(terms[:, 1], model.log_prob(X) - marginal, rtol=1e-8)
+    np.testing.assert_allclose(terms[:, 1], model._density(X, None) - marginal, rtol=1e-8)
 
 
 def test_autoregressive_feature_log_probs_approximate_true_conditionals():

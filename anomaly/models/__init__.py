@@ -7,9 +7,18 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from anomaly.models.auto import Auto
 from anomaly.models.autoregressive import Autoregressive
-from anomaly.models.base import FORMAT_VERSION, Block, DensityModel, default_layout
+from anomaly.models.base import (
+    FORMAT_VERSION,
+    Block,
+    DensityModel,
+    default_layout,
+    lattice_layout,
+    lattice_step,
+)
 from anomaly.models.flow import Flow
 from anomaly.models.gaussian import Gaussian
 from anomaly.models.gmm import GMM
@@ -17,7 +26,16 @@ from anomaly.models.independent import Independent
 from anomaly.models.kernel import KDE, KNN
 from anomaly.models.vae import VAE
 
-__all__ = ["KINDS", "Block", "DensityModel", "context_kinds", "create", "load"]
+__all__ = [
+    "KINDS",
+    "Block",
+    "DensityModel",
+    "context_kinds",
+    "create",
+    "lattice_layout",
+    "lattice_step",
+    "load",
+]
 
 KINDS: dict[str, type[DensityModel]] = {
     cls.kind: cls for cls in (Gaussian, GMM, KDE, KNN, Flow, VAE, Auto, Independent, Autoregressive)
@@ -64,5 +82,10 @@ def load(directory: str | Path) -> DensityModel:
         [Block(**block) for block in layout] if layout else default_layout(model.n_features_in_)
     )
     model.n_context_ = config.get("n_context", 0)
+    # models saved before discrete columns were dequantised: every column continuous
+    cells = config.get("cells") or {}
+    zeros = [0.0] * model.n_features_in_
+    model.cell_widths_ = np.asarray(cells.get("widths", zeros), dtype=np.float64)
+    model.cell_origins_ = np.asarray(cells.get("origins", zeros), dtype=np.float64)
     model._load_weights(directory, config["fitted"])
     return model

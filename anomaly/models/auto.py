@@ -1,4 +1,36 @@
-"""``auto``: fit several kinds and keep the one with the best held-out log-likelihood."""
+"""``auto``: fit several kinds, let held-out likelihood decide; no labels needed.
+
+Each kind in ``candidates`` is fitted on ``1 - heldout_fraction`` of the rows and scored on the
+rest (log-likelihoods are honest on discrete columns, see ``anomaly.models.base``, so the kinds
+compare in nats). The ``rule`` makes one density of them:
+
+- ``"mean"`` (the default): the one kind with the best mean held-out log-likelihood, refitted
+  on all rows;
+- ``"tail"``: the one kind with the best mean log-likelihood on the held-out rows that are
+  least typical under all candidates pooled (their lowest ``TAIL_FRACTION``), where anomalies
+  are ranked; refitted on all rows;
+- ``"stack"``: the stacked density Σ_k w_k p_k (Smyth & Wolpert 1999, *Linearly combining
+  density estimators via stacking*), the weights maximising the held-out likelihood (EM over
+  the fixed held-out log-densities); components under ``min_weight`` are dropped. A mixture of
+  normalised densities is normalised and samples (pick a component, draw from it);
+- ``"product"``: the geometric mixture Π_k p_k^(1/K) / Z, a product of experts whose log is
+  the average of the candidates' log-likelihoods minus log Z: a row is normal only if the
+  families agree it is (the averaging ensemble of the outlier-ensemble literature, Aggarwal &
+  Sathe 2015). The average is meaningful because the nats are honest. Z is estimated by
+  importance sampling from the arithmetic mixture Σ_k p_k / K: the ratio
+  Π_k p_k^(1/K) / (Σ_k p_k / K) is ≤ 1 (AM–GM), so the estimate has bounded variance, and the
+  same ratio is the acceptance probability of an exact rejection sampler (acceptance rate Z).
+
+A combination (``stack``, ``product``) keeps the models fitted on the fit part: its weights and
+Z were estimated for them. ``selection_`` says what was decided:
+``{"rule", "chosen", "weights", "candidates": {kind: held-out log-likelihood per record}}``.
+
+The default candidates are the two kernel kinds. Over all families (``candidates=("gaussian",
+"gmm", "kde", "knn", "flow")``) every rule was measured on the ADBench datasets with honest
+likelihoods (docs/benchmarks.md, §1c): none ranked anomalies as well as the kernel pair, in
+line with Ma et al. (2023, *The need for unsupervised outlier model selection*): label-free
+selection across detector families is little better than chance.
+"""
 
 from __future__ import annotations
 
@@ -7,27 +39,45 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy.special import logsumexp
 
 from anomaly.models.base import DensityModel
 
 logger = logging.getLogger(__name__)
 
+RULES = ("stack", "product", "mean", "tail")
+#: draws from the arithmetic mixture that estimate log Z of the ``product`` rule
+Z_SAMPLES = 4_096
+#: share of the held-out rows the ``tail`` rule scores on
+TAIL_FRACTION = 0.1
+
+
+def stack_weights(H: np.ndarray, iterations: int = 500) -> np.ndarray:
+    """Mixture weights maximising Σ_i log Σ_k w_k exp(H[k, i]) (EM; H: kinds × rows)."""
+    w = np.full(H.shape[0], 1.0 / H.shape[0])
+    for _ in range(iterations):
+        log_r = np.log(np.maximum(w, 1e-300))[:, None] + H
+        log_r -= logsumexp(log_r, axis=0, keepdims=True)
+        new = np.exp(log_r).mean(axis=1)
+        if np.abs(new - w).max() < 1e-7:
+            return new
+        w = new
+    return w
+
+
+def tail_rows(H: np.ndarray, fraction: float = TAIL_FRACTION) -> np.ndarray:
+    """Indices of the held-out rows least typical under the candidates pooled (H: kinds × rows)."""
+    pooled = logsumexp(H, axis=0)
+    n = max(1, round(fraction * H.shape[1]))
+    return np.argsort(pooled)[:n]
+
 
 class Auto(DensityModel):
-    """Model selection by held-out likelihood (nats per record), no labels needed.
-
-    Each kind in ``candidates`` is fitted on ``1 - heldout_fraction`` of the rows and scored on
-    the rest; the winner is refitted on all rows. ``candidate_params`` maps a kind to its
-    constructor arguments. The scores of all candidates are kept in ``scores_``.
-
-    The default candidates are the two kernel estimators (fixed and k-NN bandwidths): nearest-
-    neighbour scores rank anomalies best in published train-on-normal results (ADBench, 57
-    datasets), and parametric or neural kinds can win held-out likelihood by piling mass on
-    repeated values (codes, counts) without ranking anomalies better (Nalisnick et al. 2019).
-    See docs/benchmarks.md for the measurements.
-    """
+    """One selected kind (default) or a stacked or product density of several, decided on
+    held-out rows."""
 
     kind = "auto"
+    exact_cells = True  # the candidates see the layout and handle discrete columns themselves
 
     def __init__(
         self,
@@ -35,11 +85,15 @@ class Auto(DensityModel):
         candidates: tuple[str, ...] = ("kde", "knn"),
         candidate_params: dict[str, dict[str, Any]] | None = None,
         heldout_fraction: float = 0.2,
+        rule: str = "mean",
+        min_weight: float = 0.01,
     ) -> None:
         super().__init__(seed)
         self.candidates = candidates
         self.candidate_params = candidate_params
         self.heldout_fraction = heldout_fraction
+        self.rule = rule
+        self.min_weight = min_weight
 
     def _make(self, kind: str) -> DensityModel:
         from anomaly.models import create
@@ -50,37 +104,112 @@ class Auto(DensityModel):
         if not self.candidates or "auto" in self.candidates:
             msg = f"auto: candidates must be a non-empty list of other kinds, got {self.candidates}"
             raise ValueError(msg)
+        if self.rule not in RULES:
+            msg = f"auto: rule must be one of {RULES}, got {self.rule!r}"
+            raise ValueError(msg)
+        kinds = list(dict.fromkeys(self.candidates))
         order = np.random.default_rng(self.seed).permutation(X.shape[0])
         n_held = max(1, round(self.heldout_fraction * X.shape[0]))
         held, fit_part = X[order[:n_held]], X[order[n_held:]]
-        self.scores_: dict[str, float] = {}
-        for kind in self.candidates:
-            model = self._make(kind).fit(fit_part, layout=self.layout_)
-            self.scores_[kind] = float(model.log_prob(held).mean())
-            logger.info("auto: %s held-out log-likelihood %.4f", kind, self.scores_[kind])
-        self.chosen_ = max(self.scores_, key=self.scores_.__getitem__)
-        self.model_ = self._make(self.chosen_).fit(X, layout=self.layout_)
+        fitted = [self._make(k).fit(fit_part, layout=self.layout_) for k in kinds]
+        H = np.stack([model.log_prob(held) for model in fitted])
+        self.scores_ = {k: float(h.mean()) for k, h in zip(kinds, H, strict=True)}
+        logger.info("auto: held-out log-likelihood per record %s", self.scores_)
+        if self.rule == "stack":
+            w = stack_weights(H)
+            w = np.where(w >= self.min_weight, w, 0.0)
+        elif self.rule == "product":
+            w = np.ones(len(kinds))
+        else:
+            rows = tail_rows(H) if self.rule == "tail" else slice(None)
+            w = np.eye(len(kinds))[int(np.argmax(H[:, rows].mean(axis=1)))]
+        keep = np.flatnonzero(w > 0)
+        self.kinds_ = [kinds[i] for i in keep]
+        self.weights_ = w[keep] / w[keep].sum()
+        if self.rule in ("mean", "tail"):  # one kind: refit it on all rows (more data)
+            self.components_ = [self._make(self.kinds_[0]).fit(X, layout=self.layout_)]
+        else:  # a combination: keep the models its weights (and Z) were estimated for
+            self.components_ = [fitted[i] for i in keep]
+        self.log_z_ = 0.0
+        if self.rule == "product" and len(keep) > 1:
+            draws = self._mixture_sample(Z_SAMPLES, np.random.default_rng(self.seed))
+            self.log_z_ = float(logsumexp(self._log_ratio(draws)) - np.log(Z_SAMPLES))
+        self._set_chosen()
 
-    @property
-    def selection_(self) -> dict[str, Any]:
-        """What ``fit`` chose: ``{"chosen": kind, "heldout_log_likelihood": {kind: mean}}``
-        (every candidate's mean held-out log-likelihood, nats per record in the model's space)."""
-        return {"chosen": self.chosen_, "heldout_log_likelihood": dict(self.scores_)}
+    def _set_chosen(self) -> None:
+        one = len(self.kinds_) == 1
+        how = "product of " if self.rule == "product" else "stack of "
+        self.chosen_ = self.kinds_[0] if one else how + " + ".join(self.kinds_)
+        if one:  # explanations explain the kind itself (anomaly.explain)
+            self.model_ = self.components_[0]
+        self.selection_ = {
+            "rule": self.rule,
+            "chosen": self.chosen_,
+            "weights": dict(zip(self.kinds_, self.weights_.tolist(), strict=True)),
+            "candidates": dict(self.scores_),
+        }
+
+    def _component_log_probs(self, X: np.ndarray) -> np.ndarray:
+        return np.stack([m.log_prob(X) for m in self.components_])
 
     def _log_prob(self, X: np.ndarray) -> np.ndarray:
-        return self.model_.log_prob(X)
+        L = self._component_log_probs(X)
+        if self.rule == "product":
+            return self.weights_ @ L - self.log_z_
+        return logsumexp(np.log(self.weights_)[:, None] + L, axis=0)
+
+    def _log_ratio(self, X: np.ndarray) -> np.ndarray:
+        """log of Π_k p_k^(w_k) / Σ_k w_k p_k (≤ 0) per row."""
+        L = self._component_log_probs(X)
+        return self.weights_ @ L - logsumexp(np.log(self.weights_)[:, None] + L, axis=0)
+
+    def _mixture_sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        counts = rng.multinomial(n, self.weights_ / self.weights_.sum())
+        draws = [
+            m.sample(int(c), seed=int(rng.integers(2**31)))
+            for c, m in zip(counts, self.components_, strict=True)
+        ]
+        return np.concatenate(draws)[rng.permutation(n)]
 
     def _sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
-        return self.model_.sample(n, seed=int(rng.integers(2**31)))
+        if self.rule != "product" or len(self.components_) == 1 or n == 0:
+            return self._mixture_sample(n, rng)
+        kept: list[np.ndarray] = []
+        have = 0
+        for _ in range(100):  # rejection from the arithmetic mixture; acceptance rate Z
+            if have >= n:
+                break
+            m = min(1_000_000, int(np.ceil(1.2 * (n - have) / max(np.exp(self.log_z_), 1e-3))))
+            draws = self._mixture_sample(m, rng)
+            accept = np.log(rng.random(m)) < self._log_ratio(draws)
+            kept.append(draws[accept])
+            have += int(accept.sum())
+        if have < n:
+            msg = f"auto: rejection sampling accepted {have} of {n} rows; the experts disagree"
+            raise RuntimeError(msg)
+        return np.concatenate(kept)[:n]
 
     def _fitted_json(self) -> dict[str, Any]:
-        return {"chosen": self.chosen_, "scores": self.scores_}
+        return {
+            "kinds": self.kinds_,
+            "weights": self.weights_.tolist(),
+            "scores": self.scores_,
+            "log_z": self.log_z_,
+        }
 
     def _save_weights(self, directory: Path) -> None:
-        self.model_.save(directory / "chosen")
+        for i, model in enumerate(self.components_):
+            model.save(directory / f"component{i}")
 
     def _load_weights(self, directory: Path, fitted: dict[str, Any]) -> None:
         from anomaly.models import load
 
-        self.model_ = load(directory / "chosen")
-        self.chosen_, self.scores_ = fitted["chosen"], fitted["scores"]
+        self.scores_ = fitted["scores"]
+        self.log_z_ = fitted.get("log_z", 0.0)
+        if "kinds" not in fitted:  # saved before stacking: one chosen kind in chosen/
+            self.kinds_, self.weights_ = [fitted["chosen"]], np.ones(1)
+            self.components_ = [load(directory / "chosen")]
+        else:
+            self.kinds_, self.weights_ = fitted["kinds"], np.asarray(fitted["weights"])
+            self.components_ = [load(directory / f"component{i}") for i in range(len(self.kinds_))]
+        self._set_chosen()

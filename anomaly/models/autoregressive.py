@@ -207,6 +207,7 @@ class Autoregressive(TorchDensity):
 
     kind = "autoregressive"
     supports_context = True
+    native_categories = True
 
     def __init__(
         self,

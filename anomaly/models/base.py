@@ -6,10 +6,21 @@ The base class owns validation, seeding, threads and save/load; subclasses fill 
 ``_fit``, ``_log_prob``, ``_sample`` and ``_state``/``_load_state``.
 
 Two optional inputs: ``layout`` (which columns form each raw feature: a numeric column or a
-one-hot block, see :class:`Block`; stored as ``layout_``; kinds that model mixed types natively
-use it, the others only keep it) and ``context`` (always-observed conditioning columns, one row
-per row of X: a model with ``supports_context`` then gives the conditional density
-log p(x | context); the others refuse a context).
+one-hot block, see :class:`Block`; stored as ``layout_``) and ``context`` (always-observed
+conditioning columns, one row per row of X: a model with ``supports_context`` then gives the
+conditional density log p(x | context); the others refuse a context).
+
+Discrete columns get probability mass, not density (Theis, van den Oord & Bethge 2016): a
+numeric block with a lattice ``step`` (e.g. an integer count) and, for kinds without native
+categories, every one-hot column (step 1) are *dequantised*. The model is fitted on
+x + u·step, u ~ U(−½, ½) (seeded), a continuous density q; ``log_prob`` then reports the log
+of the cell mass ∫ q over [x − step/2, x + step/2] per discrete column (times the density of
+the continuous ones), estimated by log-mean-exp of q at ``CELL_POINTS`` fixed Latin-hypercube
+points of the cell: an unbiased estimate of the mass whose log is a lower bound in expectation
+(Jensen), so it never claims more than the model holds. Every kind's number is then the
+log-probability of the same event and the kinds compare in nats. Kinds that compute cell
+masses themselves set ``exact_cells`` (``kde``/``knn``: exact discrete Gaussian kernels;
+``auto`` delegates to its candidates).
 
 Saved form (no pickle anywhere): ``config.json`` (kind, constructor arguments, fitted shape,
 layout, context width) plus ``weights.npz`` (numpy arrays, loaded with ``allow_pickle=False``).
@@ -20,7 +31,6 @@ from __future__ import annotations
 import contextlib
 import inspect
 import json
-import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -37,6 +47,8 @@ MIN_LOG_PROB = -1e12
 #: training" (an all-zero one-hot block); the known categories share the remaining 1 − UNSEEN_PROB,
 #: so the distribution over categories still sums to one.
 UNSEEN_PROB = 1e-9
+#: points per cell at which a dequantised density is evaluated (see the module docstring)
+CELL_POINTS = 16
 
 
 @dataclass(frozen=True)
@@ -47,6 +59,9 @@ class Block:
     start: int
     stop: int
     categorical: bool = False
+    #: a numeric column whose values lie on a lattice with this spacing (model units), e.g.
+    #: integer counts; its likelihood is the mass of the cell of width ``step`` (0: continuous)
+    step: float = 0.0
 
 
 def default_layout(n_columns: int) -> list[Block]:
@@ -63,6 +78,9 @@ def check_layout(layout: list[Block], n_columns: int) -> list[Block]:
             msg = f"layout entries must be Block objects, got {type(block).__name__}"
             raise TypeError(msg)
         width = block.stop - block.start
+        if not (block.step >= 0 and np.isfinite(block.step)):
+            msg = f"layout block {block.name!r}: step must be a finite number ≥ 0"
+            raise ValueError(msg)
         if block.start != position or width < 1 or (width != 1 and not block.categorical):
             msg = (
                 f"layout block {block} does not fit: blocks must tile columns 0..{n_columns} in "
@@ -80,6 +98,28 @@ def check_layout(layout: list[Block], n_columns: int) -> list[Block]:
     return layout
 
 
+def lattice_step(values: np.ndarray, max_levels: int = 1_000, max_share: float = 1.0) -> float:
+    """Spacing of the lattice the values lie on (every gap a whole multiple of the smallest),
+    or 0.0 for continuous values: at least 2 and at most ``max_levels`` distinct values, and at
+    most ``max_share`` × the number of values (values that hardly repeat cannot make a density
+    spike, e.g. amounts in cents)."""
+    values = np.asarray(values, dtype=np.float64)
+    levels = np.unique(values)
+    if not 2 <= len(levels) <= min(max_levels, max_share * len(values)):
+        return 0.0
+    gaps = np.diff(levels)
+    step = gaps.min()
+    ratio = gaps / step
+    on_lattice = np.abs(ratio - np.round(ratio)) <= 1e-6 * np.maximum(ratio, 1.0)
+    return float(step) if on_lattice.all() else 0.0
+
+
+def lattice_layout(X: np.ndarray) -> list[Block]:
+    """Every column its own numeric feature, with its lattice step where it has one."""
+    X = np.asarray(X, dtype=np.float64)
+    return [Block(f"x{j}", j, j + 1, step=lattice_step(X[:, j])) for j in range(X.shape[1])]
+
+
 def category_codes(block: np.ndarray) -> np.ndarray:
     """Category index of each row of a one-hot block; −1 where no column is 1 (unseen)."""
     codes = block.argmax(axis=1)
@@ -92,6 +132,10 @@ class DensityModel:
     kind: ClassVar[str] = ""
     #: whether the kind models log p(x | context); see :func:`context_kinds`
     supports_context: ClassVar[bool] = False
+    #: whether the kind models one-hot blocks as categories (a pmf) itself
+    native_categories: ClassVar[bool] = False
+    #: whether the kind reports cell masses of discrete columns itself (no dequantisation here)
+    exact_cells: ClassVar[bool] = False
 
     def __init__(self, seed: int = 0) -> None:
         self.seed = seed
@@ -117,6 +161,10 @@ class DensityModel:
         self.layout_ = check_layout(layout or default_layout(X.shape[1]), X.shape[1])
         self.n_context_ = 0 if C is None else C.shape[1]
         self.n_features_in_ = X.shape[1]
+        self.cell_widths_, self.cell_origins_ = self._cells(X)
+        if self._dequantised():  # fit a continuous density to x + u·step
+            noise = np.random.default_rng(self.seed).uniform(-0.5, 0.5, X.shape)
+            X = X + noise * self.cell_widths_
         with _threads(getattr(self, "n_threads", None)):
             if self.supports_context:
                 self._fit(X, context=C)
@@ -131,11 +179,39 @@ class DensityModel:
         if X.shape[0] == 0:
             return np.zeros(0)
         with _threads(getattr(self, "n_threads", None)):
-            if self.supports_context:
-                lp = np.asarray(self._log_prob(X, context=C), dtype=np.float64)
-            else:
-                lp = np.asarray(self._log_prob(X), dtype=np.float64)
+            lp = self._cell_log_prob(X, C) if self._dequantised() else self._density(X, C)
         return np.nan_to_num(lp, nan=MIN_LOG_PROB, neginf=MIN_LOG_PROB).clip(MIN_LOG_PROB)
+
+    def _density(self, X: np.ndarray, C: np.ndarray | None) -> np.ndarray:
+        if self.supports_context:
+            return np.asarray(self._log_prob(X, context=C), dtype=np.float64)
+        return np.asarray(self._log_prob(X), dtype=np.float64)
+
+    def _cells(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per column: the cell width (0 = continuous) and a lattice point (for sampling)."""
+        widths = np.zeros(X.shape[1])
+        for block in self.layout_:
+            if block.categorical and not self.native_categories:
+                widths[block.start : block.stop] = 1.0
+            elif not block.categorical:
+                widths[block.start] = block.step
+        origins = np.where(widths > 0, X[0], 0.0)
+        return widths, origins
+
+    def _dequantised(self) -> bool:
+        widths = getattr(self, "cell_widths_", None)
+        return not self.exact_cells and widths is not None and bool((widths > 0).any())
+
+    def _cell_log_prob(self, X: np.ndarray, C: np.ndarray | None) -> np.ndarray:
+        """log ∫_cell q: log-mean-exp of the fitted density at fixed points of each row's cell."""
+        widths = self.cell_widths_
+        rng = np.random.default_rng(self.seed)
+        strata = (np.arange(CELL_POINTS) + 0.5) / CELL_POINTS - 0.5
+        points = np.stack([rng.permutation(strata) for _ in widths], axis=1)  # Latin hypercube
+        total = np.full(X.shape[0], -np.inf)
+        for offset in points:
+            total = np.logaddexp(total, self._density(X + offset * widths, C))
+        return total - np.log(CELL_POINTS) + np.log(widths[widths > 0]).sum()
 
     def score_samples(self, X: np.ndarray) -> np.ndarray:
         """scikit-learn's name for :meth:`log_prob`."""
@@ -151,7 +227,13 @@ class DensityModel:
         rng = np.random.default_rng(seed)
         with _threads(getattr(self, "n_threads", None)):
             out = self._sample(n, rng, context=C) if self.supports_context else self._sample(n, rng)
-            return np.asarray(out, dtype=np.float64).reshape(n, self.n_features_in_)
+        out = np.asarray(out, dtype=np.float64).reshape(n, self.n_features_in_)
+        if self._dequantised():  # a draw of x + u·step: its cell's lattice point
+            widths, origins = self.cell_widths_, self.cell_origins_
+            safe = np.where(widths > 0, widths, 1.0)
+            snapped = origins + np.round((out - origins) / safe) * safe
+            out = np.where(widths > 0, snapped, out)
+        return out
 
     def get_params(self) -> dict[str, Any]:
         """Constructor arguments (of this class and its bases), as stored by ``__init__``."""
@@ -176,6 +258,7 @@ class DensityModel:
             "n_features_in": self.n_features_in_,
             "layout": [asdict(block) for block in self.layout_],
             "n_context": self.n_context_,
+            "cells": {"widths": self.cell_widths_.tolist(), "origins": self.cell_origins_.tolist()},
             "fitted": self._fitted_json(),
         }
         (directory / "config.json").write_text(json.dumps(config, indent=2))
@@ -285,9 +368,14 @@ def _as_matrix(X: np.ndarray, what: str) -> np.ndarray:
 
 @contextlib.contextmanager
 def _threads(n: int | None) -> Iterator[None]:
-    """Run torch with ``n`` threads (default: all cores), restoring the previous setting."""
+    """Run torch with ``n`` threads, restoring the previous setting; ``None`` leaves the
+    caller's setting (``torch.set_num_threads``, ``OMP_NUM_THREADS``) alone: a library call
+    never changes process-wide thread pools behind the caller's back."""
+    if n is None:
+        yield
+        return
     previous = torch.get_num_threads()
-    torch.set_num_threads(n or os.cpu_count() or 1)
+    torch.set_num_threads(n)
     try:
         yield
     finally:

@@ -56,6 +56,7 @@ class Independent(DensityModel):
     """
 
     kind = "independent"
+    native_categories = True
 
     def __init__(
         self,

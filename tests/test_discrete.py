@@ -1,0 +1,215 @@
+"""Honest likelihoods on discrete data, for every kind (contract additions to test_models.py).
+
+Integer-valued and one-hot columns get probability mass, not density spikes: on a table of known
+distribution no kind's held-out log-likelihood exceeds minus the true entropy (Gibbs), and the
+probabilities over the discrete values sum to at most one (about one where the cells cover the
+space). Also: a fit or score leaves the caller's torch thread setting alone, and a forked child
+can fit and score after its parent did.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from scipy.stats import poisson
+
+from anomaly import models
+from anomaly.config import Features
+from anomaly.models import KINDS
+from anomaly.models.base import Block, lattice_layout, lattice_step
+from anomaly.preprocessing import Preprocessor
+
+_TORCH = {"max_epochs": 40, "batch_size": 64, "learning_rate": 1e-2, "progress": False}
+SMALL: dict[str, dict[str, Any]] = {
+    "gmm": {"max_components": 3},
+    "flow": {**_TORCH, "transforms": 2, "hidden": (32, 32), "n_threads": 1},
+    "vae": {**_TORCH, "latent": 2, "hidden": (32, 32), "n_threads": 1},
+    "autoregressive": {**_TORCH, "hidden": (32, 32), "components": 4},
+    "auto": {
+        "candidates": ("gaussian", "gmm", "kde"),
+        "candidate_params": {"gmm": {"max_components": 3}},
+    },
+}
+#: −H of x ~ N(0, 1), k ~ Poisson(3), c uniform over 3 categories (independent): nats per row
+_K = np.arange(80)
+_PK = poisson.pmf(_K, 3.0)
+MINUS_ENTROPY = float(
+    -0.5 * np.log(2 * np.pi * np.e) + np.sum(_PK[_PK > 0] * np.log(_PK[_PK > 0])) - np.log(3)
+)
+
+
+def make(kind: str) -> models.DensityModel:
+    return models.create(kind, seed=0, **SMALL.get(kind, {}))
+
+
+def frame(n: int, seed: int, numeric: bool = True) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    df = pd.DataFrame(
+        {
+            "id": [f"{seed}-{i}" for i in range(n)],
+            "x": rng.normal(size=n),
+            "k": rng.poisson(3.0, n),
+            "c": rng.choice(["a", "b", "c"], n),
+        }
+    )
+    return df if numeric else df.drop(columns="x")
+
+
+def test_lattice_step():
+    assert lattice_step(np.array([0.0, 3, 1, 7, 1])) == 1.0
+    assert lattice_step(np.array([0.25, 0.75, 2.25])) == 0.5
+    assert lattice_step(np.array([0.1, 0.2, 0.3, 0.5]) * 3 - 7) == pytest.approx(0.3)
+    assert lattice_step(np.random.default_rng(0).normal(size=500)) == 0.0
+    assert lattice_step(np.ones(10)) == 0.0  # constant: no lattice
+    assert lattice_step(np.arange(5_000.0)) == 0.0  # too many levels to call discrete
+    cents = np.round(np.random.default_rng(0).lognormal(3.5, 0.9, 400), 2)
+    assert lattice_step(cents) == pytest.approx(0.01)
+    assert lattice_step(cents, max_share=0.5) == 0.0  # they hardly repeat: no spike to fear
+    layout = lattice_layout(np.column_stack([np.arange(6.0), np.linspace(0, 1, 6) ** 0.5]))
+    assert [b.step for b in layout] == [1.0, 0.0]
+
+
+def test_preprocessor_marks_integer_columns_discrete_and_skips_their_jacobian(tmp_path):
+    spec = Features(id="id", numeric=["x", "k"], categorical=["c"])
+    pre = Preprocessor(spec).fit(frame(500, 1))
+    assert pre.steps_ == {"k": 1.0}
+    assert pre.transforms_["k"] == "none"  # a lattice stays a lattice (no log transform)
+    layout = pre.layout_
+    assert layout[0].step == 0.0
+    assert layout[1].step == pytest.approx(1.0 / pre.scales_["k"])
+    prepared = pre.transform(frame(5, 2))
+    np.testing.assert_allclose(prepared.log_det, -np.log(pre.scales_["x"]))
+    # inverse_transform puts counts back on the integers
+    back = pre.inverse_transform(prepared.X + 0.01)
+    np.testing.assert_array_equal(back["k"], frame(5, 2)["k"])
+    pre.save(tmp_path)
+    assert Preprocessor.load(tmp_path).layout_ == layout
+
+
+@pytest.fixture(scope="module")
+def mixed() -> tuple[Preprocessor, Any, Any]:
+    spec = Features(id="id", numeric=["x", "k"], categorical=["c"])
+    pre = Preprocessor(spec).fit(frame(1_000, 1))
+    return pre, pre.transform(frame(1_000, 1)), pre.transform(frame(3_000, 2))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_heldout_likelihood_respects_gibbs_on_mixed_data(mixed, kind, tmp_path):
+    """E[log q] ≤ E[log p] = −H for any distribution q of the same events: no kind may beat
+    the truth (3 standard errors of slack for the finite held-out sample)."""
+    pre, train, test = mixed
+    model = make(kind).fit(train.X, layout=pre.layout_)
+    ll = model.log_prob(test.X) + test.log_det
+    slack = 3 * ll.std() / np.sqrt(len(ll))
+    assert ll.mean() <= MINUS_ENTROPY + slack, (kind, ll.mean(), MINUS_ENTROPY)
+    assert ll.mean() > MINUS_ENTROPY - 1.5, (kind, ll.mean())  # and still a fair model
+    # save/load is exact and keeps the cells
+    loaded = models.load(model.save(tmp_path / "model"))
+    np.testing.assert_array_equal(loaded.log_prob(test.X[:200]), model.log_prob(test.X[:200]))
+    samples = pre.inverse_transform(loaded.sample(300, seed=1))
+    assert (samples["k"] == np.round(samples["k"])).all()
+    assert abs(samples["k"].mean() - 3.0) < 0.6
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_probabilities_over_discrete_values_sum_to_at_most_one(kind):
+    """A table of one count and one category: Σ_k Σ_c P(k, c) ≤ 1, and Σ_k P(k) ≈ 1 (the cells
+    of a lattice column tile the line); ≈ 1 over (k, c) too for kinds with native categories."""
+    spec = Features(id="id", numeric=["k"], categorical=["c"])
+    pre = Preprocessor(spec).fit(frame(800, 1, numeric=False))
+    model = make(kind).fit(pre.transform(frame(800, 1, numeric=False)).X, layout=pre.layout_)
+    grid = pd.DataFrame(
+        [(f"{k}{c}", k, c) for k in range(-5, 40) for c in "abc"], columns=["id", "k", "c"]
+    )
+    prepared = pre.transform(grid)
+    total = float(np.exp(model.log_prob(prepared.X) + prepared.log_det).sum())
+    assert total <= 1.02, (kind, total)
+    if model.native_categories:
+        assert total == pytest.approx(1.0, abs=0.03), (kind, total)
+
+    count_only = Preprocessor(Features(id="id", numeric=["k"])).fit(frame(800, 1, False))
+    model = make(kind).fit(count_only.transform(frame(800, 1, False)).X, count_only.layout_)
+    ks = count_only.transform(pd.DataFrame({"id": range(60), "k": np.arange(-10, 50)}))
+    pmf = np.exp(model.log_prob(ks.X) + ks.log_det)
+    assert pmf.sum() == pytest.approx(1.0, abs=0.03), (kind, pmf.sum())
+    assert abs(pmf @ np.arange(-10, 50) - 3.0) < 0.5
+
+
+def test_models_saved_without_cells_load_as_continuous(tmp_path):
+    X = np.random.default_rng(0).poisson(3.0, (200, 1)).astype(float)
+    model = make("gaussian").fit(X, layout=[Block("k", 0, 1, step=1.0)])
+    directory = model.save(tmp_path / "m")
+    old = json.loads((directory / "config.json").read_text())
+    del old["cells"]
+    for block in old["layout"]:
+        del block["step"]
+    (directory / "config.json").write_text(json.dumps(old))
+    loaded = models.load(directory)
+    assert not loaded._dequantised()
+    np.testing.assert_allclose(loaded.log_prob(X[:5]), loaded._density(X[:5], None))
+
+
+# ---------------------------------------------------------------------- library etiquette
+def test_fit_and_score_leave_the_callers_torch_threads_alone():
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        X = np.random.default_rng(0).normal(size=(200, 2))
+        model = models.create("flow", seed=0, max_epochs=2, progress=False).fit(X)
+        assert torch.get_num_threads() == 1
+        model.log_prob(X)
+        model.sample(5)
+        assert torch.get_num_threads() == 1
+        pinned = models.create("flow", seed=0, max_epochs=1, progress=False, n_threads=2)
+        pinned.fit(X)
+        assert torch.get_num_threads() == 1  # an explicit n_threads is restored afterwards
+    finally:
+        torch.set_num_threads(before)
+
+
+FORK_SCRIPT = """
+import os, sys, time
+import numpy as np, torch
+from anomaly import models
+torch.set_num_threads(1)  # the caller's choice, e.g. a multi-process harness
+X = np.random.default_rng(0).normal(size=(300, 3))
+flow = {"max_epochs": 2, "progress": False}
+models.create("flow", seed=0, **flow).fit(X).log_prob(X)
+models.create("kde", seed=0).fit(X).log_prob(X)
+pid = os.fork()
+if pid == 0:
+    code = 1
+    try:
+        scores = [
+            models.create("flow", seed=1, **flow).fit(X).log_prob(X),
+            models.create("kde", seed=1).fit(X).log_prob(X),
+        ]
+        code = 0 if all(np.isfinite(s).all() for s in scores) else 2
+    finally:
+        os._exit(code)
+deadline = time.monotonic() + 90
+while time.monotonic() < deadline:
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        sys.exit(os.waitstatus_to_exitcode(status))
+    time.sleep(0.1)
+os.kill(pid, 9)
+sys.exit("the forked child hung")
+"""
+
+
+def test_fit_in_a_forked_child_after_a_fit_in_the_parent_completes():
+    """A fresh process (no thread pool left by other tests) fits with the one thread it chose,
+    forks, and the child fits and scores. When fits switched torch to all cores, the child
+    inherited an OpenMP pool it could not use and hung forever."""
+    done = subprocess.run(
+        [sys.executable, "-c", FORK_SCRIPT], capture_output=True, text=True, timeout=180
+    )
+    assert done.returncode == 0, done.stderr[-2_000:]
