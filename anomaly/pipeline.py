@@ -23,6 +23,7 @@ from anomaly import registry
 from anomaly.config import Config
 from anomaly.detector import Detector
 from anomaly.io import SUFFIXES, read_table, shown
+from anomaly.processes import alive
 from anomaly.promotion import REVIEW_LABELS, decide, evaluation_data
 from anomaly.scoring import BatchSummary, batch_id_for, score_file
 from anomaly.store import (
@@ -162,13 +163,7 @@ def _owner_alive(owner: str) -> bool | None:
     pid = int(pid_text)
     if start != "0":
         return _start_time(pid) == start
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return alive(pid)
 
 
 def claim(inbox: Path, path: Path) -> Path | None:
