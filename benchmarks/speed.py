@@ -24,6 +24,10 @@ warm-up:
     row's features (hundreds of ``log_prob`` rows per flagged row, except the closed-form
     ``gaussian``), a cost that grows with the flag rate, not with the pipeline;
 (c) the peak resident memory (``ru_maxrss``) of the process that ran (b), per N;
+(e) the bare I/O limit on the same file, without the detector: read the batch's Parquet
+    columns (pyarrow, one row group at a time), build the output columns (the id as text, the
+    features, the four score columns as constants) and write them to a Parquet file; the
+    end-to-end rate of every kind is reported as a fraction of it;
 (d) the peer of the same family scoring the same rows as (a): ``gaussian`` → scikit-learn
     ``LedoitWolf.mahalanobis``, ``gmm`` → scikit-learn ``GaussianMixture.score_samples`` (as
     many components as the project's model chose), ``kde`` → PyOD ``KDE``, ``knn`` → PyOD
@@ -32,8 +36,8 @@ warm-up:
     on the same 20,000 preprocessed training rows with library defaults (deep peers:
     ``TORCH_EPOCHS`` epochs).
 
-Prints a markdown table (ratios: (b)/(a) = share of the raw speed the pipeline keeps; (a)/(d) =
-speed against the peer) and writes a CSV.
+Prints a markdown table (ratios: (b)/(a) = share of the raw speed the pipeline keeps; (b)/(e) =
+distance to the I/O limit; (a)/(d) = speed against the peer) and writes a CSV.
 """
 
 from __future__ import annotations
@@ -66,7 +70,9 @@ FIELDS = [
     "threads",
     "raw_rows_s",
     "e2e_rows_s",
+    "io_rows_s",
     "e2e_over_raw",
+    "e2e_over_io",
     "explain_seconds",
     "e2e_no_explain_rows_s",
     "e2e_no_explain_over_raw",
@@ -269,6 +275,46 @@ def child_e2e(model_dir: Path, data: Path, work: Path, threads: int) -> dict[str
     }
 
 
+def child_io(data: Path, work: Path) -> dict[str, Any]:
+    """(e) the bare I/O on ``data``: read its columns, write a Parquet file of the output
+    columns (a scored output's schema, with constant scores), in rows/s."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    work.mkdir(parents=True, exist_ok=True)
+    out = work / "io.parquet"
+
+    def run(path: Path) -> int:
+        rows = 0
+        with path.open("rb") as handle, pq.ParquetFile(handle, pre_buffer=False) as source:
+            writer = None
+            for batch in source.iter_batches(batch_size=ROW_GROUP):
+                n = batch.num_rows
+                columns = [pc.cast(batch.column(0), pa.string()), *batch.columns[1:]]
+                columns += [
+                    pa.nulls(n, pa.float64()).fill_null(0.0),
+                    pa.nulls(n, pa.float64()).fill_null(1.0),
+                    pa.nulls(n, pa.bool_()).fill_null(False),
+                    pa.repeat(pa.scalar("", pa.string()), n),
+                ]
+                names = [*batch.schema.names, "log_likelihood", "p_value", "is_anomaly", "reason"]
+                table = pa.Table.from_arrays(columns, names=names)
+                writer = writer or pq.ParquetWriter(out, table.schema)
+                writer.write_table(table)
+                rows += n
+            if writer is not None:
+                writer.close()
+        return rows
+
+    run(write_parquet(work / "warmup.parquet", WARMUP_ROWS, seed=3))
+    start = time.perf_counter()
+    rows = run(data)
+    seconds = time.perf_counter() - start
+    shutil.rmtree(work, ignore_errors=True)
+    return {"io_rows_s": rows / seconds}
+
+
 def _in_child(args: list[str], threads: int) -> dict[str, Any]:
     """Run this script with ``args`` in a fresh process; its last stdout line is JSON."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
@@ -299,14 +345,16 @@ def _num(value: Any, fmt: str) -> str:
 def table(rows: list[dict[str, Any]]) -> str:
     """The markdown table of the CSV rows."""
     lines = [
-        "| kind | N | raw rows/s (a) | end-to-end rows/s (b) | (b)/(a) | explain s "
-        "| (b) w/o explain | ratio | peak RSS MB (c) | peer (d) | peer rows/s | (a)/(d) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|",
+        "| kind | N | raw rows/s (a) | end-to-end rows/s (b) | I/O limit rows/s (e) | (b)/(a) "
+        "| (b)/(e) | explain s | (b) w/o explain | its /(a) | peak RSS MB (c) | peer (d) "
+        "| peer rows/s | (a)/(d) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {r['kind']} | {int(r['n_rows']):,} | {_num(r.get('raw_rows_s'), ',.0f')} "
-            f"| {_num(r.get('e2e_rows_s'), ',.0f')} | {_num(r.get('e2e_over_raw'), '.2f')} "
+            f"| {_num(r.get('e2e_rows_s'), ',.0f')} | {_num(r.get('io_rows_s'), ',.0f')} "
+            f"| {_num(r.get('e2e_over_raw'), '.2f')} | {_num(r.get('e2e_over_io'), '.2f')} "
             f"| {_num(r.get('explain_seconds'), ',.1f')} "
             f"| {_num(r.get('e2e_no_explain_rows_s'), ',.0f')} "
             f"| {_num(r.get('e2e_no_explain_over_raw'), '.2f')} "
@@ -325,7 +373,7 @@ def main() -> None:
     parser.add_argument("--raw-only", action="store_true", help="measure (a) and (d) only")
     parser.add_argument("--work", default="/tmp/anomaly-speed")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "speed.csv"))
-    parser.add_argument("--child", choices=["fit", "raw", "e2e"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=["fit", "raw", "e2e", "io"], help=argparse.SUPPRESS)
     parser.add_argument("--kind", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -333,8 +381,10 @@ def main() -> None:
 
     if args.child:
         _set_threads(args.threads)
-        model_dir = work / "models" / args.kind
-        if args.child == "fit":
+        model_dir = work / "models" / str(args.kind)
+        if args.child == "io":
+            result = child_io(Path(args.data), work / "io")
+        elif args.child == "fit":
             result = child_fit(args.kind, model_dir, args.threads)
         elif args.child == "raw":
             result = child_raw(args.kind, model_dir, Path(args.data), args.threads)
@@ -353,6 +403,11 @@ def main() -> None:
         files[n] = write_parquet(work / f"batch_{n}.parquet", n, seed=100)
         print(f"data N={n:,}: {files[n]} ({time.perf_counter() - start:.0f} s)", flush=True)
 
+    io = {}
+    if not args.raw_only:
+        for n in sizes:
+            io[n] = _in_child(["--child", "io", "--work", str(work), "--data", str(files[n])], 1)
+            print(f"I/O limit N={n:,}: {io[n]}", flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
@@ -371,8 +426,10 @@ def main() -> None:
             if not args.raw_only:
                 child = ["--child", "e2e", "--kind", kind, "--work", str(work)]
                 e2e = _in_child([*child, "--data", str(files[n])], args.threads)
-            row = {"kind": kind, "n_rows": n, "threads": args.threads, **raw, **e2e}
+            row = {"kind": kind, "n_rows": n, "threads": args.threads, **raw, **io.get(n, {})}
+            row.update(e2e)
             row["e2e_over_raw"] = row.get("e2e_rows_s", np.nan) / row.get("raw_rows_s", np.nan)
+            row["e2e_over_io"] = row.get("e2e_rows_s", np.nan) / row.get("io_rows_s", np.nan)
             row["e2e_no_explain_over_raw"] = row.get("e2e_no_explain_rows_s", np.nan) / row.get(
                 "raw_rows_s", np.nan
             )
