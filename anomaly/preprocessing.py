@@ -146,7 +146,7 @@ class Preprocessor:
         positions = np.flatnonzero(bad)
         quarantined = df.iloc[positions].set_axis(positions)  # index = position in df
         quarantined[REASON] = checked.loc[bad, REASON].to_numpy()
-        good = checked.loc[~bad]
+        good = checked.loc[~bad] if len(positions) else checked
         n = len(good)
         blocks, log_det = [], np.zeros(n)
         for col in self.features.numeric:
@@ -294,10 +294,14 @@ class Preprocessor:
         else:
             add(missing_id, f"missing id ({f.id})")
         for col in df.columns:  # in any column: a NUL cut dates short; others garble text
+            if not (is_object_dtype(df[col]) or is_string_dtype(df[col])):
+                continue  # numbers, dates and booleans hold no text
             found = _control_characters(df[col])
             if found.notna().any():
                 add(found.notna(), "control character " + found.fillna("") + f" in {col}")
-        dup = ~missing_id & id_text.duplicated(keep="first")
+        # integers have one text each: their duplicates are found without the texts
+        unique_key = ids if ids.dtype.kind in "iu" else id_text
+        dup = ~missing_id & unique_key.duplicated(keep="first")
         add(dup, f"duplicate id in {f.id}: " + _text(out[f.id][dup]))
         context_numeric = [
             c for c, k in getattr(self, "context_kinds_", {}).items() if k == "numeric"

@@ -198,8 +198,7 @@ def score_file(
                 else:
                     p_values.append(p)
                     has_reason.append(reason)
-                scored = _with_passthrough(detector, scored, chunk, copied)
-                table = pa.Table.from_pandas(scored, schema, preserve_index=False)
+                table = _output_table(detector, scored, chunk, copied, schema)
                 writer.write_table(table, row_group_size=max(len(table), 1))
                 maybe = (p <= detector.calibrator.alpha) | reason
                 rows = chunk.iloc[scored.index[maybe]].reset_index(drop=True)
@@ -366,21 +365,33 @@ def output_schema(detector: Detector, passthrough: list[str] | None = None) -> p
     return pa.schema([*fields, *SCORE_FIELDS])
 
 
-def _with_passthrough(
-    detector: Detector, scored: pd.DataFrame, chunk: pd.DataFrame, columns: list[str]
-) -> pd.DataFrame:
-    """``scored`` with the ``columns`` of its input rows (``scored.index`` = positions)."""
-    if not columns:
-        return scored
-    raw = chunk.iloc[scored.index]
+def _output_table(
+    detector: Detector,
+    scored: pd.DataFrame,
+    chunk: pd.DataFrame,
+    columns: list[str],
+    schema: pa.Schema,
+) -> pa.Table:
+    """The output rows of ``scored`` with the ``columns`` of its input rows (``scored.index``
+    = positions in ``chunk``), as an Arrow table of ``schema``, one array a column."""
+    every = len(scored) == len(chunk)  # every row, in order (the index holds positions)
+    raw = chunk if every or not columns else chunk.iloc[scored.index]
     numeric = _numeric_columns(detector)
-    copied = {
-        c: pd.to_numeric(raw[c], errors="coerce").astype(np.float64).to_numpy()
-        if c in numeric
-        else raw[c].map(_text).to_numpy()
-        for c in columns
-    }
-    return scored.assign(**copied)
+    values: dict[str, Any] = {c: scored[c] for c in scored.columns}
+    for c in columns:
+        if c in numeric:
+            values[c] = pd.to_numeric(raw[c], errors="coerce").astype(np.float64).to_numpy()
+        else:
+            values[c] = _texts(raw[c])
+    arrays = [pa.array(values[f.name], type=f.type, from_pandas=True) for f in schema]
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def _texts(values: pd.Series) -> np.ndarray:
+    """A copied column as text (see :func:`_text`); a text column without a per-value step."""
+    if isinstance(values.dtype, pd.StringDtype):
+        return values.astype(object).where(values.notna(), None).to_numpy()
+    return values.map(_text).to_numpy()
 
 
 def _text(value: Any) -> str | None:

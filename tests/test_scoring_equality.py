@@ -62,7 +62,8 @@ def files(tmp_path_factory) -> list[Path]:
     demo.to_parquet(folder / "demo.parquet")
     demo.iloc[:400].to_csv(folder / "demo.csv", index=False)
     repeated = demo.copy()
-    repeated.loc[[5, 40, 41, 300, 1_499], ID] = repeated[ID].iloc[[3, 3, 7, 41, 2]].to_numpy()
+    # 5 and 40 repeat 3 within the first chunk of 100; 250 and 1499 repeat earlier chunks' ids
+    repeated.loc[[5, 40, 250, 1_499], ID] = repeated[ID].iloc[[3, 3, 10, 2]].to_numpy()
     repeated.to_parquet(folder / "repeated_ids.parquet")
     return [*CORPUS, *sorted(folder.glob("*.csv")), *sorted(folder.glob("*.parquet"))]
 
@@ -157,7 +158,9 @@ def test_repeated_ids_across_chunks_are_quarantined_in_place(detector, files, tm
     path = next(p for p in files if p.name == "repeated_ids.parquet")
     summary = score_file(detector, path, tmp_path, chunk_rows=100)
     reasons = summary.quarantined["reason"]
-    assert reasons.str.startswith("duplicate id").sum() == 5
+    assert reasons.str.startswith("duplicate id").sum() == 4
+    across = summary.quarantined.loc[~reasons.str.contains("'"), ID]  # no quoted repr
+    assert sorted(across) == sorted(pd.read_parquet(path)[ID].iloc[[2, 10]])
     scored = pd.read_parquet(summary.output)
     assert not scored[ID].duplicated().any()
     assert len(scored) + len(summary.quarantined) == 1_500
