@@ -223,10 +223,9 @@ def score_file(
         shutil.rmtree(work, ignore_errors=True)
         raise
     dropped = repeated["position"]
-    kept = _kept(n_before, dropped)
-    if per_row:
-        flags = None
-    else:
+    flags = None  # under fpr they are in the file already
+    if not per_row:
+        kept = _kept(n_before, dropped)
         flags = detector.flag(np.concatenate(p_values)[kept], np.concatenate(has_reason)[kept])
     n_flagged, chunk_sums = _write_flags(tmp, output, flags, dropped, chunk_sums)
     pieces = [piece for chunk_pieces in quarantined for piece in chunk_pieces]
