@@ -26,8 +26,9 @@ warm-up:
 (c) the peak resident memory (``ru_maxrss``) of the process that ran (b), per N;
 (e) the bare I/O limit on the same file, without the detector: read the batch's Parquet
     columns (pyarrow, one row group at a time), build the output columns (the id as text, the
-    features, the four score columns as constants) and write them to a Parquet file; the
-    end-to-end rate of every kind is reported as a fraction of it;
+    features, the four score columns as constants) and write them to a Parquet file. It runs
+    in the process of (b), just before and just after it (the two are averaged), so both see
+    the same load; the end-to-end rate of every kind is reported as a fraction of it;
 (d) the peer of the same family scoring the same rows as (a): ``gaussian`` → scikit-learn
     ``LedoitWolf.mahalanobis``, ``gmm`` → scikit-learn ``GaussianMixture.score_samples`` (as
     many components as the project's model chose), ``kde`` → PyOD ``KDE``, ``knn`` → PyOD
@@ -233,7 +234,9 @@ def child_raw(kind: str, model_dir: Path, data: Path, threads: int) -> dict[str,
 
 
 def child_e2e(model_dir: Path, data: Path, work: Path, threads: int) -> dict[str, Any]:
-    """(b) end-to-end rows/s of score_file + write_batch and (c) this process's peak RSS."""
+    """(b) end-to-end rows/s of score_file + write_batch, (c) this process's peak RSS and (e)
+    the bare I/O on the same file, measured just before and just after (b) and averaged, so
+    that both see the same load on a shared machine."""
     import pandas as pd
     import torch
 
@@ -259,13 +262,22 @@ def child_e2e(model_dir: Path, data: Path, work: Path, threads: int) -> dict[str
         write_batch(engine, summary, "speed", flagged, quarantined, id_col)
         return summary
 
+    def io_seconds() -> float:
+        start = time.perf_counter()
+        bare_io(data, work / "io.parquet")
+        return time.perf_counter() - start
+
     run(warm)
+    bare_io(warm, work / "io.parquet")
+    io_before = io_seconds()
     start = time.perf_counter()
     summary = run(data)
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB → MiB on Linux
+    io_after = io_seconds()
     shutil.rmtree(work, ignore_errors=True)
     return {
+        "io_rows_s": summary.rows_in / ((io_before + io_after) / 2),
         "e2e_rows_s": summary.rows_in / seconds,
         "e2e_seconds": seconds,
         "explain_seconds": summary.explain_seconds,
@@ -275,44 +287,33 @@ def child_e2e(model_dir: Path, data: Path, work: Path, threads: int) -> dict[str
     }
 
 
-def child_io(data: Path, work: Path) -> dict[str, Any]:
-    """(e) the bare I/O on ``data``: read its columns, write a Parquet file of the output
-    columns (a scored output's schema, with constant scores), in rows/s."""
+def bare_io(path: Path, out: Path) -> int:
+    """(e) read ``path``'s columns and write a Parquet file of the output columns (a scored
+    output's schema, with constant scores), one row group at a time; the rows done."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    work.mkdir(parents=True, exist_ok=True)
-    out = work / "io.parquet"
-
-    def run(path: Path) -> int:
-        rows = 0
-        with path.open("rb") as handle, pq.ParquetFile(handle, pre_buffer=False) as source:
-            writer = None
-            for batch in source.iter_batches(batch_size=ROW_GROUP):
-                n = batch.num_rows
-                columns = [pc.cast(batch.column(0), pa.string()), *batch.columns[1:]]
-                columns += [
-                    pa.nulls(n, pa.float64()).fill_null(0.0),
-                    pa.nulls(n, pa.float64()).fill_null(1.0),
-                    pa.nulls(n, pa.bool_()).fill_null(False),
-                    pa.repeat(pa.scalar("", pa.string()), n),
-                ]
-                names = [*batch.schema.names, "log_likelihood", "p_value", "is_anomaly", "reason"]
-                table = pa.Table.from_arrays(columns, names=names)
-                writer = writer or pq.ParquetWriter(out, table.schema)
-                writer.write_table(table)
-                rows += n
-            if writer is not None:
-                writer.close()
-        return rows
-
-    run(write_parquet(work / "warmup.parquet", WARMUP_ROWS, seed=3))
-    start = time.perf_counter()
-    rows = run(data)
-    seconds = time.perf_counter() - start
-    shutil.rmtree(work, ignore_errors=True)
-    return {"io_rows_s": rows / seconds}
+    rows, writer = 0, None
+    with path.open("rb") as handle, pq.ParquetFile(handle, pre_buffer=False) as source:
+        for batch in source.iter_batches(batch_size=ROW_GROUP):
+            n = batch.num_rows
+            columns = [pc.cast(batch.column(0), pa.string()), *batch.columns[1:]]
+            columns += [
+                pa.nulls(n, pa.float64()).fill_null(0.0),
+                pa.nulls(n, pa.float64()).fill_null(1.0),
+                pa.nulls(n, pa.bool_()).fill_null(False),
+                pa.repeat(pa.scalar("", pa.string()), n),
+            ]
+            names = [*batch.schema.names, "log_likelihood", "p_value", "is_anomaly", "reason"]
+            table = pa.Table.from_arrays(columns, names=names)
+            writer = writer or pq.ParquetWriter(out, table.schema)
+            writer.write_table(table)
+            rows += n
+    if writer is not None:
+        writer.close()
+    out.unlink(missing_ok=True)
+    return rows
 
 
 def _in_child(args: list[str], threads: int) -> dict[str, Any]:
@@ -373,7 +374,7 @@ def main() -> None:
     parser.add_argument("--raw-only", action="store_true", help="measure (a) and (d) only")
     parser.add_argument("--work", default="/tmp/anomaly-speed")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "speed.csv"))
-    parser.add_argument("--child", choices=["fit", "raw", "e2e", "io"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=["fit", "raw", "e2e"], help=argparse.SUPPRESS)
     parser.add_argument("--kind", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -382,9 +383,7 @@ def main() -> None:
     if args.child:
         _set_threads(args.threads)
         model_dir = work / "models" / str(args.kind)
-        if args.child == "io":
-            result = child_io(Path(args.data), work / "io")
-        elif args.child == "fit":
+        if args.child == "fit":
             result = child_fit(args.kind, model_dir, args.threads)
         elif args.child == "raw":
             result = child_raw(args.kind, model_dir, Path(args.data), args.threads)
@@ -403,11 +402,6 @@ def main() -> None:
         files[n] = write_parquet(work / f"batch_{n}.parquet", n, seed=100)
         print(f"data N={n:,}: {files[n]} ({time.perf_counter() - start:.0f} s)", flush=True)
 
-    io = {}
-    if not args.raw_only:
-        for n in sizes:
-            io[n] = _in_child(["--child", "io", "--work", str(work), "--data", str(files[n])], 1)
-            print(f"I/O limit N={n:,}: {io[n]}", flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
@@ -426,8 +420,7 @@ def main() -> None:
             if not args.raw_only:
                 child = ["--child", "e2e", "--kind", kind, "--work", str(work)]
                 e2e = _in_child([*child, "--data", str(files[n])], args.threads)
-            row = {"kind": kind, "n_rows": n, "threads": args.threads, **raw, **io.get(n, {})}
-            row.update(e2e)
+            row = {"kind": kind, "n_rows": n, "threads": args.threads, **raw, **e2e}
             row["e2e_over_raw"] = row.get("e2e_rows_s", np.nan) / row.get("raw_rows_s", np.nan)
             row["e2e_over_io"] = row.get("e2e_rows_s", np.nan) / row.get("io_rows_s", np.nan)
             row["e2e_no_explain_over_raw"] = row.get("e2e_no_explain_rows_s", np.nan) / row.get(
