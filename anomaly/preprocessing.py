@@ -163,7 +163,7 @@ class Preprocessor:
         positions = np.flatnonzero(bad)
         quarantined = df.iloc[positions].set_axis(positions)  # index = position in df
         quarantined[REASON] = checked.loc[bad, REASON].to_numpy()
-        good = checked.loc[~bad]
+        good = checked.loc[~bad] if len(positions) else checked
         n = len(good)
         blocks, log_det = [], np.zeros(n)
         for col in self.features.numeric:
@@ -293,38 +293,54 @@ class Preprocessor:
         self.check_schema(list(df.columns))
         df = df.reset_index(drop=True)
         f = self.features
-        out = pd.DataFrame(index=df.index)
+        out: dict[str, Any] = {}  # the columns, in order; one frame is built at the end
         reasons = pd.Series([""] * len(df), index=df.index, dtype=object)
 
         def add(mask: pd.Series | np.ndarray, text: str | pd.Series) -> None:
-            mask = pd.Series(np.asarray(mask, dtype=bool), index=df.index)
-            if mask.any():
+            mask = np.asarray(mask, dtype=bool)
+            if mask.any():  # reasons are built for the bad rows only
+                mask = pd.Series(mask, index=df.index)
                 # a Series of texts may hold only the masked rows (texts are built for those)
                 piece = text.reindex(mask.index[mask]) if isinstance(text, pd.Series) else text
                 reasons[mask] = (reasons[mask] + "; " + piece).str.lstrip("; ")
 
         ids = df[f.id]
-        out[f.id] = ids.astype(str).where(ids.notna(), None)
-        add(ids.isna() | (out[f.id].str.strip() == ""), f"missing id ({f.id})")
-        text_ids = out[f.id].fillna("")
-        too_long = f"id longer than {MAX_ID_LENGTH} characters ({f.id})"
-        add(text_ids.str.len() > MAX_ID_LENGTH, too_long)
+        id_text = ids.astype(str)
+        missing_id = ids.isna()
+        out[f.id] = id_text.where(~missing_id, None)
+        if is_object_dtype(ids) or is_string_dtype(ids):  # a number's text is never blank
+            add(missing_id | (out[f.id].str.strip() == ""), f"missing id ({f.id})")
+            too_long = f"id longer than {MAX_ID_LENGTH} characters ({f.id})"
+            add(out[f.id].fillna("").str.len() > MAX_ID_LENGTH, too_long)
+        else:
+            add(missing_id, f"missing id ({f.id})")
         for col in df.columns:  # in any column: a NUL cut dates short; others garble text
+            if not (is_object_dtype(df[col]) or is_string_dtype(df[col])):
+                continue  # numbers, dates and booleans hold no text
             found = _control_characters(df[col])
-            add(found.notna(), "control character " + found.fillna("") + f" in {col}")
-        dup = ids.notna() & ids.astype(str).duplicated(keep="first")
+            if found.notna().any():
+                add(found.notna(), "control character " + found.fillna("") + f" in {col}")
+        # integers have one text each: their duplicates are found without the texts
+        unique_key = ids if ids.dtype.kind in "iu" else id_text
+        dup = ~missing_id & unique_key.duplicated(keep="first")
         add(dup, f"duplicate id in {f.id}: " + _text(out[f.id][dup]))
         context_numeric = [
             c for c, k in getattr(self, "context_kinds_", {}).items() if k == "numeric"
         ]
         for col in [*f.numeric, *context_numeric]:
             raw = df[col]
-            values = _to_float(raw)
-            add(raw.isna(), f"missing value in {col}")
-            non_numeric = raw.notna() & values.isna()
-            add(non_numeric, f"non-numeric value in {col}: " + _text(raw[non_numeric]))
-            add(np.isinf(values), f"infinite value in {col}")
-            out[col] = values.where(np.isfinite(values), 0.0)
+            if isinstance(raw.dtype, np.dtype) and raw.dtype.kind in "fiub":  # numpy numbers
+                array = raw.to_numpy(np.float64)
+                add(np.isnan(array), f"missing value in {col}")
+            else:
+                values = _to_float(raw)
+                add(raw.isna(), f"missing value in {col}")
+                non_numeric = raw.notna() & values.isna()
+                if non_numeric.any():
+                    add(non_numeric, f"non-numeric value in {col}: " + _text(raw[non_numeric]))
+                array = values.to_numpy()
+            add(np.isinf(array), f"infinite value in {col}")
+            out[col] = pd.Series(np.where(np.isfinite(array), array, 0.0), index=df.index)
         for col in [*f.categorical, *(c for c in f.context if c not in context_numeric)]:
             add(df[col].isna(), f"missing value in {col}")
             out[col] = df[col]
@@ -334,7 +350,7 @@ class Preprocessor:
             add(parsed.isna(), f"missing or unparseable timestamp in {f.timestamp}")
             out[f.timestamp] = parsed
         out[REASON] = reasons
-        return out
+        return pd.DataFrame(out, index=df.index)
 
     # ------------------------------------------------------------------ storage
     def _check_fitted(self) -> None:

@@ -1,11 +1,12 @@
 """Scoring a batch file in bounded memory: read by chunks, score, flag, write atomically.
 
-Pass 1 scores each chunk and streams the rows to a temporary Parquet file, keeping per row only
-its flag (1 byte) under the ``fpr`` rule or its p-value (8 bytes) under ``fdr``, which needs the
-whole batch (Benjamini–Hochberg), plus an 8-byte hash of its id for the duplicate check, and the
-rows that may be flagged.
-Pass 2 streams the temporary file into the final output with ``is_anomaly`` set, then renames
-it into place, so a reader never sees a partial output.
+One pass scores each chunk and streams its rows to a temporary Parquet file (one row group a
+chunk), with their flags under the ``fpr`` rule; it keeps the rows that may be flagged and, only
+under ``fdr``, which needs the whole batch (Benjamini–Hochberg), each row's p-value (8 bytes).
+The ids go to hash-partitioned spill files, checked for ids repeated across chunks at the end,
+one part at a time, so memory does not grow with the batch. The temporary file is renamed into
+place, so a reader never sees a partial output; a second pass copies it first only when a row
+must go (a repeated id) or its flags come after the pass (``fdr``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from anomaly.detector import Detector
@@ -89,35 +91,60 @@ def output_paths(out_dir: Path, batch_id: str) -> tuple[Path, Path]:
     return out_dir / f"{batch_id}.scored.parquet", out_dir / f"{batch_id}.quarantine.parquet"
 
 
-_POSITION = "__position"
+_POSITION, _FLAG = "__position", "__flag"
 
 
-class _SeenIds:
-    """64-bit hashes of the ids of earlier chunks (8 bytes an id; a false duplicate needs a
-    hash collision, odds about n² / 2⁶⁵), sorted, in a buffer grown by a quarter at a time."""
+class _IdSpill:
+    """Which scored rows repeat an id of an earlier chunk, without holding the ids in RAM.
 
-    def __init__(self) -> None:
-        self.hashes = np.zeros(0, dtype=np.uint64)
-        self.n = 0
+    Each chunk's scored ids are hashed (64 bits; a false duplicate needs a collision, odds
+    about n² / 2⁶⁵) and appended with their row's place to one of :data:`PARTS` files under
+    the batch's work folder, chosen by the hash's top bits. :meth:`repeated` then reads one
+    file at a time (1/PARTS of the rows): memory is that of the largest part, not the batch.
+    """
 
-    def repeated(self, ids: pd.Series) -> np.ndarray:
-        """Which ids were seen in an earlier chunk; remembers the new ones."""
-        h = pd.util.hash_pandas_object(ids.astype(str), index=False).to_numpy()
-        known = self.hashes[: self.n]
-        pos = np.searchsorted(known, h).clip(max=max(self.n - 1, 0))
-        seen = known[pos] == h if self.n else np.zeros(len(h), dtype=bool)
-        del known, pos  # no view of the buffer may outlive a resize
-        new = np.unique(h[~seen])
-        end = self.n + len(new)
-        if end > len(self.hashes):
-            # realloc in place (no copy of what is kept, where the allocator can remap)
-            self.hashes.resize(max(end, len(self.hashes) * 5 // 4), refcheck=False)
-        self.hashes[self.n : end] = new
-        # two sorted runs: the stable sort (timsort) merges them in linear time with a
-        # temporary the size of the new run only
-        self.hashes[:end].sort(kind="stable")
-        self.n = end
-        return seen
+    PARTS = 64
+    RECORD = np.dtype([("hash", "<u8"), ("position", "<i8"), ("chunk", "<i4"), ("row", "<i4")])
+
+    def __init__(self, folder: Path) -> None:
+        folder.mkdir()
+        self.paths = [folder / f"ids.{k:02d}" for k in range(self.PARTS)]
+        self.files = [path.open("wb") for path in self.paths]
+
+    def add(self, ids: pd.Series, position: int, chunk: int, rows: np.ndarray) -> None:
+        """Remember chunk ``chunk``'s scored ids; the first is scored row ``position`` of the
+        batch, ``rows`` are their positions in the chunk."""
+        records = np.empty(len(ids), self.RECORD)
+        records["hash"] = pd.util.hash_pandas_object(ids.astype(str), index=False).to_numpy()
+        records["position"] = position + np.arange(len(ids))
+        records["chunk"], records["row"] = chunk, rows
+        part = (records["hash"] >> np.uint64(64 - 6)).astype(np.intp)  # 2⁶ = PARTS
+        order = np.argsort(part, kind="stable")
+        bounds = np.searchsorted(part[order], np.arange(self.PARTS + 1))
+        for k in np.flatnonzero(np.diff(bounds)):
+            records[order[bounds[k] : bounds[k + 1]]].tofile(self.files[k])
+
+    def close(self) -> None:
+        """Close the spill files (they go with the work folder)."""
+        for file in self.files:
+            file.close()
+
+    def repeated(self) -> np.ndarray:
+        """The records (sorted by position) of the rows whose id a row of an earlier chunk
+        had; the spill files are closed and deleted."""
+        self.close()
+        found = []
+        for path in self.paths:
+            records = np.fromfile(path, self.RECORD)
+            path.unlink()
+            if not len(records):
+                continue
+            records = records[np.lexsort((records["position"], records["hash"]))]
+            group = np.r_[True, records["hash"][1:] != records["hash"][:-1]]
+            first_chunk = records["chunk"][group][np.cumsum(group) - 1]
+            found.append(records[records["chunk"] > first_chunk])
+        repeated = np.concatenate(found) if found else np.empty(0, self.RECORD)
+        return repeated[np.argsort(repeated["position"], kind="stable")]
 
 
 def score_file(
@@ -142,13 +169,14 @@ def score_file(
     output, quarantine_path = output_paths(out_dir, batch_id)
     work = _work_dir(out_dir, batch_id)
     tmp = work / "pass1.parquet"
-    # the fpr rule flags a row by its own p-value, so each chunk's flags are final (1 byte a
-    # row is kept); fdr (Benjamini–Hochberg) needs the whole batch's p-values first
+    # the fpr rule flags a row by its own p-value, so each chunk's flags are final and are
+    # written as the chunk is; fdr (Benjamini–Hochberg) needs the whole batch's p-values first
     per_row = detector.calibrator.rule == "fpr"
-    p_values, has_reason, flag_parts = [np.zeros(0)], [np.zeros(0, bool)], [np.zeros(0, bool)]
-    quarantined = []
+    p_values, has_reason = [np.zeros(0)], [np.zeros(0, bool)]
+    quarantined: list[list[pd.DataFrame]] = []  # per chunk: unreadable, repeated ids, invalid
     candidates, n_before = [], 0  # raw rows that may be flagged: p <= alpha or a reason
-    ll_sum, seen = 0.0, _SeenIds()
+    chunk_sums: list[float] = []  # per chunk, the sum of its log-likelihoods
+    spill = _IdSpill(work / "ids")
     id_col = detector.preprocessor.features.id
     try:
         chunks = iter_rows(path, chunk_rows)
@@ -157,47 +185,51 @@ def score_file(
         copied = passthrough_columns(detector, passthrough, columns)
         schema = output_schema(detector, copied)
         with pq.ParquetWriter(tmp, schema) as writer:
-            for chunk, unreadable in itertools.chain([first] if first else [], chunks):
-                if len(unreadable):  # CSV rows that are not rows of the table: too many fields
-                    quarantined.append(unreadable)
+            for k, (chunk, unreadable) in enumerate(
+                itertools.chain([first] if first else [], chunks)
+            ):
+                quarantined.append([unreadable] if len(unreadable) else [])
                 result = detector.score(chunk, flag=False)
                 scored = result.scored
-                repeated = seen.repeated(scored[id_col])
-                if repeated.any():  # duplicates of ids in earlier chunks
-                    again = chunk.iloc[scored.index[repeated]].copy()
-                    again[REASON] = f"duplicate id in {id_col}: " + again[id_col].astype(str)
-                    quarantined.append(again)
-                    scored = scored.loc[~repeated]
-                scored = _with_passthrough(detector, scored, chunk, copied)
-                writer.write_table(pa.Table.from_pandas(scored, schema, preserve_index=False))
+                spill.add(scored[id_col], n_before, k, scored.index.to_numpy())
                 p, reason = scored["p_value"].to_numpy(), scored["reason"].to_numpy() != ""
                 if per_row:
-                    flag_parts.append(detector.flag(p, reason))
+                    scored["is_anomaly"] = detector.flag(p, reason)
                 else:
                     p_values.append(p)
                     has_reason.append(reason)
+                table = _output_table(detector, scored, chunk, copied, schema)
+                writer.write_table(table, row_group_size=max(len(table), 1))
                 maybe = (p <= detector.calibrator.alpha) | reason
                 rows = chunk.iloc[scored.index[maybe]].reset_index(drop=True)
                 for col in ("log_likelihood", "p_value", "reason"):
                     rows[col] = scored[col].to_numpy()[maybe]
                 rows[_POSITION] = n_before + np.flatnonzero(maybe)
+                rows[_FLAG] = scored["is_anomaly"].to_numpy()[maybe]
                 candidates.append(rows)
                 n_before += len(scored)
-                ll_sum += float(scored["log_likelihood"].sum())
+                chunk_sums.append(float(scored["log_likelihood"].sum()))
                 if len(result.quarantined):
-                    quarantined.append(result.quarantined)
+                    quarantined[k].append(result.quarantined)
+        repeated = spill.repeated()
+        if len(repeated):
+            _quarantine_repeated(path, chunk_rows, repeated, quarantined, id_col)
     except (SchemaError, DataError) as exc:
+        spill.close()
         shutil.rmtree(work, ignore_errors=True)
         return BatchSummary(batch_id, str(path), "rejected", error=str(exc))
     except BaseException:
+        spill.close()
         shutil.rmtree(work, ignore_errors=True)
         raise
-    if per_row:
-        flags = np.concatenate(flag_parts)
-    else:
-        flags = detector.flag(np.concatenate(p_values), np.concatenate(has_reason))
-    _write_flags(tmp, output, flags)
-    quarantine_frame = pd.concat(quarantined, ignore_index=True) if quarantined else None
+    dropped = repeated["position"]
+    flags = None  # under fpr they are in the file already
+    if not per_row:
+        kept = _kept(n_before, dropped)
+        flags = detector.flag(np.concatenate(p_values)[kept], np.concatenate(has_reason)[kept])
+    n_flagged, chunk_sums = _write_flags(tmp, output, flags, dropped, chunk_sums)
+    pieces = [piece for chunk_pieces in quarantined for piece in chunk_pieces]
+    quarantine_frame = pd.concat(pieces, ignore_index=True) if pieces else None
     quarantine_output = (
         None
         if quarantine_frame is None
@@ -207,7 +239,14 @@ def score_file(
     flagged = pd.concat(candidates, ignore_index=True) if candidates else pd.DataFrame()
     explain_start = time.perf_counter()
     if len(flagged):
-        flagged = flagged.loc[flags[flagged[_POSITION].to_numpy()]].drop(columns=_POSITION)
+        position = flagged[_POSITION].to_numpy()
+        keep = ~np.isin(position, dropped)
+        new_position = position - np.searchsorted(dropped, position)  # after the dropped rows
+        if flags is None:
+            keep &= flagged[_FLAG].to_numpy(bool)
+        else:
+            keep &= flags[new_position.clip(0, max(len(flags) - 1, 0))] if len(flags) else False
+        flagged = flagged.loc[keep].drop(columns=[_POSITION, _FLAG])
         flagged = flagged.reset_index(drop=True)
         worst = np.argsort(flagged["log_likelihood"].to_numpy(), kind="stable")[:explain_rows]
         contributions: list[list[dict[str, Any]]] = [[] for _ in range(len(flagged))]
@@ -217,9 +256,12 @@ def score_file(
                 contributions[row] = value
         flagged["contributions"] = contributions
     explain_seconds = time.perf_counter() - explain_start
-    n_flagged, n_scored = int(flags.sum()), len(flags)
+    n_scored = n_before - len(dropped)
     shift = detector.calibrator.shift_alarm(n_flagged, n_scored)
     n_quarantined = 0 if quarantine_frame is None else len(quarantine_frame)
+    ll_sum = 0.0
+    for chunk_sum in chunk_sums:
+        ll_sum += chunk_sum
     return BatchSummary(
         batch_id=batch_id,
         source=str(path),
@@ -240,6 +282,32 @@ def score_file(
         flagged=flagged.reset_index(drop=True),
         quarantined=quarantine_frame,
     )
+
+
+def _kept(n: int, dropped: np.ndarray) -> np.ndarray:
+    """A mask of ``n`` rows without the ``dropped`` positions."""
+    kept = np.ones(n, bool)
+    kept[dropped] = False
+    return kept
+
+
+def _quarantine_repeated(
+    path: Path,
+    chunk_rows: int,
+    repeated: np.ndarray,
+    quarantined: list[list[pd.DataFrame]],
+    id_col: str,
+) -> None:
+    """Put the raw rows whose id an earlier chunk had (read again from ``path``) into their
+    chunk's quarantined rows, after its unreadable rows (the order a single pass gave)."""
+    wanted = np.unique(repeated["chunk"])
+    for k, (chunk, unreadable) in enumerate(iter_rows(path, chunk_rows)):
+        if k not in wanted:
+            continue
+        rows = repeated["row"][repeated["chunk"] == k]
+        again = chunk.iloc[rows].copy()
+        again[REASON] = f"duplicate id in {id_col}: " + again[id_col].astype(str)
+        quarantined[k].insert(1 if len(unreadable) else 0, again)
 
 
 #: the score columns of a scored output, after the copied input columns
@@ -296,21 +364,33 @@ def output_schema(detector: Detector, passthrough: list[str] | None = None) -> p
     return pa.schema([*fields, *SCORE_FIELDS])
 
 
-def _with_passthrough(
-    detector: Detector, scored: pd.DataFrame, chunk: pd.DataFrame, columns: list[str]
-) -> pd.DataFrame:
-    """``scored`` with the ``columns`` of its input rows (``scored.index`` = positions)."""
-    if not columns:
-        return scored
-    raw = chunk.iloc[scored.index]
+def _output_table(
+    detector: Detector,
+    scored: pd.DataFrame,
+    chunk: pd.DataFrame,
+    columns: list[str],
+    schema: pa.Schema,
+) -> pa.Table:
+    """The output rows of ``scored`` with the ``columns`` of its input rows (``scored.index``
+    = positions in ``chunk``), as an Arrow table of ``schema``, one array a column."""
+    every = len(scored) == len(chunk)  # every row, in order (the index holds positions)
+    raw = chunk if every or not columns else chunk.iloc[scored.index]
     numeric = _numeric_columns(detector)
-    copied = {
-        c: pd.to_numeric(raw[c], errors="coerce").astype(np.float64).to_numpy()
-        if c in numeric
-        else raw[c].map(_text).to_numpy()
-        for c in columns
-    }
-    return scored.assign(**copied)
+    values: dict[str, Any] = {c: scored[c] for c in scored.columns}
+    for c in columns:
+        if c in numeric:
+            values[c] = pd.to_numeric(raw[c], errors="coerce").astype(np.float64).to_numpy()
+        else:
+            values[c] = _texts(raw[c])
+    arrays = [pa.array(values[f.name], type=f.type, from_pandas=True) for f in schema]
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def _texts(values: pd.Series) -> np.ndarray:
+    """A copied column as text (see :func:`_text`); a text column without a per-value step."""
+    if isinstance(values.dtype, pd.StringDtype):
+        return values.astype(object).where(values.notna(), None).to_numpy()
+    return values.map(_text).to_numpy()
 
 
 def _text(value: Any) -> str | None:
@@ -331,18 +411,45 @@ def _work_dir(out_dir: Path, batch_id: str) -> Path:
     return work
 
 
-def _write_flags(tmp: Path, output: Path, flags: np.ndarray) -> None:
-    """Copy the pass-1 file to ``output`` with ``is_anomaly`` set, atomically."""
+def _write_flags(
+    tmp: Path,
+    output: Path,
+    flags: np.ndarray | None,
+    dropped: np.ndarray,
+    chunk_sums: list[float],
+) -> tuple[int, list[float]]:
+    """Move the pass-1 file to ``output`` atomically: as it is when its flags are final
+    (``flags`` None) and no row is ``dropped``; else copied one chunk (row group) at a time
+    without the dropped rows and with ``is_anomaly`` = ``flags``. Returns the number of
+    flagged rows and the per-chunk log-likelihood sums of the rows kept."""
     final = tmp.with_name(output.name)
-    start = 0
+    if flags is None and not len(dropped):
+        n_flagged = 0
+        with pq.ParquetFile(tmp, pre_buffer=False) as source:
+            for k in range(source.num_row_groups):
+                column = source.read_row_group(k, columns=["is_anomaly"]).column(0)
+                n_flagged += int(pc.sum(column).as_py() or 0)
+        os.replace(tmp, output)
+        return n_flagged, chunk_sums
+    start, n_flagged, sums = 0, 0, []
     with pq.ParquetFile(tmp, pre_buffer=False) as source:  # see io.iter_chunks
         writer = pq.ParquetWriter(final, source.schema_arrow)
         with writer:
-            for batch in source.iter_batches():
-                stop = start + batch.num_rows
-                column = batch.schema.get_field_index("is_anomaly")
-                batch = batch.set_column(column, "is_anomaly", pa.array(flags[start:stop]))
-                writer.write_batch(batch)
+            for k in range(source.num_row_groups):
+                table = source.read_row_group(k)
+                stop = start + table.num_rows
+                mine = dropped[(dropped >= start) & (dropped < stop)] - start
+                if len(mine):
+                    table = table.filter(pa.array(_kept(table.num_rows, mine)))
+                if flags is not None:
+                    index = table.schema.get_field_index("is_anomaly")
+                    base = start - int(np.searchsorted(dropped, start))
+                    column = pa.array(flags[base : base + table.num_rows])
+                    table = table.set_column(index, "is_anomaly", column)
+                n_flagged += int(pc.sum(table.column("is_anomaly")).as_py() or 0)
+                sums.append(float(table.column("log_likelihood").to_pandas().sum()))
+                writer.write_table(table, row_group_size=max(table.num_rows, 1))
                 start = stop
     os.replace(final, output)
     tmp.unlink()
+    return n_flagged, sums

@@ -24,6 +24,11 @@ warm-up:
     row's features (hundreds of ``log_prob`` rows per flagged row, except the closed-form
     ``gaussian``), a cost that grows with the flag rate, not with the pipeline;
 (c) the peak resident memory (``ru_maxrss``) of the process that ran (b), per N;
+(e) the bare I/O limit on the same file, without the detector: read the batch's Parquet
+    columns (pyarrow, one row group at a time), build the output columns (the id as text, the
+    features, the four score columns as constants) and write them to a Parquet file. It runs
+    in the process of (b), just before and just after it (the two are averaged), so both see
+    the same load; the end-to-end rate of every kind is reported as a fraction of it;
 (d) the peer of the same family scoring the same rows as (a): ``gaussian`` → scikit-learn
     ``LedoitWolf.mahalanobis``, ``gmm`` → scikit-learn ``GaussianMixture.score_samples`` (as
     many components as the project's model chose), ``kde`` → PyOD ``KDE``, ``knn`` → PyOD
@@ -32,8 +37,8 @@ warm-up:
     on the same 20,000 preprocessed training rows with library defaults (deep peers:
     ``TORCH_EPOCHS`` epochs).
 
-Prints a markdown table (ratios: (b)/(a) = share of the raw speed the pipeline keeps; (a)/(d) =
-speed against the peer) and writes a CSV.
+Prints a markdown table (ratios: (b)/(a) = share of the raw speed the pipeline keeps; (b)/(e) =
+distance to the I/O limit; (a)/(d) = speed against the peer) and writes a CSV.
 """
 
 from __future__ import annotations
@@ -66,7 +71,9 @@ FIELDS = [
     "threads",
     "raw_rows_s",
     "e2e_rows_s",
+    "io_rows_s",
     "e2e_over_raw",
+    "e2e_over_io",
     "explain_seconds",
     "e2e_no_explain_rows_s",
     "e2e_no_explain_over_raw",
@@ -227,7 +234,9 @@ def child_raw(kind: str, model_dir: Path, data: Path, threads: int) -> dict[str,
 
 
 def child_e2e(model_dir: Path, data: Path, work: Path, threads: int) -> dict[str, Any]:
-    """(b) end-to-end rows/s of score_file + write_batch and (c) this process's peak RSS."""
+    """(b) end-to-end rows/s of score_file + write_batch, (c) this process's peak RSS and (e)
+    the bare I/O on the same file, measured just before and just after (b) and averaged, so
+    that both see the same load on a shared machine."""
     import pandas as pd
     import torch
 
@@ -253,13 +262,22 @@ def child_e2e(model_dir: Path, data: Path, work: Path, threads: int) -> dict[str
         write_batch(engine, summary, "speed", flagged, quarantined, id_col)
         return summary
 
+    def io_seconds() -> float:
+        start = time.perf_counter()
+        bare_io(data, work / "io.parquet")
+        return time.perf_counter() - start
+
     run(warm)
+    bare_io(warm, work / "io.parquet")
+    io_before = io_seconds()
     start = time.perf_counter()
     summary = run(data)
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB → MiB on Linux
+    io_after = io_seconds()
     shutil.rmtree(work, ignore_errors=True)
     return {
+        "io_rows_s": summary.rows_in / ((io_before + io_after) / 2),
         "e2e_rows_s": summary.rows_in / seconds,
         "e2e_seconds": seconds,
         "explain_seconds": summary.explain_seconds,
@@ -267,6 +285,35 @@ def child_e2e(model_dir: Path, data: Path, work: Path, threads: int) -> dict[str
         "peak_rss_mb": peak,
         "rows_flagged": summary.rows_flagged,
     }
+
+
+def bare_io(path: Path, out: Path) -> int:
+    """(e) read ``path``'s columns and write a Parquet file of the output columns (a scored
+    output's schema, with constant scores), one row group at a time; the rows done."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    rows, writer = 0, None
+    with path.open("rb") as handle, pq.ParquetFile(handle, pre_buffer=False) as source:
+        for batch in source.iter_batches(batch_size=ROW_GROUP):
+            n = batch.num_rows
+            columns = [pc.cast(batch.column(0), pa.string()), *batch.columns[1:]]
+            columns += [
+                pa.nulls(n, pa.float64()).fill_null(0.0),
+                pa.nulls(n, pa.float64()).fill_null(1.0),
+                pa.nulls(n, pa.bool_()).fill_null(False),
+                pa.repeat(pa.scalar("", pa.string()), n),
+            ]
+            names = [*batch.schema.names, "log_likelihood", "p_value", "is_anomaly", "reason"]
+            table = pa.Table.from_arrays(columns, names=names)
+            writer = writer or pq.ParquetWriter(out, table.schema)
+            writer.write_table(table)
+            rows += n
+    if writer is not None:
+        writer.close()
+    out.unlink(missing_ok=True)
+    return rows
 
 
 def _in_child(args: list[str], threads: int) -> dict[str, Any]:
@@ -299,14 +346,16 @@ def _num(value: Any, fmt: str) -> str:
 def table(rows: list[dict[str, Any]]) -> str:
     """The markdown table of the CSV rows."""
     lines = [
-        "| kind | N | raw rows/s (a) | end-to-end rows/s (b) | (b)/(a) | explain s "
-        "| (b) w/o explain | ratio | peak RSS MB (c) | peer (d) | peer rows/s | (a)/(d) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|",
+        "| kind | N | raw rows/s (a) | end-to-end rows/s (b) | I/O limit rows/s (e) | (b)/(a) "
+        "| (b)/(e) | explain s | (b) w/o explain | its /(a) | peak RSS MB (c) | peer (d) "
+        "| peer rows/s | (a)/(d) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {r['kind']} | {int(r['n_rows']):,} | {_num(r.get('raw_rows_s'), ',.0f')} "
-            f"| {_num(r.get('e2e_rows_s'), ',.0f')} | {_num(r.get('e2e_over_raw'), '.2f')} "
+            f"| {_num(r.get('e2e_rows_s'), ',.0f')} | {_num(r.get('io_rows_s'), ',.0f')} "
+            f"| {_num(r.get('e2e_over_raw'), '.2f')} | {_num(r.get('e2e_over_io'), '.2f')} "
             f"| {_num(r.get('explain_seconds'), ',.1f')} "
             f"| {_num(r.get('e2e_no_explain_rows_s'), ',.0f')} "
             f"| {_num(r.get('e2e_no_explain_over_raw'), '.2f')} "
@@ -333,7 +382,7 @@ def main() -> None:
 
     if args.child:
         _set_threads(args.threads)
-        model_dir = work / "models" / args.kind
+        model_dir = work / "models" / str(args.kind)
         if args.child == "fit":
             result = child_fit(args.kind, model_dir, args.threads)
         elif args.child == "raw":
@@ -373,6 +422,7 @@ def main() -> None:
                 e2e = _in_child([*child, "--data", str(files[n])], args.threads)
             row = {"kind": kind, "n_rows": n, "threads": args.threads, **raw, **e2e}
             row["e2e_over_raw"] = row.get("e2e_rows_s", np.nan) / row.get("raw_rows_s", np.nan)
+            row["e2e_over_io"] = row.get("e2e_rows_s", np.nan) / row.get("io_rows_s", np.nan)
             row["e2e_no_explain_over_raw"] = row.get("e2e_no_explain_rows_s", np.nan) / row.get(
                 "raw_rows_s", np.nan
             )
