@@ -628,12 +628,6 @@ def queue_count(engine: Engine, where: QueueFilter, limit: int | None = None) ->
         return int(session.scalar(select(func.count()).select_from(matching.subquery())))
 
 
-def neighbour(engine: Engine, where: QueueFilter, record: Flagged) -> Flagged | None:
-    """The record after ``record`` in the queue ``where`` (None: it is the last)."""
-    rows, _ = queue(engine, where, limit=1, after=key_of(record))
-    return rows[0] if rows else None
-
-
 def get_record(engine: Engine, batch_id: str, record_id: str) -> Flagged | None:
     """A flagged record, or None."""
     with Session(engine) as session:
@@ -1069,41 +1063,38 @@ def add_reviews(
     if label not in LABELS:
         msg = f"label must be one of {LABELS}, got {label!r}"
         raise ValueError(msg)
-    keys = _unique(keys)
-    now = datetime.now(UTC)
-    with Session(engine) as session, session.begin():
-        _lock(session, keys)
-        session.execute(
-            insert(Review),
-            [
-                {"batch_id": b, "record_id": r, "label": label, "note": note,
-                 "reviewer": reviewer, "created_at": now}
-                for b, r in keys
-            ],
-        )  # fmt: skip
-        pair = tuple_(Flagged.batch_id, Flagged.record_id)
-        session.execute(update(Flagged).where(pair.in_(keys)).values(label=label))
-    return len(keys)
+    entry = {"label": label, "note": note, "reviewer": reviewer}
+    return _log_and_set(engine, keys, Review, entry, "label")
 
 
 def assign(
     engine: Engine, keys: list[tuple[str, str]], assignee: str | None, assigned_by: str
 ) -> int:
     """Assign records to a reviewer (None: unassign) in one transaction, logging each."""
+    entry = {"assignee": assignee, "assigned_by": assigned_by}
+    return _log_and_set(engine, keys, Assignment, entry, "assignee")
+
+
+def _log_and_set(
+    engine: Engine,
+    keys: list[tuple[str, str]],
+    log: type[Base],
+    entry: dict[str, Any],
+    current: str,
+) -> int:
+    """One transaction over the records ``keys``: lock them, append one ``log`` entry per
+    record, and copy the entry's field ``current`` onto each record (its label or assignee).
+    All or nothing; returns the number of records."""
     keys = _unique(keys)
     now = datetime.now(UTC)
     with Session(engine) as session, session.begin():
         _lock(session, keys)
         session.execute(
-            insert(Assignment),
-            [
-                {"batch_id": b, "record_id": r, "assignee": assignee,
-                 "assigned_by": assigned_by, "created_at": now}
-                for b, r in keys
-            ],
-        )  # fmt: skip
+            insert(log),
+            [{"batch_id": b, "record_id": r, **entry, "created_at": now} for b, r in keys],
+        )
         pair = tuple_(Flagged.batch_id, Flagged.record_id)
-        session.execute(update(Flagged).where(pair.in_(keys)).values(assignee=assignee))
+        session.execute(update(Flagged).where(pair.in_(keys)).values({current: entry[current]}))
     return len(keys)
 
 

@@ -289,17 +289,6 @@ def test_queue_filters(engine: sa.Engine) -> None:
         store.QueueFilter(label="fraud")
 
 
-def test_neighbour_follows_the_queue(engine: sa.Engine) -> None:
-    fill(engine, batches=2, per_batch=5)
-    rows, _ = store.queue(engine, store.QueueFilter(), limit=10)
-    assert store.key_of(store.neighbour(engine, store.QueueFilter(), rows[3])) == store.key_of(
-        rows[4]
-    )
-    back = store.QueueFilter(order="score_asc")
-    assert store.key_of(store.neighbour(engine, back, rows[3])) == store.key_of(rows[2])
-    assert store.neighbour(engine, store.QueueFilter(), rows[-1]) is None
-
-
 def test_cursor_round_trip_and_garbage() -> None:
     key = (-31.123456789012345, "batch a.csv", "id/with/slash")
     assert store.decode_cursor(store.encode_cursor(key)) == key
