@@ -1,20 +1,13 @@
 """The library-level jobs the flows call, and tests and benchmarks call too: train and
 register (:func:`train_and_store`), score and store (:func:`score_batches`,
-:func:`process_batch`), mark done, sample. The promotion gate is
-:func:`anomaly.promotion.run_gate`."""
+:func:`process_batch`). The inbox (discovery, claims, done-marking) is :mod:`anomaly.inbox`;
+the promotion gate is :func:`anomaly.promotion.run_gate`."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import functools
-import hashlib
-import os
-import socket
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 from sqlalchemy import Engine
@@ -22,18 +15,11 @@ from sqlalchemy import Engine
 from anomaly import registry
 from anomaly.config import Config
 from anomaly.detector import Detector
-from anomaly.io import SUFFIXES, read_table, shown
-from anomaly.processes import alive
+from anomaly.inbox import claim, content_hash, in_inbox, mark_done, release
+from anomaly.io import read_table, shown
 from anomaly.promotion import REVIEW_LABELS, decide, evaluation_data
 from anomaly.scoring import BatchSummary, batch_id_for, score_file
-from anomaly.store import (
-    connect,
-    current_labels,
-    default_url,
-    reserve_batch,
-    with_hash,
-    write_batch,
-)
+from anomaly.store import current_labels, reserve_batch, store_engine, write_batch
 from anomaly.tracking import log_batch, log_training
 from anomaly.training import TrainResult, train
 
@@ -102,170 +88,6 @@ def scored_dir(config: Config) -> Path:
     return config.home / "scored" / config.name
 
 
-def pending_batches(config: Config) -> list[Path]:
-    """Batch files waiting in the inbox (a batch leaves it for ``processed/`` once stored).
-
-    Only ``*.parquet``/``*.pq``/``*.csv`` files count: hidden files and names ending in
-    ``.tmp`` or ``.part`` (writes in progress) are skipped. Claims left by runs that died are
-    put back first (see :func:`recover_claims`).
-    """
-    if not config.data.inbox:
-        msg = f"config {config.name!r} names no data.inbox; pass --batch PATH instead"
-        raise ValueError(msg)
-    inbox = Path(config.data.inbox)
-    if not inbox.is_dir():
-        msg = f"inbox folder {inbox} does not exist"
-        raise FileNotFoundError(msg)
-    recover_claims(inbox)
-    return [
-        p
-        for p in sorted(inbox.iterdir())
-        if (p.is_file() or p.is_symlink())
-        and not p.name.startswith(".")
-        and p.suffix.lower() in SUFFIXES
-    ]
-
-
-# ---------------------------------------------------------------------------- claims
-# Two runs started at once on the same inbox must not both process a batch. A run claims a
-# batch by renaming it into its own folder ``inbox/.claimed/<owner>/`` (a rename is atomic:
-# exactly one run wins, the others find the file gone and skip it). The owner is
-# ``host@pid@process-start-time``; a claim whose owner died (same host, process gone) is put
-# back into the inbox by the next run, and one whose owner cannot be checked (another host)
-# after STALE_CLAIM_SECONDS. Outputs and the store are idempotent per batch, so a batch put
-# back and processed again ends exactly as if it had been processed once.
-
-CLAIMS = ".claimed"
-#: a claim by another host is taken back after this long (longer than any batch takes)
-STALE_CLAIM_SECONDS = 6 * 3600
-
-
-def _start_time(pid: int) -> str:
-    """The process's start time in clock ticks since boot ("0" where /proc is missing)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return "0"
-
-
-def claim_owner() -> str:
-    """This process's claim folder name: ``host@pid@start-time`` (pid reuse tells apart)."""
-    pid = os.getpid()
-    return f"{socket.gethostname()}@{pid}@{_start_time(pid)}"
-
-
-def _owner_alive(owner: str) -> bool | None:
-    """Whether a claim's owner still runs; None when it cannot be told (another host)."""
-    host, _, rest = owner.partition("@")
-    pid_text, _, start = rest.partition("@")
-    if host != socket.gethostname() or not pid_text.isdigit():
-        return None
-    pid = int(pid_text)
-    if start != "0":
-        return _start_time(pid) == start
-    return alive(pid)
-
-
-def claim(inbox: Path, path: Path) -> Path | None:
-    """Move an inbox batch into this process's claim folder; None if another run has it."""
-    folder = inbox / CLAIMS / claim_owner()
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / path.name
-    try:
-        os.rename(path, target)
-    except FileNotFoundError:
-        return None
-    with contextlib.suppress(OSError):  # the claim's time, for the stale-claim timeout
-        os.utime(target, follow_symlinks=False)
-    return target
-
-
-def release(inbox: Path, claimed: Path) -> None:
-    """Put a claimed batch back into the inbox (after an error, so a re-run retries it)."""
-    with contextlib.suppress(FileNotFoundError):
-        os.rename(claimed, inbox / claimed.name)
-
-
-def recover_claims(inbox: Path, stale_seconds: float = STALE_CLAIM_SECONDS) -> list[Path]:
-    """Put back into the inbox the batches claimed by runs that died; the files put back."""
-    root = inbox / CLAIMS
-    if not root.is_dir():
-        return []
-    recovered = []
-    for folder in root.iterdir():
-        alive = _owner_alive(folder.name)
-        if alive or folder.name == claim_owner():
-            continue
-        for claimed in folder.iterdir():
-            if alive is None and time.time() - claimed.lstat().st_mtime < stale_seconds:
-                continue
-            target = inbox / claimed.name
-            if target.exists() or target.is_symlink():  # a new file of that name arrived
-                continue
-            with contextlib.suppress(FileNotFoundError):  # another run recovered it first
-                os.rename(claimed, target)
-                recovered.append(target)
-        with contextlib.suppress(OSError):
-            folder.rmdir()
-    return recovered
-
-
-def _in_inbox(config: Config, path: Path) -> Path | None:
-    """The inbox if ``path`` is a file in it (or claimed from it), else None."""
-    if not config.data.inbox:
-        return None
-    inbox = Path(config.data.inbox).resolve()
-    parent = path.parent.resolve()
-    return inbox if parent == inbox or parent.parent == inbox / CLAIMS else None
-
-
-def mark_done(config: Config, path: Path, summary: BatchSummary) -> Path | None:
-    """Move a stored inbox batch (or its claim) to ``processed/`` (rejected ones to
-    ``rejected/``, with the reason beside it); files from elsewhere stay where they are.
-
-    The file keeps its name unless its batch id carries a content hash (a re-used name) or a
-    file of that name with other content is there already: then it is named like
-    :func:`anomaly.store.with_hash`, so no processed file is ever replaced by another."""
-    inbox = _in_inbox(config, path)
-    if inbox is None:
-        return None
-    folder = inbox / ("processed" if summary.status == "scored" else "rejected")
-    folder.mkdir(exist_ok=True)
-    if summary.error:
-        (folder / f"{summary.batch_id}.reason.txt").write_text(summary.error + "\n")
-    target = folder / path.name
-    renamed = summary.batch_id != batch_id_for(path)
-    if summary.content_hash and (
-        renamed or (target.is_file() and content_hash(target) != summary.content_hash)
-    ):
-        name = with_hash(batch_id_for(path), summary.content_hash, path.suffix)
-        target = folder / (name if name.endswith(path.suffix) else name + path.suffix)
-    os.replace(path, target)
-    return target
-
-
-def content_hash(path: Path) -> str:
-    """SHA-256 of a file's bytes, read in 1 MiB blocks; of a symbolic link, of where it points
-    (the target is never read)."""
-    if path.is_symlink():
-        return hashlib.sha256(b"symlink:" + os.fsencode(os.readlink(path))).hexdigest()
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def store_engine(config: Config) -> Engine:
-    """The review store of ``config`` (one engine per URL and process)."""
-    return _engine(config.store.url or default_url(config.home))
-
-
-@functools.cache
-def _engine(url: str) -> Engine:
-    return connect(url)
-
-
 def process_batch(
     config: Config, detector: Detector, version: str, path: Path, engine: Engine
 ) -> BatchSummary | None:
@@ -280,7 +102,7 @@ def process_batch(
 
     An inbox batch is claimed first (see :func:`claim`); None means another run claimed it.
     """
-    inbox = _in_inbox(config, path)
+    inbox = in_inbox(config, path)
     if inbox is None:
         if not path.is_file():
             msg = f"batch file {path} is gone (moved by another run?)"
@@ -340,16 +162,3 @@ def score_batches(
     engine = store_engine(config)
     summaries = (process_batch(config, detector, version, path, engine) for path in batches)
     return [s for s in summaries if s is not None]
-
-
-def sample(
-    config: Config,
-    n: int,
-    seed: int = 0,
-    version: str | None = None,
-    context: dict[str, Any] | None = None,
-) -> pd.DataFrame:
-    """``n`` synthetic records in raw feature space from the champion (or ``version``),
-    given the ``context`` column values when the feature spec has context columns."""
-    detector, _ = registry.load_detector(config, version)
-    return detector.sample(n, seed=seed, context=context)

@@ -50,6 +50,16 @@ def alive(pid: int) -> bool:
     return True
 
 
+def start_time(pid: int) -> str:
+    """The process's start time in clock ticks since boot, from ``/proc/<pid>/stat`` ("0"
+    where /proc is missing); with the pid it tells a process apart from a later one that
+    reuses the id."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return "0"
+
+
 @contextlib.contextmanager
 def file_lock(path: Path) -> Iterator[None]:
     """An exclusive lock on ``path`` (created if missing), held while the block runs; the

@@ -11,6 +11,7 @@ from anomaly import registry
 from anomaly.config import Config
 from anomaly.detector import Detector
 from anomaly.io import read_table
+from anomaly.store import current_labels, store_engine
 from anomaly.tracking import client
 from anomaly.training import LABEL, evaluate
 
@@ -125,9 +126,7 @@ def run_gate(
         decision = decide(config, {}, None)
     else:
         if reviewed is None:
-            from anomaly.pipeline import reviews  # pipeline imports this module
-
-            reviewed = reviews(config)
+            reviewed = current_labels(store_engine(config))
         labelled = evaluation_data(config, reviewed)
         decision = decide(
             config,

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import mlflow
+import pandas as pd
 from mlflow.exceptions import MlflowException
 
 from anomaly import integrity
@@ -193,3 +194,16 @@ def load_pyfunc(config: Config, version: str | None = None) -> Any:
     every file, the code file MLflow runs first included, matches the registered hashes."""
     version = resolve_version(config, version or CHAMPION)
     return mlflow.pyfunc.load_model(str(download_verified(config, version)))
+
+
+def sample(
+    config: Config,
+    n: int,
+    seed: int = 0,
+    version: str | None = None,
+    context: dict[str, Any] | None = None,
+) -> pd.DataFrame:
+    """``n`` synthetic records in raw feature space from the champion (or ``version``),
+    given the ``context`` column values when the feature spec has context columns."""
+    detector, _ = load_detector(config, version)
+    return detector.sample(n, seed=seed, context=context)

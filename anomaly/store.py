@@ -17,6 +17,7 @@ The schema is created and upgraded by the Alembic migrations in :mod:`anomaly.mi
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import math
 from dataclasses import dataclass
@@ -52,6 +53,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from anomaly.schema import SCORE_COLUMNS, batch_values
 
 if TYPE_CHECKING:  # the scoring stack (torch) loads only where batches are scored
+    from anomaly.config import Config
     from anomaly.scoring import BatchSummary
 
 Label = Literal["confirmed", "false_positive", "unsure"]
@@ -241,6 +243,17 @@ def connect(url: str) -> Engine:
 
     upgrade(engine)
     return engine
+
+
+def store_engine(config: Config) -> Engine:
+    """The review store of ``config`` (one engine per URL and process)."""
+    return engine_for(config.store.url or default_url(config.home))
+
+
+@functools.cache
+def engine_for(url: str) -> Engine:
+    """The engine of ``url``, connected (and migrated) once per process."""
+    return connect(url)
 
 
 def _json_values(values: dict[Any, Any]) -> dict[str, Any]:

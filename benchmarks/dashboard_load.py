@@ -37,7 +37,8 @@ from anomaly import store
 from anomaly.config import load_config
 from anomaly.dashboard import create_app
 from anomaly.demo_data import generate_normal
-from anomaly.pipeline import store_engine, train_and_store
+from anomaly.pipeline import train_and_store
+from anomaly.store import store_engine
 
 #: the bulk action timed: this many records labelled in one request
 BULK = 500

@@ -34,8 +34,9 @@ from sqlalchemy.orm import Session
 from anomaly.config import Config, load_config
 from anomaly.dashboard.auth import hash_token
 from anomaly.demo_data import generate_normal, plant_anomalies
-from anomaly.pipeline import pending_batches, score_batches, store_engine, train_and_store
-from anomaly.store import Flagged, Review
+from anomaly.inbox import pending_batches
+from anomaly.pipeline import score_batches, train_and_store
+from anomaly.store import Flagged, Review, store_engine
 
 TOKEN = "load-test-token-not-a-secret"
 FEATURES = {

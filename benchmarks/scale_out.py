@@ -314,7 +314,8 @@ def run(
 
     from anomaly import registry
     from anomaly.config import load_config
-    from anomaly.pipeline import process_batch, scored_dir, store_engine
+    from anomaly.pipeline import process_batch, scored_dir
+    from anomaly.store import store_engine
     from flows.score import score_flow, score_flow_for
     from flows.train import train_flow
 

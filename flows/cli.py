@@ -256,7 +256,7 @@ def score(
     _files("--batch", batch or [])
     cfg = _config(config)
     from anomaly import registry
-    from anomaly.pipeline import pending_batches
+    from anomaly.inbox import pending_batches
 
     if not batch and not _run(pending_batches, cfg):
         console.print("no new batches")
@@ -299,7 +299,7 @@ def sample(
 ) -> None:
     """Draw synthetic normal records from the champion (or a version)."""
     from anomaly.io import write_parquet_atomic
-    from anomaly.pipeline import sample as draw
+    from anomaly.registry import sample as draw
 
     cfg = _config(config)
     values = {}
@@ -486,8 +486,7 @@ def export(
     output: Annotated[Path, typer.Option("--out", help="CSV or Parquet file to write.")],
 ) -> None:
     """Write every reviewed record (current label, note, reviewer, scores, values) to a file."""
-    from anomaly.pipeline import store_engine
-    from anomaly.store import reviewed_records, write_export
+    from anomaly.store import reviewed_records, store_engine, write_export
 
     cfg = _config(config)
     if output.suffix.lower() not in (".csv", ".parquet", ".pq"):
@@ -552,8 +551,7 @@ app.add_typer(sessions_app, name="sessions")
 @sessions_app.command("list")
 def sessions_list(config: ConfigOption) -> None:
     """Print the dashboard logins that have not ended or expired."""
-    from anomaly.pipeline import store_engine
-    from anomaly.store import live_sessions
+    from anomaly.store import live_sessions, store_engine
 
     table = Table(title="Dashboard logins")
     for col in ("user", "since", "expires"):
@@ -571,8 +569,7 @@ def sessions_revoke(
 ) -> None:
     """End a reviewer's dashboard logins (or everyone's) at once: a stolen cookie stops working.
     API tokens are not sessions: remove a token's hash from the config to revoke it."""
-    from anomaly.pipeline import store_engine
-    from anomaly.store import end_sessions
+    from anomaly.store import end_sessions, store_engine
 
     if (user is None) == (not all_users):
         raise _fail("name one reviewer or pass --all")

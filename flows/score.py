@@ -11,7 +11,9 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from anomaly import registry
 from anomaly.config import Config
 from anomaly.detector import Detector
-from anomaly.pipeline import pending_batches, process_batch, store_engine
+from anomaly.inbox import pending_batches
+from anomaly.pipeline import process_batch
+from anomaly.store import store_engine
 from flows.tasks import IO, read_config
 
 

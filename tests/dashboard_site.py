@@ -15,7 +15,8 @@ from anomaly import store
 from anomaly.config import Config, load_config
 from anomaly.dashboard.auth import hash_password, hash_token
 from anomaly.demo_data import generate_normal, plant_anomalies
-from anomaly.pipeline import score_batches, store_engine, train_and_store
+from anomaly.pipeline import score_batches, train_and_store
+from anomaly.store import store_engine
 
 PASSWORD = "correct horse battery"
 TOKEN = "test-token-0123456789abcdef"

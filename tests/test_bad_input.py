@@ -27,9 +27,9 @@ from anomaly import registry
 from anomaly.config import Config, load_config
 from anomaly.demo_data import generate_normal
 from anomaly.detector import Detector
-from anomaly.pipeline import process_batch, scored_dir, store_engine, train_and_store
+from anomaly.pipeline import process_batch, scored_dir, train_and_store
 from anomaly.scoring import batch_id_for, output_paths
-from anomaly.store import Batch, batch_counts
+from anomaly.store import Batch, batch_counts, store_engine
 
 REPO = Path(__file__).resolve().parents[1]
 BAD = REPO / "tests" / "data" / "bad"

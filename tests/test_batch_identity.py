@@ -18,15 +18,10 @@ import yaml
 from anomaly import registry, store
 from anomaly.config import Config, load_config
 from anomaly.demo_data import ID, generate_normal, plant_anomalies
-from anomaly.pipeline import (
-    content_hash,
-    pending_batches,
-    process_batch,
-    scored_dir,
-    store_engine,
-    train_and_store,
-)
+from anomaly.inbox import content_hash, pending_batches
+from anomaly.pipeline import process_batch, scored_dir, train_and_store
 from anomaly.scoring import output_paths
+from anomaly.store import store_engine
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -18,7 +18,7 @@ import pytest
 from dashboard_site import PASSWORD, build_site
 
 from anomaly import store
-from anomaly.pipeline import store_engine
+from anomaly.store import store_engine
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = [

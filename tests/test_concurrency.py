@@ -22,13 +22,8 @@ from sqlalchemy.orm import Session
 
 from anomaly import registry
 from anomaly.config import load_config
-from anomaly.pipeline import (
-    claim,
-    pending_batches,
-    process_batch,
-    recover_claims,
-    score_batches,
-)
+from anomaly.inbox import claim, pending_batches, recover_claims
+from anomaly.pipeline import process_batch, score_batches
 from anomaly.store import Flagged, Review, add_review, connect
 
 #: a child: wait for the start signal, then score the inbox (library call or the Prefect flow)
@@ -40,7 +35,8 @@ CHILD = textwrap.dedent(
     if how == "flow":
         from flows.score import score_flow
     from anomaly.config import load_config
-    from anomaly.pipeline import pending_batches, score_batches
+    from anomaly.inbox import pending_batches
+    from anomaly.pipeline import score_batches
     while not Path(start).exists():
         time.sleep(0.005)
     if how == "flow":

@@ -25,7 +25,7 @@ from anomaly.dashboard.auth import (
     hash_password,
     verify_password,
 )
-from anomaly.pipeline import store_engine
+from anomaly.store import store_engine
 from flows.cli import app as cli
 
 BATCH = "batch-001.parquet"

@@ -32,8 +32,7 @@ from anomaly.config import load_config
 from anomaly.dashboard import create_app
 from anomaly.dashboard.auth import SESSION_COOKIE, Accounts, hash_password
 from anomaly.dashboard.throttle import Throttle
-from anomaly.pipeline import store_engine
-from anomaly.store import LoginSession
+from anomaly.store import LoginSession, store_engine
 from flows.cli import app as cli
 
 REPO = Path(__file__).resolve().parents[1]

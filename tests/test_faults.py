@@ -23,7 +23,8 @@ from reliability_support import make_inbox, snapshot, trained_champion, write_co
 from anomaly import registry
 from anomaly.config import Config, load_config
 from anomaly.demo_data import generate_normal
-from anomaly.pipeline import pending_batches, score_batches, train_and_store
+from anomaly.inbox import pending_batches
+from anomaly.pipeline import score_batches, train_and_store
 
 KILLED = 86  # the child's exit code when a fault fired
 
@@ -34,7 +35,7 @@ CHILD = textwrap.dedent(
     from sqlalchemy import event
     from sqlalchemy.engine import Engine
     from sqlalchemy.orm import Session
-    import anomaly.pipeline as pipeline, anomaly.scoring as scoring
+    import anomaly.inbox as inbox, anomaly.pipeline as pipeline, anomaly.scoring as scoring
     from anomaly.config import load_config
     from anomaly.detector import Detector
     from mlflow.tracking import MlflowClient
@@ -81,7 +82,7 @@ CHILD = textwrap.dedent(
 
     config = load_config(sys.argv[2])
     if sys.argv[1] == "score":
-        pipeline.score_batches(config, pipeline.pending_batches(config))
+        pipeline.score_batches(config, inbox.pending_batches(config))
     else:
         pipeline.train_and_store(config)
     """

@@ -13,8 +13,7 @@ from prefect.client.orchestration import get_client
 from anomaly import registry
 from anomaly.config import load_config
 from anomaly.demo_data import generate_normal, plant_anomalies
-from anomaly.pipeline import store_engine
-from anomaly.store import add_review, batch_counts, current_labels
+from anomaly.store import add_review, batch_counts, current_labels, store_engine
 from anomaly.tracking import tracking_uri
 from flows.deployments import deployments
 from flows.promote import promote_flow

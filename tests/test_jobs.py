@@ -15,9 +15,9 @@ from anomaly import registry
 from anomaly.config import Config, load_config
 from anomaly.dashboard.registry_view import model_overview
 from anomaly.demo_data import generate_normal, plant_anomalies
-from anomaly.pipeline import reviews, score_batches, store_engine, train_and_store
+from anomaly.pipeline import reviews, score_batches, train_and_store
 from anomaly.promotion import run_gate
-from anomaly.store import add_review
+from anomaly.store import add_review, store_engine
 from anomaly.tracking import active, auto_metric, tracking_uri
 
 N_TRAIN = 1_000

@@ -24,7 +24,8 @@ from anomaly import integrity, registry
 from anomaly.config import Config, load_config
 from anomaly.demo_data import generate_normal
 from anomaly.detector import Detector
-from anomaly.pipeline import process_batch, scored_dir, store_engine, train_and_store
+from anomaly.pipeline import process_batch, scored_dir, train_and_store
+from anomaly.store import store_engine
 from anomaly.tracking import tracking_uri
 from anomaly.training import train
 from flows.cli import app as cli
