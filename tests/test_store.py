@@ -19,6 +19,7 @@ from alembic.runtime.migration import MigrationContext
 from store_data import ID, fill, flagged_frame, quarantined_frame, summary
 
 from anomaly import migrations, store
+from anomaly.store import review_queue, scored_batches
 
 # What `Base.metadata.create_all` made before the migrations existed (SQLite), verbatim.
 OLD_SCHEMA = """
@@ -206,7 +207,7 @@ def test_rewriting_a_batch_replaces_its_rows_and_keeps_labels(engine: sa.Engine)
 def test_a_batch_is_stored_in_insert_slices(
     engine: sa.Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(store, "INSERT_ROWS", 4)  # 11 flagged rows: slices of 4, 4, 3
+    monkeypatch.setattr(scored_batches, "INSERT_ROWS", 4)  # 11 flagged rows: slices of 4, 4, 3
     s = summary(0, 11)
     flagged = flagged_frame(0, 11)
     store.write_batch(engine, s, "demo", flagged, quarantined_frame(0), ID)
@@ -308,7 +309,7 @@ def test_sqlite_queue_pages_come_from_indexes(tmp_path: Path) -> None:
         store.QueueFilter(label="unreviewed"),
     ]
     for where in filters:
-        query = store._filtered(sa.select(store.Flagged), where).order_by(
+        query = review_queue._filtered(sa.select(store.Flagged), where).order_by(
             store.Flagged.log_likelihood, store.Flagged.batch_id, store.Flagged.record_id
         )
         if where.order == "score_asc":
@@ -600,8 +601,8 @@ def test_sqlite_search_by_id_and_time_come_from_indexes(tmp_path: Path) -> None:
     engine = store.connect(f"sqlite:///{tmp_path / 'review.db'}")
 
     def plan(s: store.Search) -> str:
-        columns, ascending = store._sort_key(s.sort)
-        query = store._searched(sa.select(store.Flagged), s, "sqlite").order_by(
+        columns, ascending = review_queue._sort_key(s.sort)
+        query = review_queue._searched(sa.select(store.Flagged), s, "sqlite").order_by(
             *(c if ascending else c.desc() for c in columns)
         )
         compiled = query.limit(51).compile(engine, compile_kwargs={"literal_binds": True})

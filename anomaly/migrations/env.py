@@ -6,7 +6,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine
 
-from anomaly.store import Base
+from anomaly.store.tables import Base
 
 config = context.config
 
