@@ -210,16 +210,19 @@ def write_batch(
             session.scalars(select(Flagged.record_id).where(Flagged.batch_id == summary.batch_id))
         )
         session.merge(Batch(**batch_values(summary), model_name=model_name, scored_at=now))
-        # in slices, so memory holds one slice of row dicts, not the whole batch's
+        # in slices, so memory holds one slice of row dicts, not the whole batch's; each slice
+        # is one executemany on the table (Core): the ORM's bulk insert spends as long again
+        # sorting out each row's columns as the database takes to store them
         for start in range(0, len(flagged), INSERT_ROWS):
             part = flagged.iloc[start : start + INSERT_ROWS]
             rows = _flagged_rows(part, summary, model_name, id_column, now)
             rows = [r for r in rows if r["record_id"] not in kept] if kept else rows
             if rows:
-                session.execute(insert(Flagged), rows)
+                session.execute(insert(Flagged.__table__), rows)
         for start in range(0, len(quarantined), INSERT_ROWS):
             part = quarantined.iloc[start : start + INSERT_ROWS]
-            session.execute(insert(Quarantined), _quarantined_rows(part, summary, id_column, start))
+            rows = _quarantined_rows(part, summary, id_column, start)
+            session.execute(insert(Quarantined.__table__), rows)
         # rows inserted here whose record has reviews (a reviewed record is kept, so only data
         # from before migration 0003 has any); kept rows are not touched: on PostgreSQL this
         # statement would wait on a review's lock and then copy a label older than that review
