@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 import mlflow
 import pandas as pd
+from mlflow.entities import Run
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 from anomaly import integrity
@@ -61,6 +63,35 @@ def alias_version(config: Config, alias: str) -> str | None:
         return str(client(config).get_model_version_by_alias(config.name, alias).version)
     except MlflowException:
         return None
+
+
+def has_model(config: Config) -> bool:
+    """Whether a model of the config's name is registered (False: nothing trained yet)."""
+    try:
+        client(config).get_registered_model(config.name)
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return False
+        raise
+    return True
+
+
+def aliased_versions(config: Config) -> dict[str, list[str]]:
+    """The versions ``champion``, ``challenger`` and ``previous`` point to, each with its
+    aliases."""
+    by_version: dict[str, list[str]] = {}
+    for alias in (CHAMPION, CHALLENGER, PREVIOUS):
+        version = alias_version(config, alias)
+        if version is not None:
+            by_version.setdefault(version, []).append(alias)
+    return by_version
+
+
+def version_and_run(config: Config, version: str) -> tuple[ModelVersion, Run | None]:
+    """A registered version and the MLflow run that trained it (None when it names none)."""
+    c = client(config)
+    mv = c.get_model_version(config.name, version)
+    return mv, c.get_run(mv.run_id) if mv.run_id else None
 
 
 def set_alias(config: Config, alias: str, version: str, reason: str) -> AliasEvent:

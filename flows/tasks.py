@@ -11,8 +11,8 @@ from prefect.client.schemas.objects import TaskRun
 from prefect.states import State
 
 from anomaly.config import Config, load_config
-from anomaly.pipeline import reviews
 from anomaly.processes import die_with_parent_now
+from anomaly.store import current_labels, store_engine
 from flows.errors import USER_ERRORS
 
 #: set by ``anomaly serve`` to its process id, for the flow-run processes it starts
@@ -46,4 +46,4 @@ def read_config(config_path: str) -> Config:
 @task(name="read reviews", **IO)
 def read_reviews(config: Config) -> pd.DataFrame:
     """Latest label of every reviewed record in the store (maybe no rows)."""
-    return reviews(config)
+    return current_labels(store_engine(config))

@@ -60,11 +60,9 @@ def create_app(
         redoc_url=None,
     )
     app.state.config = config
-    if engine is None:
-        engine = store.connect(config.store.url or store.default_url(config.home))
-    app.state.engine = engine
+    app.state.engine = store.store_engine(config) if engine is None else engine
     app.state.accounts = accounts or Accounts.from_config(config.dashboard)
-    app.state.sessions = Sessions(app.state.accounts, engine)
+    app.state.sessions = Sessions(app.state.accounts, app.state.engine)
     app.state.throttle = Throttle(
         config.dashboard.login_failures, config.dashboard.login_failures_per_address
     )

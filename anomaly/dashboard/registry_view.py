@@ -84,32 +84,20 @@ class ModelOverview:
 
 def model_overview(config: Config) -> ModelOverview:
     """Champion, challenger and previous versions with their metrics, and the alias history."""
-    try:
-        from mlflow.exceptions import MlflowException
-
+    try:  # MLflow loads on first use
         from anomaly import registry
-        from anomaly.tracking import AUTO_CHOSEN, auto_metric, client, tracking_uri
+        from anomaly.tracking import AUTO_CHOSEN, auto_metric, tracking_uri
 
         uri = tracking_uri(config)
     except Exception as exc:
         return ModelOverview(config.name, "", error=f"MLflow is not available: {exc}")
     try:
-        c = client(config)
-        try:
-            c.get_registered_model(config.name)
-        except MlflowException as exc:
-            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
-                return ModelOverview(config.name, uri)  # nothing trained yet
-            raise
-        by_version: dict[str, list[str]] = {}
-        for alias in (registry.CHAMPION, registry.CHALLENGER, registry.PREVIOUS):
-            version = registry.alias_version(config, alias)
-            if version is not None:
-                by_version.setdefault(version, []).append(alias)
+        if not registry.has_model(config):
+            return ModelOverview(config.name, uri)  # nothing trained yet
+        by_version = registry.aliased_versions(config)
         versions = []
         for version, aliases in sorted(by_version.items(), key=lambda kv: -int(kv[0])):
-            mv = c.get_model_version(config.name, version)
-            run = c.get_run(mv.run_id) if mv.run_id else None
+            mv, run = registry.version_and_run(config, version)
             metrics = dict(run.data.metrics) if run else {}
             chosen = run.data.tags.get(AUTO_CHOSEN) if run else None
             candidates = {
