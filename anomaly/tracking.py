@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import sqlite3
@@ -74,8 +75,15 @@ def _create_schema(folder: Path, uri: str) -> None:
 def active(config: Config) -> Iterator[str]:
     """Point MLflow's global (fluent) API at the config's URI for a block, then restore it.
 
+    Only for what MLflow resolves through its global URI: the fluent training run
+    (``start_run``, ``mlflow.pyfunc.log_model``) and ``models:/`` URIs (downloads and the
+    registration of a ``models:/<id>`` source: MLflow 3.17 builds an ``MlflowClient()`` inside
+    and ignores a ``tracking_uri``/``registry_uri`` passed to ``download_artifacts``, which
+    then answers "not found"); everything else takes :func:`client`.
     ``mlflow.set_tracking_uri`` also exports ``MLFLOW_TRACKING_URI`` to the environment; left
-    set, it would silently redirect every later config in this process and its children.
+    set, it would silently redirect every later config in this process and its children. MLflow
+    has no public getter of the URI as set (``get_tracking_uri`` resolves a default), so the
+    previous values are read from its modules to restore them exactly.
     """
     with _FLUENT:
         yield from _activated(config)
@@ -100,8 +108,13 @@ def _activated(config: Config) -> Iterator[str]:
 
 
 def client(config: Config) -> MlflowClient:
-    """An MLflow client on the config's tracking and registry URI."""
-    uri = tracking_uri(config)
+    """The MLflow client bound to the config's tracking and registry URI (one per URI and
+    process: every registry and tracking call of a config shares it)."""
+    return _client(tracking_uri(config))
+
+
+@functools.cache
+def _client(uri: str) -> MlflowClient:
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
