@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import csv
 import glob
+import io
 import itertools
 import os
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -174,15 +175,42 @@ def read_table(pattern: str | Path) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def write_parquet_atomic(df: pd.DataFrame, path: Path, tmp_dir: Path | None = None) -> Path:
-    """Write ``df`` to ``path`` via a temporary file and an atomic rename; the temporary file
-    is in ``tmp_dir`` (same file system as ``path``) or beside ``path``."""
+def write_atomic(path: Path, write: Callable[[Path], object], tmp_dir: Path | None = None) -> Path:
+    """Write ``path`` by ``write(tmp)`` into a temporary file and an atomic rename; the
+    temporary file is in ``tmp_dir`` (same file system as ``path``) or beside ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = (tmp_dir or path.parent) / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
     try:
-        df.to_parquet(tmp, index=False)
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def write_parquet_atomic(df: pd.DataFrame, path: Path, tmp_dir: Path | None = None) -> Path:
+    """Write ``df`` to ``path`` as Parquet via a temporary file and an atomic rename
+    (:func:`write_atomic`)."""
+    return write_atomic(path, lambda tmp: df.to_parquet(tmp, index=False), tmp_dir)
+
+
+def table_bytes(
+    frame: pd.DataFrame, suffix: str, csv_text: Callable[[pd.DataFrame], str] | None = None
+) -> bytes:
+    """``frame`` as the bytes of a file with this suffix: CSV for ``.csv`` (as ``csv_text``
+    renders it, else pandas' own CSV), Parquet for any other."""
+    if suffix.lower() == ".csv":
+        return (csv_text(frame) if csv_text else frame.to_csv(index=False)).encode()
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    return buffer.getvalue()
+
+
+def write_table(
+    frame: pd.DataFrame, path: Path, csv_text: Callable[[pd.DataFrame], str] | None = None
+) -> Path:
+    """Write ``frame`` as CSV or Parquet, chosen by the suffix of ``path`` (:func:`table_bytes`),
+    through an atomic rename."""
+    data = table_bytes(frame, path.suffix, csv_text)
+    return write_atomic(path, lambda tmp: tmp.write_bytes(data))

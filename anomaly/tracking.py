@@ -9,7 +9,6 @@ points at a server instead.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import functools
 import json
 import os
@@ -34,6 +33,7 @@ from mlflow.tracking._tracking_service import utils as tracking_utils
 from mlflow.utils.time import get_current_time_millis as now_ms
 
 from anomaly.config import Config
+from anomaly.processes import file_lock
 
 if TYPE_CHECKING:  # torch and scikit-learn load only when a model is trained or scored
     from anomaly.scoring import BatchSummary
@@ -59,10 +59,9 @@ def tracking_uri(config: Config) -> str:
 
 def _create_schema(folder: Path, uri: str) -> None:
     """Create the SQLite database once, under a file lock: two processes migrating a fresh
-    database at the same time fail (STACK.md), so the second waits for the first."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".schema.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    database at the same time race in MLflow's migrations and fail (seen with MLflow 3.17.2),
+    so the second waits for the first."""
+    with file_lock(folder / ".schema.lock"):
         if (folder / SCHEMA_READY).exists():
             return
         with sqlite3.connect(folder / "mlflow.db") as conn:  # WAL persists in the file

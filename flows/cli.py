@@ -64,8 +64,9 @@ def _config(path: Path) -> Config:
 
 def _prefect_defaults(home: Path) -> None:
     """Prefect settings for a machine with no server: state under ANOMALY_HOME, no telemetry,
-    a start-up timeout long enough for a fresh database (STACK.md). Set before Prefect is
-    imported; variables already set win."""
+    a start-up timeout long enough for a fresh database (Prefect 3.8.8's temporary API took
+    10–20 s to migrate a fresh state database and could time out at its default). Set before
+    Prefect is imported; variables already set win."""
     (home / "prefect").mkdir(parents=True, exist_ok=True)  # Prefect creates only the leaf
     defaults = {
         "PREFECT_HOME": str(home / "prefect"),
@@ -298,7 +299,7 @@ def sample(
     ] = None,
 ) -> None:
     """Draw synthetic normal records from the champion (or a version)."""
-    from anomaly.io import write_parquet_atomic
+    from anomaly.io import write_table
     from anomaly.registry import sample as draw
 
     cfg = _config(config)
@@ -310,10 +311,7 @@ def sample(
             raise _fail(msg)
         values[col] = value
     frame = _run(draw, cfg, n, seed=seed, version=model_version, context=values or None)
-    if output.suffix.lower() == ".csv":
-        frame.to_csv(output, index=False)
-    else:
-        write_parquet_atomic(frame, output)
+    write_table(frame, output)
     console.print(f"wrote {len(frame)} samples to {output}")
 
 

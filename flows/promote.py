@@ -9,7 +9,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from anomaly.config import Config
 from anomaly.promotion import GateResult, run_gate
-from flows.tasks import IO, read_config, read_reviews
+from flows.tasks import IO, markdown_table, read_config, read_reviews
 
 
 @task(name="run the gate", **IO)
@@ -26,16 +26,16 @@ def promote_flow(config_path: str, dry_run: bool = False) -> dict[str, object]:
     config = read_config(config_path)
     result = gate(config, read_reviews(config), dry_run)
     decision = result.decision
-    lines = [f"| {k} | {decision.challenger.get(k, float('nan')):.4f} | "
-             f"{decision.champion.get(k, float('nan')):.4f} |"
-             for k in sorted(set(decision.challenger) | set(decision.champion))]  # fmt: skip
+    rows = [[k, f"{decision.challenger.get(k, float('nan')):.4f}",
+             f"{decision.champion.get(k, float('nan')):.4f}"]
+            for k in sorted(set(decision.challenger) | set(decision.champion))]  # fmt: skip
     create_markdown_artifact(
         key="promotion-decision",
         markdown=(
             f"# Promotion of {config.name}: challenger v{result.challenger} vs champion "
             f"v{result.champion or '—'}\n\n**{decision.summary()}**"
             f"{' (dry run: nothing moved)' if dry_run else ''}\n\n"
-            "| metric | challenger | champion |\n|---|---:|---:|\n" + "\n".join(lines) + "\n"
+            + markdown_table(["metric", "challenger", "champion"], rows)
         ),
         description="promotion gate decision",
     )

@@ -34,6 +34,15 @@ IO = {
 }
 
 
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    """A markdown table for a report artifact: first column left-aligned, the others (numbers)
+    right-aligned. (A bare table goes to ``create_table_artifact``, as the score flow's; the
+    train and promote reports are headed text with a table, so they are markdown.)"""
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
 @task(name="load config", **IO)
 def read_config(config_path: str) -> Config:
     """The validated config. A flow run that ``anomaly serve`` started in a process of its own

@@ -10,7 +10,7 @@ from prefect.cache_policies import NO_CACHE
 
 from anomaly.config import Config
 from anomaly.pipeline import Trained, train_and_store
-from flows.tasks import read_config, read_reviews
+from flows.tasks import markdown_table, read_config, read_reviews
 
 
 @task(name="train and register", cache_policy=NO_CACHE)
@@ -31,7 +31,6 @@ def train_flow(config_path: str) -> dict[str, object]:
     trained = train_and_register(config, reviewed)
     metrics = trained.result.metrics
     selection = trained.result.selection
-    rows = "\n".join(f"| {k} | {v:.6g} |" for k, v in metrics.items())
     chosen = f" (auto chose `{selection['chosen']}`)" if selection else ""
     create_markdown_artifact(
         key="train-summary",
@@ -39,7 +38,8 @@ def train_flow(config_path: str) -> dict[str, object]:
             f"# Trained {config.name} v{trained.version}\n\n"
             f"Kind `{config.model.kind}`{chosen}, MLflow run `{trained.run_id}`, "
             f"{metrics['rows_train']:.0f} training rows ({len(reviewed)} reviewed records "
-            f"in the store).\n\n| metric | value |\n|---|---:|\n{rows}\n"
+            f"in the store).\n\n"
+            + markdown_table(["metric", "value"], [[k, f"{v:.6g}"] for k, v in metrics.items()])
         ),
         description=f"training run of {config.name}",
     )

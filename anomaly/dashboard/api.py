@@ -6,7 +6,6 @@ session plus the ``X-CSRF-Token`` header). OpenAPI at ``/openapi.json``, rendere
 
 from __future__ import annotations
 
-import io
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Annotated, Any, Literal
 
@@ -16,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 from anomaly import store
 from anomaly.dashboard.registry_view import model_overview
 from anomaly.dashboard.security import api_reader, api_writer
+from anomaly.io import table_bytes
 from anomaly.schema import BATCH_RECORD
 
 router = APIRouter(prefix="/api", tags=["api"])
@@ -296,14 +296,9 @@ EXPORT_TYPES = {
 def export_response(request: Request, fmt: str) -> Response:
     """Every reviewed record with its current label, as a CSV or Parquet download."""
     frame = store.reviewed_records(_engine(request))
-    buffer = io.BytesIO()
-    if fmt == "csv":
-        buffer.write(store.csv_text(frame).encode())
-    else:
-        frame.to_parquet(buffer, index=False)
     name = f"{request.app.state.config.name}-reviews.{fmt}"
     return Response(
-        buffer.getvalue(),
+        table_bytes(frame, f".{fmt}", store.csv_text),
         media_type=EXPORT_TYPES[fmt],
         headers={"Content-Disposition": f'attachment; filename="{name}"'},
     )

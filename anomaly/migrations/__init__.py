@@ -8,8 +8,6 @@ revision's schema) is stamped with that revision, then upgraded like any other.
 from __future__ import annotations
 
 import contextlib
-import fcntl
-from collections.abc import Iterator
 from pathlib import Path
 
 from alembic import command
@@ -17,6 +15,8 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, inspect
+
+from anomaly.processes import file_lock
 
 HERE = Path(__file__).parent
 #: the revision whose schema ``create_all`` made before the migrations existed
@@ -43,19 +43,12 @@ def current(engine: Engine) -> str | None:
         return MigrationContext.configure(conn).get_current_revision()
 
 
-@contextlib.contextmanager
-def _file_lock(engine: Engine) -> Iterator[None]:
+def _file_lock(engine: Engine) -> contextlib.AbstractContextManager[None]:
     """Serialise migrations of one SQLite file across processes (no-op for other databases)."""
     database = engine.url.database
     if engine.dialect.name != "sqlite" or not database or database == ":memory:":
-        yield
-        return
-    with open(f"{database}.migrate.lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+        return contextlib.nullcontext()
+    return file_lock(Path(f"{database}.migrate.lock"))
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:

@@ -13,6 +13,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
+from anomaly.io import SUFFIXES, write_table
 from anomaly.store.reviews import latest_reviews
 from anomaly.store.tables import (
     Flagged,
@@ -81,13 +82,8 @@ def csv_text(frame: pd.DataFrame) -> str:
 
 def write_export(frame: pd.DataFrame, path: Path) -> Path:
     """Write an export frame as CSV (:func:`csv_text`) or Parquet, chosen by the file's
-    suffix."""
-    suffix = path.suffix.lower()
-    if suffix == ".csv":
-        path.write_bytes(csv_text(frame).encode())
-    elif suffix in (".parquet", ".pq"):
-        frame.to_parquet(path, index=False)
-    else:
+    suffix (:func:`anomaly.io.write_table`)."""
+    if path.suffix.lower() not in SUFFIXES:
         msg = f"export file must end in .csv or .parquet, got {path.name!r}"
         raise ValueError(msg)
-    return path
+    return write_table(frame, path, csv_text)
