@@ -388,14 +388,12 @@ class Preprocessor:
         pre.means_ = state["means"]
         pre.scales_ = state["scales"]
         pre.categories_ = state["categories"]
-        # files written before discrete columns existed: every numeric column continuous
-        pre.steps_ = state.get("steps", {})
-        pre.origins_ = state.get("origins", {})
-        # files written before context columns existed have none
-        pre.context_kinds_ = state.get("context_kinds", {})
-        pre.context_means_ = state.get("context_means", {})
-        pre.context_scales_ = state.get("context_scales", {})
-        pre.context_categories_ = state.get("context_categories", {})
+        pre.steps_ = state["steps"]
+        pre.origins_ = state["origins"]
+        pre.context_kinds_ = state["context_kinds"]
+        pre.context_means_ = state["context_means"]
+        pre.context_scales_ = state["context_scales"]
+        pre.context_categories_ = state["context_categories"]
         return pre
 
 
