@@ -101,11 +101,11 @@ def recover_claims(inbox: Path, stale_seconds: float = STALE_CLAIM_SECONDS) -> l
         return []
     recovered = []
     for folder in root.iterdir():
-        alive = _owner_alive(folder.name)
-        if alive or folder.name == claim_owner():
+        owner_alive = _owner_alive(folder.name)
+        if owner_alive or folder.name == claim_owner():
             continue
         for claimed in folder.iterdir():
-            if alive is None and time.time() - claimed.lstat().st_mtime < stale_seconds:
+            if owner_alive is None and time.time() - claimed.lstat().st_mtime < stale_seconds:
                 continue
             target = inbox / claimed.name
             if target.exists() or target.is_symlink():  # a new file of that name arrived
