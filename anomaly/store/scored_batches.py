@@ -42,10 +42,18 @@ class BatchConflictError(RuntimeError):
     """A batch written over a stored batch of the same id but other content."""
 
 
+#: value types stored as they are (exact types: subclasses such as numpy's take the long way)
+_PLAIN = frozenset({str, int, bool, type(None)})
+
+
 def _json_values(values: dict[Any, Any]) -> dict[str, Any]:
     """A record's values as JSON-safe scalars (NaN/inf become strings)."""
     out: dict[str, Any] = {}
     for key, value in values.items():
+        kind = type(value)
+        if kind in _PLAIN or (kind is float and math.isfinite(value)):  # most values: as they are
+            out[str(key)] = value
+            continue
         if isinstance(value, float) and not math.isfinite(value):
             value = str(value)
         elif isinstance(value, pd.Timestamp):
