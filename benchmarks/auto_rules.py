@@ -133,7 +133,11 @@ def main() -> None:
     out = pd.DataFrame(rows).sort_values("mean AUROC", ascending=False)
     best = P.mean().sort_values().index[-1]
     print(f"{len(names)} datasets, seeds {seeds}; best peer {best} {P[best].mean():.3f}")
-    print(out.to_markdown(index=False, floatfmt=".3f"))
+    print("| " + " | ".join(out.columns) + " |")
+    print("|---|---|" + "---:|" * (len(out.columns) - 2))
+    for row in out.itertuples(index=False):
+        cells = [f"{v:.3f}" if isinstance(v, float) else str(v) for v in row]
+        print("| " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
