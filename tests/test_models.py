@@ -779,23 +779,28 @@ def test_auto_stacks_candidates_by_heldout_likelihood(data, tmp_path):
     np.testing.assert_array_equal(loaded.log_prob(X), model.log_prob(X))
 
 
+@pytest.mark.parametrize("rule", ["product", "consensus"])
 @pytest.mark.parametrize("data", CONTRACT_DATA)
-def test_auto_product_of_experts_is_normalised(data, tmp_path):
-    """log p = mean of the candidates' log p − log Z, Z ≤ 1 estimated by importance sampling."""
+def test_auto_geometric_mixture_is_normalised(data, rule, tmp_path):
+    """log p = Σ_k w_k log p_k − log Z, Z ≤ 1 estimated by importance sampling; ``product``:
+    w_k = 1/K, ``consensus``: w_k ∝ 1 / (interquartile range of log p_k on the held-out rows)."""
     train = DATASETS[data].train()
-    model = make("auto", rule="product").fit(train)
-    assert model.selection_["weights"] == dict.fromkeys(SMALL["auto"]["candidates"], 1 / 3)
+    model = make("auto", rule=rule).fit(train)
+    kinds = SMALL["auto"]["candidates"]
     assert model.log_z_ <= 0.0
-    X = DATASETS[data].heldout()[:200]
     part = fit_part(train)
-    mean_log_p = np.mean(
-        [
-            make(k, **SMALL["auto"]["candidate_params"].get(k, {})).fit(part).log_prob(X)
-            for k in SMALL["auto"]["candidates"]
-        ],
-        axis=0,
-    )
-    np.testing.assert_allclose(model.log_prob(X), mean_log_p - model.log_z_, rtol=1e-10)
+    held = train[np.random.default_rng(0).permutation(len(train))[: round(0.2 * len(train))]]
+    fitted = [make(k, **SMALL["auto"]["candidate_params"].get(k, {})).fit(part) for k in kinds]
+    if rule == "product":
+        w = np.full(len(kinds), 1 / 3)
+    else:
+        iqr = np.array([np.subtract(*np.percentile(m.log_prob(held), [75, 25])) for m in fitted])
+        w = (1 / iqr) / (1 / iqr).sum()
+    assert list(model.selection_["weights"]) == list(kinds)
+    np.testing.assert_allclose(list(model.selection_["weights"].values()), w, rtol=1e-10)
+    X = DATASETS[data].heldout()[:200]
+    log_p = w @ np.stack([m.log_prob(X) for m in fitted])
+    np.testing.assert_allclose(model.log_prob(X), log_p - model.log_z_, rtol=1e-10)
     assert abs(grid_integral(model.log_prob, DATASETS[data].grid) - 1.0) < 0.05
     heldout = DATASETS[data].heldout()
     samples = model.sample(2_000, seed=1)
