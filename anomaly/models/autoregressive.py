@@ -48,7 +48,7 @@ INPUT_CLIP = 8.0
 #: bounds of the mixture components' log standard deviation (standardised units)
 LOG_STD_RANGE = (-7.0, 3.0)
 #: rows × blocks per scoring pass (each pass holds a few float64 tensors of this × hidden)
-PASS_CELLS = 2**13
+PASS_CELLS = 2**11
 
 
 def _category_log_prob(logits: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
