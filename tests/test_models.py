@@ -88,6 +88,7 @@ BAD_PARAMS: dict[str, list[tuple[dict[str, Any], str]]] = {
     "autoregressive": [
         ({"components": 0}, "components"),
         ({"orders": 0}, "orders"),
+        ({"smoothing": -1.0}, "smoothing"),
         ({"max_epochs": 0}, "max_epochs"),
     ],
 }

@@ -12,11 +12,18 @@ Training is order-agnostic (Uria, Murray & Larochelle 2014, "A deep and tractabl
 estimator"; the same idea as MADE's mask resampling, Germain et al. 2015): per row a random
 feature order and a random position k in it are drawn, the first k features are observed, and
 the loss is −D/(D−k) Σ_unobserved log p(x_j | x_observed), an unbiased estimate of the negative
-log-likelihood averaged over all D! orders.
+log-likelihood averaged over all D! orders. With ``smoothing`` s > 0 the numeric training values
+are jittered by N(0, σ²) per batch, σ = s · n^(−1/(D+4)) standardised units (Scott's factor, the
+bandwidth rule of a kernel density estimate): the network then fits the data's density smoothed
+as a KDE with that bandwidth would, not the sharp peaks a few hundred rows allow. Early stopping
+still judges the unjittered held-out rows. Scoring is unaffected: the density is the network's.
 
 Scoring (``log_prob``): the exact log-density under ``orders`` fixed orders (the natural one
 first, then seeded random ones), combined by log-mean-exp: the mixture of the orders' densities,
-each a product of normalised conditionals, so the result is an exactly normalised density.
+each a product of normalised conditionals, so the result is an exactly normalised density. Per
+order, the first layer's input of each step is a running sum (what each observed block adds),
+and the hidden layers run once over all D steps in one batch (``ARModule.conditionals``, also
+behind ``feature_log_probs`` and ``conditional_modes``).
 ``feature_log_probs`` gives each feature's full conditional log p(x_b | x_-b, context) from the
 same network (the order-agnostic training makes these the last step of some order); they are
 approximate conditionals of the model's joint, not terms that sum to ``log_prob``.
@@ -33,13 +40,15 @@ import torch
 from torch import nn
 
 from anomaly.models.base import UNSEEN_PROB, Block, check_positive
-from anomaly.models.neural import SCORE_BATCH, TorchDensity, _split
+from anomaly.models.neural import TorchDensity, _split
 
 LOG_2PI = math.log(2 * math.pi)
 #: standardised inputs to the network are clipped to ±INPUT_CLIP (their likelihood is not)
 INPUT_CLIP = 8.0
 #: bounds of the mixture components' log standard deviation (standardised units)
 LOG_STD_RANGE = (-7.0, 3.0)
+#: rows × blocks per scoring pass (each pass holds a few float64 tensors of this × hidden)
+PASS_CELLS = 2**11
 
 
 def _category_log_prob(logits: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
@@ -80,6 +89,12 @@ class ARModule(nn.Module):
         self.components = components
         self.numeric = [b.start for b in layout if not b.categorical]
         self.numeric_blocks = [i for i, b in enumerate(layout) if not b.categorical]
+        # the numeric blocks' hidden states as a view when they are consecutive (no copy)
+        first = self.numeric_blocks[0] if self.numeric_blocks else 0
+        consecutive = self.numeric_blocks == list(range(first, first + len(self.numeric)))
+        self.numeric_rows = (
+            slice(first, first + len(self.numeric)) if consecutive else self.numeric_blocks
+        )
         self.categorical = [(i, b.start, b.stop) for i, b in enumerate(layout) if b.categorical]
         self.columns = [slice(b.start, b.stop) for b in layout]
         block_of_col = [i for i, b in enumerate(layout) for _ in range(b.start, b.stop)]
@@ -124,37 +139,36 @@ class ARModule(nn.Module):
         parts = [observed, mask] + ([context] if context is not None else [])
         return self.net[0](torch.cat(parts, dim=1))
 
-    def block_input(self, Z: torch.Tensor, block: int) -> torch.Tensor:
-        """What observing ``block`` adds to the first layer's pre-activation (its values and its
-        mask bit): scoring along an order updates the first layer per step instead of
-        recomputing it from all D inputs (the NADE trick, Larochelle & Murray 2011)."""
-        weight, columns = self.net[0].weight, self.columns[block]
+    def block_inputs(self, Z: torch.Tensor) -> torch.Tensor:
+        """What observing each block adds to the first layer's pre-activation (its values and
+        its mask bit), blocks × rows × hidden: scoring along an order sums these instead of
+        recomputing the first layer from all D inputs per step (the NADE trick, Larochelle &
+        Murray 2011)."""
+        weight = self.net[0].weight
         n_columns = self.block_of_col.shape[0]
-        values = Z[:, columns].clamp(-INPUT_CLIP, INPUT_CLIP)
-        return values @ weight[:, columns].T + weight[:, n_columns + block]
+        values = Z.clamp(-INPUT_CLIP, INPUT_CLIP).T
+        per_column = values[:, :, None] * weight[:, :n_columns].T[:, None, :]
+        mask_bits = weight[:, n_columns : n_columns + self.n_blocks].T[:, None, :]
+        return mask_bits.expand(-1, Z.shape[0], -1).index_add(0, self.block_of_col, per_column)
 
-    def block_raw(self, pre: torch.Tensor, block: int) -> torch.Tensor:
-        """Raw parameters of one block's conditional from the first layer's pre-activation:
-        the output layer's rows for that block only (scoring needs one block per pass)."""
-        out, part = self.net[-1], self.block_slices[block]
-        return nn.functional.linear(self.net[1:-1](pre.float()), out.weight[part], out.bias[part])
-
-    def block_mixture(
-        self, raw: torch.Tensor, dtype: torch.dtype = torch.float64
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(log weights, means, log stds), each rows × components, of one numeric block."""
-        return _split_mixture(raw.to(dtype).view(raw.shape[0], 3, self.components))
-
-    def block_log_prob(
-        self, raw: torch.Tensor, Z: torch.Tensor, block: int, dtype: torch.dtype = torch.float64
-    ) -> torch.Tensor:
-        """log p of block ``block``'s value in Z under its conditional ``raw`` (from
-        ``block_raw``): ``block_log_probs`` for that block only."""
-        columns = self.columns[block]
-        if block in self.numeric_blocks:
-            z = Z[:, columns.start, None].to(dtype)
-            return _mixture_log_pdf(z, *self.block_mixture(raw, dtype))
-        return _category_log_prob(raw.to(dtype), Z[:, columns])
+    def conditionals(self, pre: torch.Tensor) -> torch.Tensor:
+        """Raw parameters (rows × outputs, laid out as ``forward``'s) of every block's
+        conditional, block b's from its own first-layer pre-activation ``pre[b]`` (blocks ×
+        rows × hidden): one pass of the hidden layers over all blocks, then each block's rows
+        of the output layer only."""
+        hidden = self.net[1:-1](pre.float())
+        out, n = self.net[-1], pre.shape[1]
+        parts = []
+        if self.numeric:
+            width = 3 * self.components * len(self.numeric)
+            weight = out.weight[:width].view(len(self.numeric), -1, out.weight.shape[1])
+            bias = out.bias[:width].view(len(self.numeric), 1, -1)
+            numeric = torch.baddbmm(bias, hidden[self.numeric_rows], weight.transpose(1, 2))
+            parts.append(numeric.transpose(0, 1).reshape(n, width))
+        for i, _, _ in self.categorical:
+            part = self.block_slices[i]
+            parts.append(nn.functional.linear(hidden[i], out.weight[part], out.bias[part]))
+        return torch.cat(parts, dim=1)
 
     def _mixture(
         self, raw: torch.Tensor, dtype: torch.dtype = torch.float64
@@ -203,7 +217,10 @@ class ARModule(nn.Module):
 
 
 class Autoregressive(TorchDensity):
-    """Order-agnostic autoregressive density over mixed numeric/categorical features."""
+    """Order-agnostic autoregressive density over mixed numeric/categorical features.
+
+    ``smoothing``: training jitter of the numeric columns in units of Scott's factor (0: none).
+    """
 
     kind = "autoregressive"
     supports_context = True
@@ -215,6 +232,7 @@ class Autoregressive(TorchDensity):
         hidden: tuple[int, ...] = (128, 128),
         components: int = 16,
         orders: int = 2,
+        smoothing: float = 1.0,
         max_epochs: int = 150,
         batch_size: int = 256,
         learning_rate: float = 1e-3,
@@ -236,6 +254,7 @@ class Autoregressive(TorchDensity):
         self.hidden = hidden
         self.components = components
         self.orders = orders
+        self.smoothing = smoothing
 
     # ------------------------------------------------------------------ TorchDensity hooks
     def _scaling(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -245,6 +264,22 @@ class Autoregressive(TorchDensity):
             if block.categorical:
                 mean[block.start : block.stop], scale[block.start : block.stop] = 0.0, 1.0
         return mean, scale
+
+    def _fit(self, X: np.ndarray, context: np.ndarray | None = None) -> None:
+        if not (self.smoothing >= 0 and np.isfinite(self.smoothing)):
+            msg = f"autoregressive: smoothing must be a finite number ≥ 0, got {self.smoothing}"
+            raise ValueError(msg)
+        # Scott's factor n^(−1/(d+4)) in standard deviations, as for a kernel density estimate
+        scott = X.shape[0] ** (-1.0 / (len(self.layout_) + 4))
+        self.smoothing_std_ = float(self.smoothing * scott)
+        super()._fit(X, context)
+
+    def _fitted_json(self) -> dict[str, Any]:
+        return {**super()._fitted_json(), "smoothing_std": self.smoothing_std_}
+
+    def _load_state(self, state: dict[str, np.ndarray], fitted: dict[str, Any]) -> None:
+        super()._load_state(state, fitted)
+        self.smoothing_std_ = fitted.get("smoothing_std", 0.0)  # absent before smoothing
 
     def _build(self, dim: int) -> nn.Module:
         check_positive("components", self.components, self.kind)
@@ -262,6 +297,9 @@ class Autoregressive(TorchDensity):
         self, module: nn.Module, batch: torch.Tensor, context: torch.Tensor | None
     ) -> torch.Tensor:
         n, blocks = batch.shape[0], module.n_blocks
+        if self.smoothing_std_ > 0:  # fit the density smoothed by N(0, std²) on numeric columns
+            batch = batch.clone()
+            batch[:, module.numeric] += self.smoothing_std_ * torch.randn(n, len(module.numeric))
         k = torch.randint(0, blocks, (n, 1))  # features observed in this row's random order
         rank = torch.rand(n, blocks).argsort(dim=1).argsort(dim=1)
         mask = (rank < k).float()
@@ -272,16 +310,27 @@ class Autoregressive(TorchDensity):
     def _module_log_prob(
         self, module: nn.Module, Z: torch.Tensor, context: torch.Tensor | None
     ) -> torch.Tensor:
-        per_order = []
+        rows = max(1, PASS_CELLS // module.n_blocks)
+        parts = [self._pass_log_prob(module, z, c) for z, c in _split(Z, context, rows)]
+        return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64)
+
+    def _pass_log_prob(
+        self, module: nn.Module, Z: torch.Tensor, context: torch.Tensor | None
+    ) -> torch.Tensor:
         nothing = torch.zeros(Z.shape[0], module.n_blocks)
-        for order in module.orders:
-            # float64 running sum of the first layer's input as the order observes each block
-            pre = module.input_layer(Z, nothing, context).double()
-            total = torch.zeros(Z.shape[0], dtype=torch.float64)
-            for block in order.tolist():
-                total += module.block_log_prob(module.block_raw(pre, block), Z, block)
-                pre += module.block_input(Z, block)
-            per_order.append(total)
+        start = module.input_layer(Z, nothing, context).double()
+        inputs = module.block_inputs(Z)
+        pre = torch.empty_like(inputs)
+        per_order = []
+        for order in module.orders.tolist():
+            # before its turn, a block sees the blocks earlier in the order: the first layer's
+            # pre-activation is the running sum (float64) of what each of them adds
+            running = start.clone()
+            for block in order:
+                pre[block] = running
+                running += inputs[block]
+            lp = module.block_log_probs(module.conditionals(pre), Z)
+            per_order.append(lp.sum(dim=1))
         return torch.logsumexp(torch.stack(per_order), dim=0) - math.log(len(per_order))
 
     def _module_sample(
@@ -301,6 +350,22 @@ class Autoregressive(TorchDensity):
         return Z
 
     # ------------------------------------------------------------------ explanations
+    def _full_conditionals(
+        self, X: np.ndarray, context: np.ndarray | None
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per chunk of rows: (standardised rows, raw parameters of every block's conditional
+        given all the other blocks and the context). The conditional of b does not read x_b:
+        its first-layer input is the full row's minus what b adds."""
+        Z = torch.from_numpy((X - self.mean_) / self.scale_).float()
+        C = self._standard_context(context)
+        module = self.module_
+        out = []
+        with torch.inference_mode():
+            for z, c in _split(Z, C, max(1, PASS_CELLS // module.n_blocks)):
+                full = module.input_layer(z, torch.ones(z.shape[0], module.n_blocks), c)
+                out.append((z, module.conditionals(full - module.block_inputs(z))))
+        return out
+
     def feature_log_probs(self, X: np.ndarray, context: np.ndarray | None = None) -> np.ndarray:
         """Each feature's full conditional log p(x_b | x_-b, context): n_rows × n_blocks.
 
@@ -308,21 +373,15 @@ class Autoregressive(TorchDensity):
         """
         X = self._check_input(X)
         C = self._check_context(context, X.shape[0], "feature_log_probs")
-        Z = torch.from_numpy((X - self.mean_) / self.scale_).float()
-        Ct = self._standard_context(C)
         n_blocks = len(self.layout_)
-        chunks = []
         with torch.inference_mode():
-            for z, c in _split(Z, Ct, SCORE_BATCH):
-                out = torch.empty(z.shape[0], n_blocks, dtype=torch.float64)
-                full = self.module_.input_layer(z, torch.ones(z.shape[0], n_blocks), c)
-                for b in range(n_blocks):
-                    raw = self.module_.block_raw(full - self.module_.block_input(z, b), b)
-                    out[:, b] = self.module_.block_log_prob(raw, z, b)
-                chunks.append(out)
-        lp = torch.cat(chunks).numpy() if chunks else np.zeros((0, n_blocks))
-        log_scale = np.array([np.log(self.scale_[b.start]) for b in self.layout_])
-        return lp - log_scale
+            lp = [self.module_.block_log_probs(raw, z) for z, raw in self._full_conditionals(X, C)]
+        lp = torch.cat(lp).numpy() if lp else np.zeros((0, n_blocks))
+        return lp - self._log_scale()
+
+    def _log_scale(self) -> np.ndarray:
+        """log of each block's standardisation scale (0 for a one-hot block)."""
+        return np.array([np.log(self.scale_[b.start]) for b in self.layout_])
 
     def conditional_modes(
         self, X: np.ndarray, context: np.ndarray | None = None
@@ -333,41 +392,38 @@ class Autoregressive(TorchDensity):
         the maximum). Returns (observed n × blocks, best n × blocks, modes n × columns)."""
         X = self._check_input(X)
         C = self._check_context(context, X.shape[0], "conditional_modes")
-        Z = torch.from_numpy((X - self.mean_) / self.scale_).float()
-        Ct = self._standard_context(C)
         module, n_blocks = self.module_, len(self.layout_)
         observed, best, modes = [], [], []
         with torch.inference_mode():
-            for z, c in _split(Z, Ct, SCORE_BATCH):
-                obs = torch.empty(z.shape[0], n_blocks, dtype=torch.float64)
-                top = torch.empty_like(obs)
+            for z, raw in self._full_conditionals(X, C):
+                observed.append(module.block_log_probs(raw, z))
+                top = torch.empty(z.shape[0], n_blocks, dtype=torch.float64)
                 mode = z.to(torch.float64).clone()
-                full = module.input_layer(z, torch.ones(z.shape[0], n_blocks), c)
-                for b, block in enumerate(self.layout_):
-                    raw = module.block_raw(full - module.block_input(z, b), b)
-                    obs[:, b] = module.block_log_prob(raw, z, b)
-                    if block.categorical:
-                        lp, code = raw.to(torch.float64).log_softmax(-1).max(dim=-1)
-                        top[:, b] = lp + math.log1p(-UNSEEN_PROB)
-                        mode[:, block.start : block.stop] = 0.0
-                        mode[torch.arange(z.shape[0]), block.start + code] = 1.0
-                        continue
-                    log_w, mean, log_std = module.block_mixture(raw)
-                    # the mixture's log-density at each component mean: rows × candidates
+                if module.numeric:
+                    log_w, mean, log_std = module._mixture(raw)
+                    # each mixture's log-density at each of its component means: candidates last
                     at_means = _mixture_log_pdf(
-                        mean[:, :, None], log_w[:, None, :], mean[:, None, :], log_std[:, None, :]
+                        mean[..., None],
+                        log_w[..., None, :],
+                        mean[..., None, :],
+                        log_std[..., None, :],
                     )
                     lp, k = at_means.max(dim=-1)
-                    top[:, b] = lp
-                    mode[:, block.start] = mean.gather(1, k[:, None])[:, 0]
-                observed.append(obs)
+                    top[:, module.numeric_blocks] = lp
+                    mode[:, module.numeric] = mean.gather(-1, k[..., None])[..., 0]
+                for i, start, stop in module.categorical:
+                    logits = raw[:, module.block_slices[i]].to(torch.float64)
+                    lp, code = logits.log_softmax(-1).max(dim=-1)
+                    top[:, i] = lp + math.log1p(-UNSEEN_PROB)
+                    mode[:, start:stop] = 0.0
+                    mode[torch.arange(z.shape[0]), start + code] = 1.0
                 best.append(top)
                 modes.append(mode)
-        log_scale = np.array([np.log(self.scale_[b.start]) for b in self.layout_])
         if not observed:
             empty = np.zeros((0, n_blocks))
             return empty, empty, np.zeros((0, X.shape[1]))
         values = torch.cat(modes).numpy() * self.scale_ + self.mean_
+        log_scale = self._log_scale()
         return (
             torch.cat(observed).numpy() - log_scale,
             torch.cat(best).numpy() - log_scale,
