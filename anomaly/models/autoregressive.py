@@ -206,6 +206,7 @@ class Autoregressive(TorchDensity):
     """Order-agnostic autoregressive density over mixed numeric/categorical features."""
 
     kind = "autoregressive"
+    explanation = "conditional"
     supports_context = True
     native_categories = True
 
