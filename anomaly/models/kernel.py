@@ -203,7 +203,14 @@ class _KernelMixture(DensityModel):
                 qa = torch.cat([q, (q * q).sum(1, keepdim=True), torch.ones(len(q), 1)], dim=1)
                 log_kernel = qa @ self._augmented  # −|q − c|²/(2h²) − log Z_i
                 for j in columns:
-                    rest = log_kernel + (q[:, j : j + 1] - centres[:, j]) ** 2 * half_w
+                    # + (q_j − c_ij)²/(2h_i²) = [q_j², q_j, 1] @ [1, −2c_ij, c_ij²]/(2h_i²)
+                    qj = q[:, j : j + 1]
+                    terms = torch.stack(
+                        [half_w, -2 * half_w * centres[:, j], half_w * centres[:, j] ** 2]
+                    )
+                    rest = torch.addmm(
+                        log_kernel, torch.cat([qj * qj, qj, torch.ones_like(qj)], 1), terms
+                    )
                     top, idx = torch.topk(rest, m, dim=1)
                     var = (h[idx] * h[idx]).double().numpy()
                     # exp(top) = weight × √(2π h²) of the normalised N(v; c_ij, h_i²)
