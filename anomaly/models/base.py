@@ -3,7 +3,9 @@
 Every model estimates a probability density p(x) on real-valued rows by maximum likelihood.
 ``log_prob(X)`` returns the natural-log density per row (higher = more normal), float64, finite.
 The base class owns validation, seeding, threads and save/load; subclasses fill small hooks:
-``_fit``, ``_log_prob``, ``_sample`` and ``_state``/``_load_state``.
+``_fit``, ``_log_prob``, ``_sample`` and ``_state``/``_load_state``; for explanations, a kind
+with closed-form conditionals names its ``explanation`` and fills ``_best_replacements`` or
+``conditional_modes`` (the others get the generic search, ``anomaly/models/replacement.py``).
 
 Two optional inputs: ``layout`` (which columns form each raw feature: a numeric column or a
 one-hot block, see :class:`Block`; stored as ``layout_``) and ``context`` (always-observed
