@@ -51,7 +51,7 @@ from typing import Any
 import numpy as np
 from scipy.special import logsumexp
 
-from anomaly.models.base import DensityModel
+from anomaly.models.base import Block, DensityModel
 
 logger = logging.getLogger(__name__)
 
@@ -180,6 +180,26 @@ class Auto(DensityModel):
             "weights": dict(zip(self.kinds_, self.weights_.tolist(), strict=True)),
             "candidates": dict(self.scores_),
         }
+
+    def explanation_for(self, layout: list[Block]) -> str:
+        """One chosen kind explains itself; a combination is explained by the search."""
+        if len(self.components_) == 1:
+            return self.components_[0].explanation_for(layout)
+        return super().explanation_for(layout)
+
+    def best_replacements(
+        self,
+        X: np.ndarray,
+        layout: list[Block],
+        method: str | None = None,
+        context: np.ndarray | None = None,
+        grid: int = 16,
+        refine: int = 6,
+        seed: int = 0,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The chosen kind's (one kind) or the search's (a combination) best replacements."""
+        one = self.components_[0] if len(self.components_) == 1 else super()
+        return one.best_replacements(X, layout, method, context, grid, refine, seed)
 
     def _component_log_probs(self, X: np.ndarray) -> np.ndarray:
         return np.stack([m.log_prob(X) for m in self.components_])

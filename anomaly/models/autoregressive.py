@@ -223,6 +223,7 @@ class Autoregressive(TorchDensity):
     """
 
     kind = "autoregressive"
+    explanation = "conditional"
     supports_context = True
     native_categories = True
 

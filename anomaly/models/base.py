@@ -3,7 +3,9 @@
 Every model estimates a probability density p(x) on real-valued rows by maximum likelihood.
 ``log_prob(X)`` returns the natural-log density per row (higher = more normal), float64, finite.
 The base class owns validation, seeding, threads and save/load; subclasses fill small hooks:
-``_fit``, ``_log_prob``, ``_sample`` and ``_state``/``_load_state``.
+``_fit``, ``_log_prob``, ``_sample`` and ``_state``/``_load_state``; for explanations, a kind
+with closed-form conditionals names its ``explanation`` and fills ``_best_replacements`` or
+``conditional_modes`` (the others get the generic search, ``anomaly/models/replacement.py``).
 
 Two optional inputs: ``layout`` (which columns form each raw feature: a numeric column or a
 one-hot block, see :class:`Block`; stored as ``layout_``) and ``context`` (always-observed
@@ -39,6 +41,8 @@ from typing import Any, ClassVar, Self
 import numpy as np
 import torch
 from sklearn.exceptions import NotFittedError
+
+from anomaly.models import replacement
 
 FORMAT_VERSION = 1
 #: log_prob never goes below this (a row astronomically far from the data stays finite).
@@ -136,6 +140,11 @@ class DensityModel:
     native_categories: ClassVar[bool] = False
     #: whether the kind reports cell masses of discrete columns itself (no dequantisation here)
     exact_cells: ClassVar[bool] = False
+    #: how explanations find each feature's most likely value given the others
+    #: (:meth:`best_replacements`): ``replacement``, the generic search; a kind with closed-form
+    #: conditionals names its own way (``closed_form``, ``mixture``: :meth:`_best_replacements`;
+    #: ``conditional``: :meth:`conditional_modes`)
+    explanation: ClassVar[str] = "replacement"
 
     def __init__(self, seed: int = 0) -> None:
         self.seed = seed
@@ -204,14 +213,63 @@ class DensityModel:
 
     def _cell_log_prob(self, X: np.ndarray, C: np.ndarray | None) -> np.ndarray:
         """log ∫_cell q: log-mean-exp of the fitted density at fixed points of each row's cell."""
+        total = np.full(X.shape[0], -np.inf)
+        for offset in self._cell_offsets():
+            total = np.logaddexp(total, self._density(X + offset, C))
+        widths = self.cell_widths_
+        return total - np.log(CELL_POINTS) + np.log(widths[widths > 0]).sum()
+
+    def _cell_offsets(self) -> np.ndarray:
+        """The ``CELL_POINTS`` fixed points of a cell, as offsets from its centre (points ×
+        columns; 0 on continuous columns): a seeded Latin hypercube."""
         widths = self.cell_widths_
         rng = np.random.default_rng(self.seed)
         strata = (np.arange(CELL_POINTS) + 0.5) / CELL_POINTS - 0.5
-        points = np.stack([rng.permutation(strata) for _ in widths], axis=1)  # Latin hypercube
-        total = np.full(X.shape[0], -np.inf)
-        for offset in points:
-            total = np.logaddexp(total, self._density(X + offset * widths, C))
-        return total - np.log(CELL_POINTS) + np.log(widths[widths > 0]).sum()
+        return np.stack([rng.permutation(strata) for _ in widths], axis=1) * widths
+
+    def explanation_for(self, layout: list[Block]) -> str:
+        """The method :meth:`best_replacements` uses for ``layout`` by default: the kind's own
+        ``explanation``, or the search where that needs the model's own layout."""
+        if self.explanation == "conditional" and layout != self.layout_:
+            return "replacement"
+        return self.explanation
+
+    def best_replacements(
+        self,
+        X: np.ndarray,
+        layout: list[Block],
+        method: str | None = None,
+        context: np.ndarray | None = None,
+        grid: int = 16,
+        refine: int = 6,
+        seed: int = 0,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Per row and block b of ``layout``: the gain max_v log p(x with x_b := v) − log p(x)
+        (n × blocks, nats, ≥ 0) and each block's maximiser in its own columns (n × columns; the
+        row's own value where the gain is 0). See ``anomaly/models/replacement.py``.
+
+        ``method``: None for :meth:`explanation_for`, or ``"replacement"`` (the generic search
+        with ``grid``, ``refine`` and ``seed``, for any kind).
+        """
+        X = self._check_input(X)
+        C = self._check_context(context, X.shape[0], "best_replacements")
+        own = self.explanation_for(layout)
+        method = own if method is None else method
+        if method == self.explanation and method != own:
+            msg = f"method {method!r} needs the layout the model was fitted with"
+            raise ValueError(msg)
+        if method not in (own, "replacement"):
+            msg = (
+                f"method {method!r} does not explain a {self.kind} model: use {own!r} (its "
+                "own) or 'replacement' (the generic search)"
+            )
+            raise ValueError(msg)
+        if method == "replacement":
+            return replacement.search(self, X, layout, C, grid=grid, refine=refine, seed=seed)
+        if method == "conditional":
+            kwargs = {} if C is None else {"context": C}
+            return replacement.from_modes(X, layout, *self.conditional_modes(X, **kwargs))
+        return self._best_replacements(X, layout, C)
 
     def score_samples(self, X: np.ndarray) -> np.ndarray:
         """scikit-learn's name for :meth:`log_prob`."""
@@ -281,6 +339,21 @@ class DensityModel:
 
     def _load_state(self, state: dict[str, np.ndarray], fitted: dict[str, Any]) -> None:
         """Restore fitted attributes from :meth:`_state` arrays and :meth:`_fitted_json`."""
+        raise NotImplementedError
+
+    def _best_replacements(
+        self, X: np.ndarray, layout: list[Block], context: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The kind's own :meth:`best_replacements` (kinds whose ``explanation`` is
+        ``closed_form`` or ``mixture``)."""
+        raise NotImplementedError
+
+    def conditional_modes(
+        self, X: np.ndarray, context: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per block of ``layout_`` (kinds whose ``explanation`` is ``conditional``):
+        log p(x_b | x_-b), its value at the conditional's mode, and the modes (n × blocks,
+        n × blocks, n × columns)."""
         raise NotImplementedError
 
     def _fitted_json(self) -> dict[str, Any]:

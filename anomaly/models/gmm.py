@@ -10,8 +10,9 @@ from scipy.special import logsumexp
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
 
-from anomaly.models.base import DensityModel
-from anomaly.models.gaussian import gaussian_log_pdf, sample_gaussian
+from anomaly.models import replacement
+from anomaly.models.base import Block, DensityModel
+from anomaly.models.gaussian import LOG_2PI, gaussian_log_pdf, sample_gaussian
 
 
 class GMM(DensityModel):
@@ -23,6 +24,7 @@ class GMM(DensityModel):
     """
 
     kind = "gmm"
+    explanation = "mixture"
 
     def __init__(
         self,
@@ -68,15 +70,52 @@ class GMM(DensityModel):
 
     def _factorise(self) -> None:
         self.chols_ = np.linalg.cholesky(self.covariances_)
+        self.precisions_ = np.linalg.inv(self.covariances_)
 
-    def _log_prob(self, X: np.ndarray) -> np.ndarray:
-        per_component = np.stack(
+    def _components(self, X: np.ndarray) -> np.ndarray:
+        """log w_k + log N(x; μ_k, Σ_k): components × rows."""
+        return np.stack(
             [
                 np.log(w) + gaussian_log_pdf(X, m, c)
                 for w, m, c in zip(self.weights_, self.means_, self.chols_, strict=True)
             ]
         )
-        return logsumexp(per_component, axis=0)
+
+    def _log_prob(self, X: np.ndarray) -> np.ndarray:
+        return logsumexp(self._components(X), axis=0)
+
+    def _best_replacements(
+        self, X: np.ndarray, layout: list[Block], context: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        return replacement.mixture_search(self, X, layout, self._conditional_mixtures)
+
+    def _conditional_mixtures(
+        self, X: np.ndarray, columns: list[int]
+    ) -> list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
+        """x_j given x_-j, per column j: a mixture of the components' 1-D conditionals
+        N(x_j − r_kj/P_kj, 1/P_kj), r_k = P_k (x − μ_k), weighted by w_k N(x_-j; μ_k, Σ_k) =
+        w_k N(x; μ_k, Σ_k) / N(x_j; its conditional), O(K·d²) a row. With discrete columns,
+        ``log_prob`` is the mean of the density over fixed points x + o_s of the cell, so the
+        mixture has a component per point and component (x_j's own offset moves its mean)."""
+        offsets = self._cell_offsets() if self._dequantised() else np.zeros((1, X.shape[1]))
+        parts = []
+        for offset in offsets:
+            Z = X + offset
+            joint = self._components(Z).T  # rows × K
+            r = np.einsum("nkd,kde->nke", Z[:, None, :] - self.means_[None], self.precisions_)
+            parts.append((joint, r))
+        out = []
+        for j in columns:
+            variances = np.broadcast_to(
+                1 / self.precisions_[:, j, j], (X.shape[0], len(self.weights_))
+            )
+            log_w, means = [], []
+            for joint, r in parts:
+                means.append(X[:, j : j + 1] - r[:, :, j] * variances)
+                at_x = -0.5 * (r[:, :, j] ** 2 * variances + np.log(variances) + LOG_2PI)
+                log_w.append(joint - at_x)
+            out.append((j, np.hstack(log_w), np.hstack(means), np.hstack([variances] * len(parts))))
+        return out
 
     def _sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
         counts = rng.multinomial(n, self.weights_ / self.weights_.sum())

@@ -134,6 +134,7 @@ class Independent(DensityModel):
     """
 
     kind = "independent"
+    explanation = "conditional"
     native_categories = True
 
     def __init__(

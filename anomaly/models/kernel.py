@@ -31,7 +31,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from anomaly.models.base import DensityModel, check_positive
+from anomaly.models import replacement
+from anomaly.models.base import Block, DensityModel, check_positive
 
 LOG_2PI = float(np.log(2 * np.pi))
 #: a distance block holds at most this many entries (float32: 64 MB)
@@ -120,6 +121,7 @@ class _KernelMixture(DensityModel):
     """Shared evaluation, sampling and storage of a Gaussian kernel mixture."""
 
     exact_cells = True  # discrete Gaussian kernels on lattice columns (module docstring)
+    explanation = "mixture"
 
     def _prepare(self, X: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Set the per-feature scale and return (fit-part, held-out) whitened tensors."""
@@ -174,6 +176,52 @@ class _KernelMixture(DensityModel):
         # densities in X's units on continuous columns; lattice columns are probabilities
         constant = np.log(n) + np.log(self.scale_[self.cell_widths_ == 0]).sum()
         return out.double().numpy() - constant
+
+    def _best_replacements(
+        self, X: np.ndarray, layout: list[Block], context: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        return replacement.mixture_search(self, X, layout, self._conditional_mixtures)
+
+    def _conditional_mixtures(
+        self, X: np.ndarray, columns: list[int]
+    ) -> list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
+        """x_j given x_-j, per column j: the kernels' 1-D factors N(x_j; c_ij, h_i²) weighted
+        by the rest of each kernel at x_-j. One log-kernel matrix (rows × centres, the scoring
+        product) serves every column: adding back column j's term gives the weights. Only the
+        ``replacement.MODE_COMPONENTS`` highest are kept (a kernel's factor is at most its
+        height, so they bound what the others can add); their mode is then scored exactly."""
+        centres, h = self.centres_, self.bandwidths_
+        n, m = X.shape[0], min(replacement.MODE_COMPONENTS, centres.shape[0])
+        Q = torch.from_numpy(((X - self.loc_) / self.scale_).astype(np.float32))
+        half_w = 0.5 / (h * h)
+        log_w = {j: np.empty((n, m)) for j in columns}
+        means = {j: np.empty((n, m)) for j in columns}
+        variances = {j: np.empty((n, m)) for j in columns}
+        with torch.inference_mode():
+            for rows in replacement.row_batches(n, SCORE_BLOCK_ENTRIES // centres.shape[0]):
+                q = Q[rows]
+                qa = torch.cat([q, (q * q).sum(1, keepdim=True), torch.ones(len(q), 1)], dim=1)
+                log_kernel = qa @ self._augmented  # −|q − c|²/(2h²) − log Z_i
+                for j in columns:
+                    # + (q_j − c_ij)²/(2h_i²) = [q_j², q_j, 1] @ [1, −2c_ij, c_ij²]/(2h_i²)
+                    qj = q[:, j : j + 1]
+                    terms = torch.stack(
+                        [half_w, -2 * half_w * centres[:, j], half_w * centres[:, j] ** 2]
+                    )
+                    rest = torch.addmm(
+                        log_kernel, torch.cat([qj * qj, qj, torch.ones_like(qj)], 1), terms
+                    )
+                    top, idx = torch.topk(rest, m, dim=1)
+                    var = (h[idx] * h[idx]).double().numpy()
+                    # exp(top) = weight × √(2π h²) of the normalised N(v; c_ij, h_i²)
+                    log_w[j][rows] = top.double().numpy() + 0.5 * np.log(2 * np.pi * var)
+                    means[j][rows] = centres[idx, j].double().numpy()
+                    variances[j][rows] = var
+        scale, loc = self.scale_, self.loc_
+        return [
+            (j, log_w[j], means[j] * scale[j] + loc[j], variances[j] * scale[j] ** 2)
+            for j in columns
+        ]
 
     def _sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
         idx = rng.integers(0, self.centres_.shape[0], n)
