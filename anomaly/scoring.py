@@ -281,7 +281,8 @@ def score_file(
 
     A Parquet file of more than ``split_rows`` rows is scored in parts (:func:`plan_parts`,
     :func:`score_part`), run by ``map_parts`` (``map``: one after another here; the score flow
-    gives one that runs them on the Dask workers), then merged (:func:`merge_parts`) into what
+    gives one that runs them on the Dask workers; a file scored whole is scored here), then
+    merged (:func:`merge_parts`) into what
     scoring it whole gives.
     """
     batch_id = batch_id or batch_id_for(path)
@@ -289,7 +290,8 @@ def score_file(
     work = _work_dir(out_dir, batch_id)
     try:
         score = functools.partial(score_part, detector, path, work, chunk_rows, passthrough)
-        parts = list(map_parts(score, plan_parts(path, chunk_rows, split_rows)))
+        plan = plan_parts(path, chunk_rows, split_rows)
+        parts = [score(None)] if plan == [None] else list(map_parts(score, plan))
         return merge_parts(
             detector, path, out_dir, work, parts, batch_id, chunk_rows, model_version, explain_rows
         )
