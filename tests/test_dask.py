@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -20,6 +22,21 @@ from flows.train import train_flow
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
 distributed = pytest.importorskip("distributed")
+dask = pytest.importorskip("dask")
+
+
+@contextlib.contextmanager
+def local_cluster() -> Iterator[distributed.LocalCluster]:
+    """Two single-threaded worker processes. On a loaded machine a worker's event loop can be
+    starved for longer than distributed's TCP timeout (30 s), and the scheduler then drops
+    the worker for good ("Lost all workers"): these tests allow 5 minutes."""
+    with (
+        dask.config.set({"distributed.comm.timeouts.tcp": "300s"}),
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
+    ):
+        yield cluster
 
 
 def make_project(root: Path, name: str, **scoring: object) -> Path:
@@ -55,9 +72,7 @@ def test_dask_scoring_equals_thread_scoring(tmp_path, monkeypatch):
     shutil.copytree(tmp_path / "threads", tmp_path / "dask")
     by_threads = {s["batch_id"]: s for s in score_flow(str(threads))}
 
-    with distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
-    ) as cluster:
+    with local_cluster() as cluster:
         path = tmp_path / "dask" / "config.yaml"
         settings = yaml.safe_load(path.read_text())
         settings["scoring"]["dask_address"] = cluster.scheduler_address
@@ -117,9 +132,7 @@ def test_split_file_on_dask_equals_thread_scoring(tmp_path, monkeypatch):
     by_threads = {s["batch_id"]: s for s in score_flow(str(threads))}  # each file whole
 
     with (
-        distributed.LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
-        ) as cluster,
+        local_cluster() as cluster,
         distributed.Client(cluster) as client,
         distributed.get_task_stream(client) as stream,
     ):
@@ -166,9 +179,7 @@ def test_split_file_faults_on_dask_leave_exactly_once(tmp_path):
     expected = snapshot(clean, top / "clean")
 
     with (
-        distributed.LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
-        ) as cluster,
+        local_cluster() as cluster,
         distributed.Client(cluster) as client,
     ):
 
