@@ -120,6 +120,13 @@ class Scoring(_Strict):
     dask_address: str | None = Field(
         None, description="Dask scheduler (tcp://host:8786): batches run on its workers"
     )
+    split_rows: int | None = Field(
+        None,
+        gt=0,
+        description="with `dask_address`: a Parquet batch of more rows is scored in parts of "
+        "about this many rows (whole chunks) on several workers, then merged into one batch; "
+        "default: a file is one task",
+    )
     passthrough: list[str] | Literal["all"] | None = Field(
         None,
         description="input columns copied into the scored Parquet: a list, or `all`; "

@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -51,12 +52,17 @@ def iter_chunks(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
         yield rows
 
 
-def iter_rows(path: Path, chunk_rows: int) -> Iterator[tuple[pd.DataFrame, pd.DataFrame]]:
+def iter_rows(
+    path: Path, chunk_rows: int, rows: range | None = None
+) -> Iterator[tuple[pd.DataFrame, pd.DataFrame]]:
     """Yield a file's rows in frames of at most ``chunk_rows`` rows (one row group at a time),
     each with the rows of that stretch that cannot be read as a row of the table: CSV rows with
     more fields than the header, as the header's columns (the first fields) plus
     :data:`ROW_ERROR` naming the line. A CSV row with fewer fields is read with the missing
-    values empty, so the row's checks quarantine it."""
+    values empty, so the row's checks quarantine it.
+
+    ``rows`` (Parquet only; ``start`` a multiple of ``chunk_rows``): only those rows of the
+    file, reading only the row groups that hold them, in the frames a whole read gives them."""
     suffix = path.suffix.lower()
     none = pd.DataFrame()
     try:
@@ -65,11 +71,18 @@ def iter_rows(path: Path, chunk_rows: int) -> Iterator[tuple[pd.DataFrame, pd.Da
             # pre_buffer=False: with pre-buffering (pyarrow's default) iter_batches kept every
             # row group it had read resident, so memory grew with the file (~200 B/row here)
             with path.open("rb") as handle, pq.ParquetFile(handle, pre_buffer=False) as file:
+                if rows is not None:
+                    for frame in _row_range(file, chunk_rows, rows):
+                        yield frame, none
+                    return
                 if file.metadata.num_rows == 0:
                     yield file.schema_arrow.empty_table().to_pandas(), none
                     return
                 for batch in file.iter_batches(batch_size=chunk_rows):
                     yield batch.to_pandas(), none
+        elif rows is not None:
+            msg = f"{shown(path)}: only Parquet files are read by row range"
+            raise DataError(msg)
         elif suffix == ".csv":
             yield from _csv_rows(path, chunk_rows)
         else:
@@ -87,6 +100,35 @@ def iter_rows(path: Path, chunk_rows: int) -> Iterator[tuple[pd.DataFrame, pd.Da
     except pd.errors.EmptyDataError as exc:
         msg = f"{shown(path)} is empty (no header row)"
         raise DataError(msg) from exc
+
+
+def _row_range(file: pq.ParquetFile, chunk_rows: int, rows: range) -> Iterator[pd.DataFrame]:
+    """Rows ``rows`` of a Parquet file in frames of ``chunk_rows`` (the last may be shorter),
+    from the row groups that hold them; ``iter_batches`` over the whole file cuts its batches
+    at the same rows when ``rows.start`` is a multiple of ``chunk_rows``."""
+    meta = file.metadata
+    sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+    bounds = np.cumsum([0, *sizes])
+    start, stop = rows.start, min(rows.stop, int(bounds[-1]))
+    if start >= stop:
+        return
+    first = int(np.searchsorted(bounds, start, side="right")) - 1
+    last = int(np.searchsorted(bounds, stop, side="left"))
+    skip, left = start - int(bounds[first]), stop - start
+    held = file.schema_arrow.empty_table()
+    for batch in file.iter_batches(batch_size=chunk_rows, row_groups=range(first, last)):
+        held = pa.concat_tables([held, pa.Table.from_batches([batch])])
+        if skip:
+            cut = min(skip, held.num_rows)
+            held, skip = held.slice(cut), skip - cut
+        held = held.slice(0, left)
+        while held.num_rows >= chunk_rows:
+            yield held.slice(0, chunk_rows).to_pandas()
+            held, left = held.slice(chunk_rows), left - chunk_rows
+        if not left:
+            return
+    if held.num_rows:
+        yield held.to_pandas()
 
 
 #: pandas' message for a row with more fields than the header

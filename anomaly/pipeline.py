@@ -18,7 +18,7 @@ from anomaly.detector import Detector
 from anomaly.inbox import claim, content_hash, in_inbox, mark_done, release
 from anomaly.io import read_table, shown
 from anomaly.promotion import REVIEW_LABELS, decide, evaluation_data
-from anomaly.scoring import BatchSummary, batch_id_for, score_file
+from anomaly.scoring import BatchSummary, MapParts, batch_id_for, score_file
 from anomaly.store import current_labels, reserve_batch, store_engine, write_batch
 from anomaly.tracking import log_batch, log_training
 from anomaly.training import TrainResult, train
@@ -89,7 +89,12 @@ def scored_dir(config: Config) -> Path:
 
 
 def process_batch(
-    config: Config, detector: Detector, version: str, path: Path, engine: Engine
+    config: Config,
+    detector: Detector,
+    version: str,
+    path: Path,
+    engine: Engine,
+    map_parts: MapParts | None = None,
 ) -> BatchSummary | None:
     """Score one batch, store it (one transaction), log its numbers to MLflow, then mark it
     done — in that order, so a crash at any point leaves the file in the inbox (or in a claim
@@ -101,6 +106,10 @@ def process_batch(
     :func:`anomaly.store.reserve_batch`), so it never replaces a stored batch or its outputs.
 
     An inbox batch is claimed first (see :func:`claim`); None means another run claimed it.
+
+    With ``map_parts`` (e.g. the Dask workers' map), a Parquet file of more than
+    ``scoring.split_rows`` rows is scored in parts that it runs, merged into one batch here
+    (see :func:`anomaly.scoring.score_file`); without, a file is scored whole.
     """
     inbox = in_inbox(config, path)
     if inbox is None:
@@ -117,7 +126,7 @@ def process_batch(
         batch_id = reserve_batch(
             engine, batch_id_for(work), digest, work.suffix, shown(path, full=True), config.name
         )
-        summary = _score(config, detector, version, work, batch_id)
+        summary = _score(config, detector, version, work, batch_id, map_parts)
         summary = dataclasses.replace(summary, source=shown(path, full=True), content_hash=digest)
         empty = pd.DataFrame()
         flagged = summary.flagged if summary.flagged is not None else empty
@@ -135,7 +144,12 @@ def process_batch(
 
 
 def _score(
-    config: Config, detector: Detector, version: str, path: Path, batch_id: str
+    config: Config,
+    detector: Detector,
+    version: str,
+    path: Path,
+    batch_id: str,
+    map_parts: MapParts | None,
 ) -> BatchSummary:
     """Score a batch file; a symbolic link is rejected (it could point outside the inbox)."""
     if path.is_symlink():
@@ -150,15 +164,22 @@ def _score(
         explain_rows=config.scoring.explain_rows,
         batch_id=batch_id,
         passthrough=config.scoring.passthrough,
+        split_rows=None if map_parts is None else config.scoring.split_rows,
+        map_parts=map_parts or map,
     )
 
 
 def score_batches(
-    config: Config, batches: list[Path], version: str | None = None
+    config: Config,
+    batches: list[Path],
+    version: str | None = None,
+    map_parts: MapParts | None = None,
 ) -> list[BatchSummary]:
     """Score, store and mark done each batch with the champion (or the given version); batches
-    claimed by another run are left to it."""
+    claimed by another run are left to it. ``map_parts``: see :func:`process_batch`."""
     detector, version = registry.load_detector(config, version)
     engine = store_engine(config)
-    summaries = (process_batch(config, detector, version, path, engine) for path in batches)
+    summaries = (
+        process_batch(config, detector, version, path, engine, map_parts) for path in batches
+    )
     return [s for s in summaries if s is not None]

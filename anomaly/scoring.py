@@ -11,12 +11,14 @@ must go (a repeated id) or its flags come after the pass (``fdr``).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import os
 import re
 import shutil
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -99,8 +101,9 @@ class _IdSpill:
 
     Each chunk's scored ids are hashed (64 bits; a false duplicate needs a collision, odds
     about n² / 2⁶⁵) and appended with their row's place to one of :data:`PARTS` files under
-    the batch's work folder, chosen by the hash's top bits. :meth:`repeated` then reads one
-    file at a time (1/PARTS of the rows): memory is that of the largest part, not the batch.
+    the batch's work folder, chosen by the hash's top bits. :func:`_repeated_ids` then reads
+    one file at a time (1/PARTS of the rows): memory is that of the largest part, not the
+    batch.
     """
 
     PARTS = 64
@@ -129,22 +132,132 @@ class _IdSpill:
         for file in self.files:
             file.close()
 
-    def repeated(self) -> np.ndarray:
-        """The records (sorted by position) of the rows whose id a row of an earlier chunk
-        had; the spill files are closed and deleted."""
-        self.close()
-        found = []
-        for path in self.paths:
-            records = np.fromfile(path, self.RECORD)
+
+def _repeated_ids(folders: list[Path], offsets: list[int]) -> np.ndarray:
+    """The spill records (sorted by position in the batch) of the rows whose id a row of an
+    earlier chunk had, from the spill ``folders`` of a batch's parts in file order; a part's
+    positions start at its ``offsets`` entry (the rows its earlier parts scored). The spill
+    files are read one hash part at a time (over every folder), then deleted."""
+    found = []
+    for k in range(_IdSpill.PARTS):
+        pieces = []
+        for folder, offset in zip(folders, offsets, strict=True):
+            path = folder / f"ids.{k:02d}"
+            records = np.fromfile(path, _IdSpill.RECORD)
             path.unlink()
-            if not len(records):
-                continue
-            records = records[np.lexsort((records["position"], records["hash"]))]
-            group = np.r_[True, records["hash"][1:] != records["hash"][:-1]]
-            first_chunk = records["chunk"][group][np.cumsum(group) - 1]
-            found.append(records[records["chunk"] > first_chunk])
-        repeated = np.concatenate(found) if found else np.empty(0, self.RECORD)
-        return repeated[np.argsort(repeated["position"], kind="stable")]
+            records["position"] += offset
+            pieces.append(records)
+        records = np.concatenate(pieces)
+        if not len(records):
+            continue
+        records = records[np.lexsort((records["position"], records["hash"]))]
+        group = np.r_[True, records["hash"][1:] != records["hash"][:-1]]
+        first_chunk = records["chunk"][group][np.cumsum(group) - 1]
+        found.append(records[records["chunk"] > first_chunk])
+    repeated = np.concatenate(found) if found else np.empty(0, _IdSpill.RECORD)
+    return repeated[np.argsort(repeated["position"], kind="stable")]
+
+
+@dataclass
+class Part:
+    """What scoring one stretch of a batch file (:func:`score_part`) leaves for
+    :func:`merge_parts`: its scored rows in ``output`` (one row group a chunk, flagged under
+    ``fpr``), its ids in the spill folder ``ids``, and what the merge needs in memory."""
+
+    rows: range | None  # None: the whole file
+    output: Path
+    ids: Path
+    n_scored: int = 0
+    chunk_sums: list[float] = field(default_factory=list)  # per chunk, sum of log-likelihoods
+    p_values: list[np.ndarray] = field(default_factory=list)  # per chunk, only under fdr
+    has_reason: list[np.ndarray] = field(default_factory=list)  # per chunk, only under fdr
+    candidates: list[pd.DataFrame] = field(default_factory=list)  # rows that may be flagged
+    quarantined: list[list[pd.DataFrame]] = field(default_factory=list)  # per chunk
+    error: str | None = None  # the batch's file or schema is unusable (it is rejected)
+
+
+#: runs a part-scoring function over the planned row ranges, giving the parts in that order
+MapParts = Callable[[Callable[[range | None], Part], list[range | None]], Iterable[Part]]
+
+
+def plan_parts(path: Path, chunk_rows: int, split_rows: int | None) -> list[range | None]:
+    """The row ranges a batch file is scored in: whole chunks, about ``split_rows`` rows each,
+    for a Parquet file of more than ``split_rows`` rows; else ``[None]`` (the whole file, one
+    part). A file whose row count cannot be read is one part (its reading reports why)."""
+    if split_rows is None or path.suffix.lower() not in (".parquet", ".pq"):
+        return [None]
+    try:
+        with path.open("rb") as handle, pq.ParquetFile(handle) as file:
+            n_rows = file.metadata.num_rows
+    except (OSError, pa.ArrowException):
+        return [None]
+    if n_rows <= split_rows:
+        return [None]
+    step = max(1, split_rows // chunk_rows) * chunk_rows
+    return [range(start, min(start + step, n_rows)) for start in range(0, n_rows, step)]
+
+
+def score_part(
+    detector: Detector,
+    path: Path,
+    work: Path,
+    chunk_rows: int,
+    passthrough: list[str] | Literal["all"] | None,
+    rows: range | None,
+) -> Part:
+    """Score rows ``rows`` of a batch file (None: all) into a folder of ``work`` of their own.
+
+    The result depends on its inputs only: a part that failed or was lost is scored again
+    from the start (what an earlier try left in its folder goes first)."""
+    first_chunk = 0 if rows is None else rows.start // chunk_rows
+    folder = work / f"part-{first_chunk:09d}"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir()
+    part = Part(rows, folder / "scored.parquet", folder / "ids")
+    # the fpr rule flags a row by its own p-value, so each chunk's flags are final and are
+    # written as the chunk is; fdr (Benjamini–Hochberg) needs the whole batch's p-values first
+    per_row = detector.calibrator.rule == "fpr"
+    spill = _IdSpill(part.ids)
+    id_col = detector.preprocessor.features.id
+    try:
+        chunks = iter_rows(path, chunk_rows, rows)
+        first = next(chunks, None)  # a CSV with a header only has no chunk
+        columns = None if first is None else list(first[0].columns)
+        copied = passthrough_columns(detector, passthrough, columns)
+        schema = output_schema(detector, copied)
+        with pq.ParquetWriter(part.output, schema) as writer:
+            for k, (chunk, unreadable) in enumerate(
+                itertools.chain([first] if first else [], chunks)
+            ):
+                part.quarantined.append([unreadable] if len(unreadable) else [])
+                result = detector.score(chunk, flag=False)
+                scored = result.scored
+                n_before = part.n_scored
+                spill.add(scored[id_col], n_before, first_chunk + k, scored.index.to_numpy())
+                p, reason = scored["p_value"].to_numpy(), scored["reason"].to_numpy() != ""
+                if per_row:
+                    scored["is_anomaly"] = detector.flag(p, reason)
+                else:
+                    part.p_values.append(p)
+                    part.has_reason.append(reason)
+                table = _output_table(detector, scored, chunk, copied, schema)
+                writer.write_table(table, row_group_size=max(len(table), 1))
+                maybe = (p <= detector.calibrator.alpha) | reason
+                rows_kept = chunk.iloc[scored.index[maybe]].reset_index(drop=True)
+                for col in ("log_likelihood", "p_value", "reason"):
+                    rows_kept[col] = scored[col].to_numpy()[maybe]
+                rows_kept[_POSITION] = n_before + np.flatnonzero(maybe)
+                rows_kept[_FLAG] = scored["is_anomaly"].to_numpy()[maybe]
+                part.candidates.append(rows_kept)
+                part.n_scored += len(scored)
+                part.chunk_sums.append(float(scored["log_likelihood"].sum()))
+                if len(result.quarantined):
+                    part.quarantined[k].append(result.quarantined)
+    except (SchemaError, DataError) as exc:
+        part.error = str(exc)
+    finally:
+        spill.close()
+    return part
 
 
 def score_file(
@@ -156,6 +269,8 @@ def score_file(
     explain_rows: int = 1_000,
     batch_id: str | None = None,
     passthrough: list[str] | Literal["all"] | None = None,
+    split_rows: int | None = None,
+    map_parts: MapParts = map,
 ) -> BatchSummary:
     """Score one batch file into ``out_dir/<batch_id>.scored.parquet`` (+ quarantined rows).
 
@@ -163,71 +278,74 @@ def score_file(
     with the lowest log-likelihood get contributions; the others an empty list (``anomaly
     explain`` explains any row on demand). ``passthrough`` names the input columns copied
     into the output (None: the feature columns; ``"all"``: every column).
+
+    A Parquet file of more than ``split_rows`` rows is scored in parts (:func:`plan_parts`,
+    :func:`score_part`), run by ``map_parts`` (``map``: one after another here; the score flow
+    gives one that runs them on the Dask workers; a file scored whole is scored here), then
+    merged (:func:`merge_parts`) into what
+    scoring it whole gives.
     """
     batch_id = batch_id or batch_id_for(path)
     out_dir.mkdir(parents=True, exist_ok=True)
-    output, quarantine_path = output_paths(out_dir, batch_id)
     work = _work_dir(out_dir, batch_id)
-    tmp = work / "pass1.parquet"
-    # the fpr rule flags a row by its own p-value, so each chunk's flags are final and are
-    # written as the chunk is; fdr (Benjamini–Hochberg) needs the whole batch's p-values first
-    per_row = detector.calibrator.rule == "fpr"
-    p_values, has_reason = [np.zeros(0)], [np.zeros(0, bool)]
-    quarantined: list[list[pd.DataFrame]] = []  # per chunk: unreadable, repeated ids, invalid
-    candidates, n_before = [], 0  # raw rows that may be flagged: p <= alpha or a reason
-    chunk_sums: list[float] = []  # per chunk, the sum of its log-likelihoods
-    spill = _IdSpill(work / "ids")
-    id_col = detector.preprocessor.features.id
     try:
-        chunks = iter_rows(path, chunk_rows)
-        first = next(chunks, None)  # a CSV with a header only has no chunk
-        columns = None if first is None else list(first[0].columns)
-        copied = passthrough_columns(detector, passthrough, columns)
-        schema = output_schema(detector, copied)
-        with pq.ParquetWriter(tmp, schema) as writer:
-            for k, (chunk, unreadable) in enumerate(
-                itertools.chain([first] if first else [], chunks)
-            ):
-                quarantined.append([unreadable] if len(unreadable) else [])
-                result = detector.score(chunk, flag=False)
-                scored = result.scored
-                spill.add(scored[id_col], n_before, k, scored.index.to_numpy())
-                p, reason = scored["p_value"].to_numpy(), scored["reason"].to_numpy() != ""
-                if per_row:
-                    scored["is_anomaly"] = detector.flag(p, reason)
-                else:
-                    p_values.append(p)
-                    has_reason.append(reason)
-                table = _output_table(detector, scored, chunk, copied, schema)
-                writer.write_table(table, row_group_size=max(len(table), 1))
-                maybe = (p <= detector.calibrator.alpha) | reason
-                rows = chunk.iloc[scored.index[maybe]].reset_index(drop=True)
-                for col in ("log_likelihood", "p_value", "reason"):
-                    rows[col] = scored[col].to_numpy()[maybe]
-                rows[_POSITION] = n_before + np.flatnonzero(maybe)
-                rows[_FLAG] = scored["is_anomaly"].to_numpy()[maybe]
-                candidates.append(rows)
-                n_before += len(scored)
-                chunk_sums.append(float(scored["log_likelihood"].sum()))
-                if len(result.quarantined):
-                    quarantined[k].append(result.quarantined)
-        repeated = spill.repeated()
+        score = functools.partial(score_part, detector, path, work, chunk_rows, passthrough)
+        plan = plan_parts(path, chunk_rows, split_rows)
+        parts = [score(None)] if plan == [None] else list(map_parts(score, plan))
+        return merge_parts(
+            detector, path, out_dir, work, parts, batch_id, chunk_rows, model_version, explain_rows
+        )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def merge_parts(
+    detector: Detector,
+    path: Path,
+    out_dir: Path,
+    work: Path,
+    parts: list[Part],
+    batch_id: str,
+    chunk_rows: int,
+    model_version: str = "",
+    explain_rows: int = 1_000,
+) -> BatchSummary:
+    """One batch from its scored parts (in file order), as if it had been scored whole: ids
+    repeated across chunks (of any part) are quarantined, the later copies; ``fdr`` flags over
+    the whole batch; the scored and quarantine outputs written and renamed into place; the
+    flagged rows explained. The first part's error in file order rejects the batch. ``work``
+    is the batch's scratch folder (see :func:`score_file`)."""
+    starts = [0 if part.rows is None else part.rows.start for part in parts]
+    stops = [0 if part.rows is None else part.rows.stop for part in parts]
+    if starts[1:] != stops[:-1]:
+        msg = f"parts must follow one another in file order, got rows {starts} to {stops}"
+        raise ValueError(msg)
+    failed = next((part for part in parts if part.error), None)
+    if failed is not None:
+        return BatchSummary(batch_id, str(path), "rejected", error=failed.error)
+    output, quarantine_path = output_paths(out_dir, batch_id)
+    id_col = detector.preprocessor.features.id
+    per_row = detector.calibrator.rule == "fpr"
+    offsets = np.cumsum([0, *(part.n_scored for part in parts)]).tolist()
+    n_before = offsets[-1]
+    quarantined = [pieces for part in parts for pieces in part.quarantined]
+    try:
+        repeated = _repeated_ids([part.ids for part in parts], offsets[:-1])
         if len(repeated):
             _quarantine_repeated(path, chunk_rows, repeated, quarantined, id_col)
     except (SchemaError, DataError) as exc:
-        spill.close()
-        shutil.rmtree(work, ignore_errors=True)
         return BatchSummary(batch_id, str(path), "rejected", error=str(exc))
-    except BaseException:
-        spill.close()
-        shutil.rmtree(work, ignore_errors=True)
-        raise
     dropped = repeated["position"]
-    flags = None  # under fpr they are in the file already
+    flags = None  # under fpr they are in the part files already
     if not per_row:
         kept = _kept(n_before, dropped)
+        p_values = [np.zeros(0), *(p for part in parts for p in part.p_values)]
+        has_reason = [np.zeros(0, bool), *(r for part in parts for r in part.has_reason)]
         flags = detector.flag(np.concatenate(p_values)[kept], np.concatenate(has_reason)[kept])
-    n_flagged, chunk_sums = _write_flags(tmp, output, flags, dropped, chunk_sums)
+    chunk_sums = [s for part in parts for s in part.chunk_sums]
+    n_flagged, chunk_sums = _write_flags(
+        [part.output for part in parts], output, flags, dropped, chunk_sums
+    )
     pieces = [piece for chunk_pieces in quarantined for piece in chunk_pieces]
     quarantine_frame = pd.concat(pieces, ignore_index=True) if pieces else None
     quarantine_output = (
@@ -235,7 +353,11 @@ def score_file(
         if quarantine_frame is None
         else write_parquet_atomic(quarantine_frame.astype(str), quarantine_path, work)
     )
-    shutil.rmtree(work, ignore_errors=True)
+    candidates = []
+    for part, offset in zip(parts, offsets, strict=False):
+        for rows in part.candidates:
+            moved = rows[_POSITION] + offset
+            candidates.append(rows.assign(**{_POSITION: moved}) if offset else rows)
     flagged = pd.concat(candidates, ignore_index=True) if candidates else pd.DataFrame()
     explain_start = time.perf_counter()
     if len(flagged):
@@ -298,10 +420,16 @@ def _quarantine_repeated(
     quarantined: list[list[pd.DataFrame]],
     id_col: str,
 ) -> None:
-    """Put the raw rows whose id an earlier chunk had (read again from ``path``) into their
-    chunk's quarantined rows, after its unreadable rows (the order a single pass gave)."""
-    wanted = np.unique(repeated["chunk"])
-    for k, (chunk, unreadable) in enumerate(iter_rows(path, chunk_rows)):
+    """Put the raw rows whose id an earlier chunk had (read again from ``path``: only their
+    chunks, for Parquet) into their chunk's quarantined rows, after its unreadable rows (the
+    order a single pass gave)."""
+    wanted = np.unique(repeated["chunk"]).tolist()
+    if path.suffix.lower() in (".parquet", ".pq"):
+        spans = {k: range(k * chunk_rows, (k + 1) * chunk_rows) for k in wanted}
+        chunks = ((k, rows) for k in wanted for rows in iter_rows(path, chunk_rows, spans[k]))
+    else:
+        chunks = enumerate(iter_rows(path, chunk_rows))
+    for k, (chunk, unreadable) in chunks:
         if k not in wanted:
             continue
         rows = repeated["row"][repeated["chunk"] == k]
@@ -412,44 +540,51 @@ def _work_dir(out_dir: Path, batch_id: str) -> Path:
 
 
 def _write_flags(
-    tmp: Path,
+    tmps: list[Path],
     output: Path,
     flags: np.ndarray | None,
     dropped: np.ndarray,
     chunk_sums: list[float],
 ) -> tuple[int, list[float]]:
-    """Move the pass-1 file to ``output`` atomically: as it is when its flags are final
-    (``flags`` None) and no row is ``dropped``; else copied one chunk (row group) at a time
-    without the dropped rows and with ``is_anomaly`` = ``flags``. Returns the number of
-    flagged rows and the per-chunk log-likelihood sums of the rows kept."""
-    final = tmp.with_name(output.name)
-    if flags is None and not len(dropped):
+    """Move the pass-1 file(s) of the batch's parts to ``output`` atomically: a single one as
+    it is when its flags are final (``flags`` None) and no row is ``dropped``; else copied one
+    chunk (row group) at a time, in order, without the dropped rows and with ``is_anomaly`` =
+    ``flags``. Returns the number of flagged rows and the per-chunk log-likelihood sums of
+    the rows kept."""
+    final = tmps[0].with_name(output.name)
+    if flags is None and not len(dropped) and len(tmps) == 1:
         n_flagged = 0
-        with pq.ParquetFile(tmp, pre_buffer=False) as source:
+        with pq.ParquetFile(tmps[0], pre_buffer=False) as source:
             for k in range(source.num_row_groups):
                 column = source.read_row_group(k, columns=["is_anomaly"]).column(0)
                 n_flagged += int(pc.sum(column).as_py() or 0)
-        os.replace(tmp, output)
+        os.replace(tmps[0], output)
         return n_flagged, chunk_sums
     start, n_flagged, sums = 0, 0, []
-    with pq.ParquetFile(tmp, pre_buffer=False) as source:  # see io.iter_chunks
-        writer = pq.ParquetWriter(final, source.schema_arrow)
-        with writer:
-            for k in range(source.num_row_groups):
-                table = source.read_row_group(k)
-                stop = start + table.num_rows
-                mine = dropped[(dropped >= start) & (dropped < stop)] - start
-                if len(mine):
-                    table = table.filter(pa.array(_kept(table.num_rows, mine)))
-                if flags is not None:
-                    index = table.schema.get_field_index("is_anomaly")
-                    base = start - int(np.searchsorted(dropped, start))
-                    column = pa.array(flags[base : base + table.num_rows])
-                    table = table.set_column(index, "is_anomaly", column)
-                n_flagged += int(pc.sum(table.column("is_anomaly")).as_py() or 0)
-                sums.append(float(table.column("log_likelihood").to_pandas().sum()))
-                writer.write_table(table, row_group_size=max(table.num_rows, 1))
-                start = stop
+    with pq.ParquetWriter(final, pq.read_schema(tmps[0])) as writer:
+        for table in _row_groups(tmps):
+            stop = start + table.num_rows
+            mine = dropped[(dropped >= start) & (dropped < stop)] - start
+            if len(mine):
+                table = table.filter(pa.array(_kept(table.num_rows, mine)))
+            if flags is not None:
+                index = table.schema.get_field_index("is_anomaly")
+                base = start - int(np.searchsorted(dropped, start))
+                column = pa.array(flags[base : base + table.num_rows])
+                table = table.set_column(index, "is_anomaly", column)
+            n_flagged += int(pc.sum(table.column("is_anomaly")).as_py() or 0)
+            sums.append(float(table.column("log_likelihood").to_pandas().sum()))
+            writer.write_table(table, row_group_size=max(table.num_rows, 1))
+            start = stop
     os.replace(final, output)
-    tmp.unlink()
+    for tmp in tmps:
+        tmp.unlink()
     return n_flagged, sums
+
+
+def _row_groups(paths: list[Path]) -> Iterator[pa.Table]:
+    """Every row group of the Parquet files, in order, one at a time (see io.iter_rows)."""
+    for path in paths:
+        with pq.ParquetFile(path, pre_buffer=False) as source:
+            for k in range(source.num_row_groups):
+                yield source.read_row_group(k)

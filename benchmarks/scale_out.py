@@ -13,6 +13,15 @@ else running, to measure the per-partition cost. RSS of this process and of ever
 process is sampled every 0.2 s (psutil). Prints markdown tables, checks that both runners
 wrote identical outputs and counts, and estimates rows/hour on N workers.
 
+With ``--split-rows N`` it measures the split-file path instead (issue 18): one file of
+``--rows-per-file`` rows (``--files`` is taken as 1) is scored with the thread runner (the file
+whole) and then on ``LocalCluster``s of 1 and ``--workers`` workers with ``scoring.split_rows``
+N, so that its parts run on different workers and are merged into one batch. It prints the
+wall times, the speed-up, and whether every output (read row group by row group) and count
+equals the thread runner's:
+
+    nice -n 5 python benchmarks/scale_out.py --rows-per-file 10000000 --split-rows 1000000
+
 Runs against Prefect's ephemeral server (``PREFECT_HOME`` under ``--work``) unless
 ``PREFECT_API_URL`` is set; MLflow and the review store are SQLite files under ``--work``.
 """
@@ -277,7 +286,10 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", type=Path, default=Path(".anomaly/bench-scale-out"))
+    parser.add_argument("--split-rows", type=int, default=None)
     args = parser.parse_args()
+    if args.split_rows:
+        args.files = 1
 
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -296,7 +308,8 @@ def main() -> None:
     config_path = write_project(work, args.features, mixing, args.seed)
     shutil.rmtree(work / "home", ignore_errors=True)
     with prefect_server(work / "prefect-server") as server:
-        run(args, work, paths, config_path, load_before, server.pid if server else None)
+        measure = run_split if args.split_rows else run
+        measure(args, work, paths, config_path, load_before, server.pid if server else None)
 
 
 def run(
@@ -403,6 +416,106 @@ def run(
     print("|---:|---:|---:|")
     for n in (1, 2, 4, 8, 16, 32):
         print(f"| {n} | {n * rate * 3600:,.0f} | {n * rate * 3600 * min(efficiency, 1):,.0f} |")
+
+
+def same_parquet(a: Path, b: Path) -> bool:
+    """Whether two Parquet files hold equal tables, compared a million rows at a time."""
+    with pq.ParquetFile(a) as left, pq.ParquetFile(b) as right:
+        if left.schema_arrow != right.schema_arrow:
+            return False
+        if left.metadata.num_rows != right.metadata.num_rows:
+            return False
+        size = 1_000_000
+        return all(
+            x.equals(y)
+            for x, y in zip(
+                left.iter_batches(batch_size=size), right.iter_batches(batch_size=size), strict=True
+            )
+        )
+
+
+def run_split(
+    args: argparse.Namespace,
+    work: Path,
+    paths: list[Path],
+    config_path: Path,
+    load_before: str,
+    skip: int | None,
+) -> None:
+    """One file: threads (whole), then split on clusters of 1 and ``--workers`` workers."""
+    from distributed import Client, LocalCluster
+
+    from anomaly.config import load_config
+    from anomaly.pipeline import scored_dir
+    from flows.score import score_flow, score_flow_for
+    from flows.train import train_flow
+
+    print(f"training a gaussian detector on {TRAIN_ROWS:,} rows …", flush=True)
+    train_flow(str(config_path))
+    config = load_config(config_path)
+    out_dir = scored_dir(config)
+    batches = [str(paths[0])]
+    print(f"scoring {args.rows_per_file:,} rows in one file with threads …", flush=True)
+    start = time.perf_counter()
+    (by_threads,) = score_flow(str(config_path), batches=batches)
+    walls = {"threads (one process, the file whole)": time.perf_counter() - start}
+    thread_dir = work / "scored-threads"
+    shutil.rmtree(thread_dir, ignore_errors=True)
+    os.replace(out_dir, thread_dir)
+    problems, loads = [], [f"before: {load_before}"]
+    counts = ("rows_in", "rows_scored", "rows_quarantined", "rows_flagged", "flag_rate")
+    for n_workers in sorted({1, args.workers}):
+        cluster = LocalCluster(
+            n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None
+        )
+        client = Client(cluster)
+        client.run(warm_up)
+        settings = dict(yaml.safe_load(config_path.read_text()))
+        settings["scoring"] = {
+            **settings["scoring"],
+            "dask_address": cluster.scheduler_address,
+            "split_rows": args.split_rows,
+        }
+        path = work / f"config-split-{n_workers}.yaml"
+        path.write_text(yaml.safe_dump(settings, sort_keys=False))
+        label = f"Dask, {n_workers} worker(s) × 1 thread, split"
+        print(f"scoring it on {n_workers} worker(s), in parts of {args.split_rows:,} …", flush=True)
+        try:
+            start = time.perf_counter()
+            (summary,) = score_flow_for(load_config(path))(str(path), batches=batches)
+            walls[label] = time.perf_counter() - start
+        finally:
+            client.close()
+            cluster.close()
+        loads.append(f"after {n_workers} worker(s): {uptime()}")
+        problems += [
+            f"{label} {key}: threads {by_threads[key]}, split {summary[key]}"
+            for key in counts
+            if summary[key] != by_threads[key]
+        ]
+        for key in ("output", "quarantine_output"):
+            if (summary[key] is None) != (by_threads[key] is None) or (
+                summary[key]
+                and not same_parquet(Path(summary[key]), thread_dir / Path(by_threads[key]).name)
+            ):
+                problems.append(f"{label}: {key} differs from the thread runner's")
+        shutil.rmtree(out_dir, ignore_errors=True)
+
+    print()
+    print(f"batch: one file of {args.rows_per_file:,} rows × {args.features} features, row "
+          f"groups of {args.row_group:,}; parts of {args.split_rows:,} rows; "
+          f"{by_threads['rows_flagged']:,} rows flagged")  # fmt: skip
+    print(f"machine: {psutil.cpu_count()} cores; load " + "; ".join(loads))
+    print()
+    print("| runner | wall (s) | rows/s |\n|---|---:|---:|")
+    for label, wall in walls.items():
+        print(f"| {label} | {wall:.1f} | {args.rows_per_file / wall:,.0f} |")
+    one = walls["Dask, 1 worker(s) × 1 thread, split"]
+    many = walls[f"Dask, {args.workers} worker(s) × 1 thread, split"]
+    print(f"\nspeed-up of {args.workers} workers over 1: {one / many:.2f}×")
+    print(f"identical to the thread runner (counts, every output): {'no' if problems else 'yes'}")
+    for problem in problems:
+        print(f"  {problem}")
 
 
 if __name__ == "__main__":

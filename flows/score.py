@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from prefect import Flow, flow, get_run_logger, task, unmapped
 from prefect.artifacts import create_table_artifact
@@ -15,6 +17,9 @@ from anomaly.inbox import pending_batches
 from anomaly.pipeline import process_batch
 from anomaly.store import store_engine
 from flows.tasks import IO, read_config
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 @task(name="find new batches", **IO)
@@ -34,8 +39,11 @@ def score_batch(
     path: Path, config: Config, detector: Detector, version: str
 ) -> dict[str, object] | None:
     """Score, store (one transaction), log to MLflow and mark one batch done; None when
-    another run claimed the batch first."""
-    summary = process_batch(config, detector, version, path, store_engine(config))
+    another run claimed the batch first. On Dask with ``scoring.split_rows`` set, a large
+    Parquet file is scored in parts on the cluster's workers and merged here."""
+    split = config.scoring.dask_address and config.scoring.split_rows
+    engine = store_engine(config)
+    summary = process_batch(config, detector, version, path, engine, on_workers if split else None)
     if summary is None:
         get_run_logger().info("%s: claimed by another run, skipped", path.name)
         return None
@@ -51,6 +59,16 @@ def score_batch(
         ", SHIFT ALARM" if summary.shift_alarm else "",
     )
     return summary.to_dict()
+
+
+def on_workers(function: Callable[[T], R], items: list[T]) -> list[R]:
+    """``function`` over ``items`` as tasks of the Dask cluster this task runs on, results in
+    order. The calling task leaves its worker's thread pool while it waits, so that its own
+    worker scores parts too (no deadlock on a cluster of one single-threaded worker)."""
+    from distributed import worker_client
+
+    with worker_client() as client:
+        return client.gather(client.map(function, items, pure=False))
 
 
 #: batches scored at once by one flow run (threads): scoring is CPU-bound, and each batch holds

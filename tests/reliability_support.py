@@ -33,9 +33,15 @@ def make_inbox(inbox: Path, n_parquet: int = 2) -> None:
 
 
 def write_config(
-    root: Path, mlflow_uri: str, train: Path, name: str = "faults", store_url: str | None = None
+    root: Path,
+    mlflow_uri: str,
+    train: Path,
+    name: str = "faults",
+    store_url: str | None = None,
+    split_rows: int | None = None,
 ) -> Path:
-    """A config under ``root`` (inbox, home) sharing ``mlflow_uri`` and the training file."""
+    """A config under ``root`` (inbox, home) sharing ``mlflow_uri`` and the training file;
+    ``split_rows``: Parquet batches of more rows are scored in parts when a map is given."""
     settings: dict[str, object] = {
         "name": name,
         "features": {
@@ -46,7 +52,7 @@ def write_config(
         },
         "data": {"train": str(train), "inbox": str(root / "inbox")},
         "model": {"kind": "gaussian"},
-        "scoring": {"chunk_rows": CHUNK_ROWS},
+        "scoring": {"chunk_rows": CHUNK_ROWS, "split_rows": split_rows},
         "mlflow": {"tracking_uri": mlflow_uri},
         "home": str(root / "home"),
     }
