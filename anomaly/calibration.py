@@ -30,7 +30,6 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 from scipy.stats import betabinom
-from sklearn.exceptions import NotFittedError
 
 Rule = Literal["fpr", "fdr"]
 RULES: tuple[str, ...] = get_args(Rule)
@@ -226,6 +225,8 @@ class Calibrator:
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "scores_"):
+            from sklearn.exceptions import NotFittedError
+
             msg = "this Calibrator is not fitted yet: call fit(calibration_scores) first"
             raise NotFittedError(msg)
 

@@ -36,7 +36,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 from pandas.api.types import is_object_dtype, is_string_dtype
-from sklearn.exceptions import NotFittedError
 
 from anomaly.config import Features
 from anomaly.models.base import Block, lattice_step
@@ -355,6 +354,8 @@ class Preprocessor:
     # ------------------------------------------------------------------ storage
     def _check_fitted(self) -> None:
         if not hasattr(self, "transforms_"):
+            from sklearn.exceptions import NotFittedError
+
             msg = "this Preprocessor is not fitted yet: call fit(df) first"
             raise NotFittedError(msg)
 

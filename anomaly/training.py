@@ -9,7 +9,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import average_precision_score, roc_auc_score
 
 from anomaly import __version__, models
 from anomaly.calibration import Calibrator
@@ -19,7 +18,6 @@ from anomaly.io import read_table
 from anomaly.neighbours import NormalIndex
 from anomaly.preprocessing import Prepared, Preprocessor
 from anomaly.profile import feature_profile
-from anomaly.sample_check import sample_quality
 
 #: the label column of labelled evaluation data
 LABEL = "is_anomaly"
@@ -104,6 +102,8 @@ def train(
         metrics["heldout_log_likelihood"] = float(test_ll.mean())
         metrics["heldout_fpr"] = float(calibrator.flag(p).mean())
     if len(test_ll) >= SAMPLE_CHECK_MIN_ROWS:  # samples vs held-out rows (sample_check.py)
+        from anomaly.sample_check import sample_quality  # scikit-learn loads only here
+
         heldout = df.iloc[test_idx].reset_index(drop=True).iloc[test_part.scored.index]
         metrics.update(sample_quality(model, pre, heldout, seed=config.model.seed))
     if labelled is None and config.data.evaluation:
@@ -138,6 +138,8 @@ def evaluate(detector: Detector, labelled: pd.DataFrame) -> dict[str, float]:
     flags = scored["is_anomaly"].to_numpy()[ok].astype(bool)
     metrics = {"eval_rows": float(ok.sum()), "eval_quarantined": float((~ok).sum())}
     if 0 < y.sum() < len(y):
+        from sklearn.metrics import average_precision_score, roc_auc_score
+
         metrics |= {
             "eval_auroc": float(roc_auc_score(y, score)),
             "eval_auprc": float(average_precision_score(y, score)),

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -42,6 +44,11 @@ VersionOption = Annotated[
 
 #: ``-v``: user errors print their traceback too
 _verbose = False
+
+#: young-object collections happen after this many allocations (Python's default: 700). A
+#: command imports thousands of modules whose objects all live to the end, and the default
+#: rescans them over and over: ~1 s of CPU per command (docs/benchmarks.md, issue 14)
+GC_THRESHOLD = 50_000
 
 
 def _fail(message: str) -> typer.Exit:
@@ -119,9 +126,21 @@ def main(
     """Generative anomaly detection for tabular data."""
     global _verbose
     _verbose = verbose
+    _fewer_collections()
     level = logging.INFO if verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(message)s")
     logging.getLogger("mlflow").setLevel(level)  # MLflow logs INFO chatter by default
+
+
+def _fewer_collections() -> None:
+    """Collect garbage less often while the command runs, and not at all on the way out: at
+    exit, every object still alive is frozen, so that the interpreter's final collections
+    (another ~1 s of CPU after torch, MLflow and Prefect are imported) skip them; the process
+    ends and its memory goes back to the system anyway."""
+    threshold, *older = gc.get_threshold()
+    if threshold < GC_THRESHOLD:
+        gc.set_threshold(GC_THRESHOLD, *older)
+        atexit.register(gc.freeze)  # registered first, so run last: after Prefect's flushes
 
 
 def _check(call: Any, *args: Any) -> None:

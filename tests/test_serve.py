@@ -173,12 +173,12 @@ def test_corrupt_weights_fail_once_in_one_line(project, tmp_path):
 
 
 def test_commands_without_a_flow_load_no_prefect(project):
-    """``history`` imports neither Prefect nor torch (and so starts no server)."""
+    """``history`` imports neither Prefect, torch nor scikit-learn (and so starts no server)."""
     code = (
         "import sys\nfrom flows.cli import app\n"
         "try:\n    app(['history', '-c', sys.argv[1]])\nexcept SystemExit as e:\n"
         "    assert not e.code, e.code\n"
-        "print(sorted({m.split('.')[0] for m in sys.modules} & {'prefect', 'torch'}))"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'prefect', 'sklearn', 'torch'}))"
     )
     result = subprocess.run(
         [sys.executable, "-c", code, str(project.config)],

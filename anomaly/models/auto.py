@@ -126,7 +126,7 @@ class Auto(DensityModel):
         self.min_weight = min_weight
 
     def _make(self, kind: str) -> DensityModel:
-        from anomaly.models import create
+        from anomaly.models.kinds import create
 
         return create(kind, seed=self.seed, **(self.candidate_params or {}).get(kind, {}))
 
@@ -254,7 +254,7 @@ class Auto(DensityModel):
             model.save(directory / f"component{i}")
 
     def _load_weights(self, directory: Path, fitted: dict[str, Any]) -> None:
-        from anomaly.models import load
+        from anomaly.models.loading import load
 
         self.scores_ = fitted["scores"]
         self.log_z_ = fitted.get("log_z", 0.0)

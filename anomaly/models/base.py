@@ -39,8 +39,6 @@ from pathlib import Path
 from typing import Any, ClassVar, Self
 
 import numpy as np
-import torch
-from sklearn.exceptions import NotFittedError
 
 from anomaly.models import replacement
 
@@ -371,7 +369,7 @@ class DensityModel:
     # ------------------------------------------------------------------ helpers
     def _refuse_context(self, context: np.ndarray | None) -> None:
         if context is not None and not self.supports_context:
-            from anomaly.models import context_kinds
+            from anomaly.models.kinds import context_kinds
 
             msg = (
                 f"model kind {self.kind!r} cannot condition on context columns; "
@@ -404,6 +402,8 @@ class DensityModel:
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "n_features_in_"):
+            from sklearn.exceptions import NotFittedError
+
             msg = f"this {self.kind} model is not fitted yet: call fit(X) first"
             raise NotFittedError(msg)
 
@@ -447,6 +447,8 @@ def _threads(n: int | None) -> Iterator[None]:
     if n is None:
         yield
         return
+    import torch  # only torch kinds have n_threads
+
     previous = torch.get_num_threads()
     torch.set_num_threads(n)
     try:

@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 from scipy.linalg import solve_triangular
-from sklearn.covariance import ledoit_wolf
 
 from anomaly.models.base import Block, DensityModel
 
@@ -57,6 +56,8 @@ class Gaussian(DensityModel):
             X = np.hstack([X, context])
         mean = X.mean(axis=0)
         if self.shrinkage is None:
+            from sklearn.covariance import ledoit_wolf  # scikit-learn loads only to fit
+
             cov, self.shrinkage_ = ledoit_wolf(X)
         else:
             if not 0 <= self.shrinkage <= 1:
