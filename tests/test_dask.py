@@ -16,7 +16,8 @@ from test_scoring_equality import store_rows
 
 from anomaly.config import load_config
 from anomaly.demo_data import generate_normal, plant_anomalies
-from anomaly.pipeline import pending_batches, score_batches
+from anomaly.inbox import pending_batches
+from anomaly.pipeline import score_batches
 from flows.score import score_flow, score_flow_for
 from flows.train import train_flow
 
