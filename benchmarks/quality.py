@@ -79,7 +79,7 @@ Scorer = Callable[[np.ndarray, np.ndarray, int], np.ndarray]
 def _project(kind: str) -> Scorer:
     def run(X_train: np.ndarray, X_score: np.ndarray, seed: int) -> np.ndarray:
         from anomaly.models import KINDS, create, lattice_layout
-        from anomaly.models.neural import TorchDensity
+        from anomaly.models.torch_density import TorchDensity
 
         torch_params = {"progress": False, "n_threads": THREADS}
         torch_kinds = [k for k, cls in KINDS.items() if issubclass(cls, TorchDensity)]

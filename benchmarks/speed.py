@@ -134,7 +134,7 @@ def _set_threads(n: int) -> None:
 
 def _model_params(kind: str, threads: int) -> dict[str, Any]:
     from anomaly.models import KINDS
-    from anomaly.models.neural import TorchDensity
+    from anomaly.models.torch_density import TorchDensity
 
     torch_kinds = [k for k, cls in KINDS.items() if issubclass(cls, TorchDensity)]
     torch_params = {"progress": False, "n_threads": threads, "max_epochs": TORCH_EPOCHS}

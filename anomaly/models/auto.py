@@ -51,7 +51,7 @@ from typing import Any
 import numpy as np
 from scipy.special import logsumexp
 
-from anomaly.models.base import Block, DensityModel
+from anomaly.models.base import Block, DensityModel, heldout_split
 
 logger = logging.getLogger(__name__)
 
@@ -138,9 +138,8 @@ class Auto(DensityModel):
             msg = f"auto: rule must be one of {RULES}, got {self.rule!r}"
             raise ValueError(msg)
         kinds = list(dict.fromkeys(self.candidates))
-        order = np.random.default_rng(self.seed).permutation(X.shape[0])
-        n_held = max(1, round(self.heldout_fraction * X.shape[0]))
-        held, fit_part = X[order[:n_held]], X[order[n_held:]]
+        held_rows, rest = heldout_split(X.shape[0], self.heldout_fraction, self.seed)
+        held, fit_part = X[held_rows], X[rest]
         fitted = [self._make(k).fit(fit_part, layout=self.layout_) for k in kinds]
         H = np.stack([model.log_prob(held) for model in fitted])
         self.scores_ = {k: float(h.mean()) for k, h in zip(kinds, H, strict=True)}

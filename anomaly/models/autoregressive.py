@@ -39,10 +39,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from anomaly.models.base import UNSEEN_PROB, Block, check_positive
-from anomaly.models.neural import TorchDensity, _split
+from anomaly.models.base import LOG_2PI, UNSEEN_PROB, Block, check_positive
+from anomaly.models.torch_density import TorchDensity, _split
 
-LOG_2PI = math.log(2 * math.pi)
 #: standardised inputs to the network are clipped to ±INPUT_CLIP (their likelihood is not)
 INPUT_CLIP = 8.0
 #: bounds of the mixture components' log standard deviation (standardised units)

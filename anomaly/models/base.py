@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import json
+import math
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -43,6 +44,8 @@ import numpy as np
 from anomaly.models import replacement
 
 FORMAT_VERSION = 1
+#: log(2π), the normal density's constant
+LOG_2PI = math.log(2 * math.pi)
 #: log_prob never goes below this (a row astronomically far from the data stays finite).
 MIN_LOG_PROB = -1e12
 #: probability that kinds modelling categories natively give to "a category not seen in
@@ -455,6 +458,18 @@ def _threads(n: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+def nonzero_scale(std: np.ndarray) -> np.ndarray:
+    """Per-column scale for standardising: the spread, or 1 where a column is constant."""
+    return np.where(std > 0, std, 1.0)
+
+
+def heldout_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded (held-out, rest) row indices of ``n`` rows; ``fraction`` held out, at least one."""
+    order = np.random.default_rng(seed).permutation(n)
+    n_held = max(1, round(fraction * n))
+    return order[:n_held], order[n_held:]
 
 
 def check_positive(name: str, value: float, kind: str) -> None:

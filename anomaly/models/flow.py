@@ -1,8 +1,8 @@
 """Normalising flows with exact likelihood: masked autoregressive (MAF) or neural spline (NSF).
 
 Built on zuko (Rozet et al.); the module is a plain zuko ``Flow`` and the training loop is
-:class:`~anomaly.models.neural.TorchDensity`'s. Given context columns, the flow is conditional:
-zuko feeds the (standardised) context to every transform's network, and the density is
+:class:`~anomaly.models.torch_density.TorchDensity`'s. Given context columns, the flow is
+conditional: zuko feeds the (standardised) context to every transform's network, and the density is
 log p(x | context).
 """
 
@@ -14,7 +14,7 @@ import torch
 import zuko
 from torch import nn
 
-from anomaly.models.neural import TorchDensity
+from anomaly.models.torch_density import TorchDensity
 
 
 class Flow(TorchDensity):

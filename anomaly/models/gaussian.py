@@ -13,9 +13,7 @@ from typing import Any
 import numpy as np
 from scipy.linalg import solve_triangular
 
-from anomaly.models.base import Block, DensityModel
-
-LOG_2PI = float(np.log(2 * np.pi))
+from anomaly.models.base import LOG_2PI, Block, DensityModel
 
 
 def gaussian_log_pdf(X: np.ndarray, mean: np.ndarray, chol: np.ndarray) -> np.ndarray:

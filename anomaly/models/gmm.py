@@ -11,8 +11,8 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
 
 from anomaly.models import replacement
-from anomaly.models.base import Block, DensityModel
-from anomaly.models.gaussian import LOG_2PI, gaussian_log_pdf, sample_gaussian
+from anomaly.models.base import LOG_2PI, Block, DensityModel, nonzero_scale
+from anomaly.models.gaussian import gaussian_log_pdf, sample_gaussian
 
 
 class GMM(DensityModel):
@@ -45,7 +45,7 @@ class GMM(DensityModel):
         # fit in standardised units so reg_covar means the same for any units of X, then
         # map the parameters back (an exact change of variables)
         loc, scale = X.mean(axis=0), X.std(axis=0)
-        scale = np.where(scale > 0, scale, 1.0)
+        scale = nonzero_scale(scale)
         X = (X - loc) / scale
         best, self.bic_ = None, {}
         for k in range(1, min(self.max_components, X.shape[0]) + 1):

@@ -27,9 +27,16 @@ from typing import Any
 import numpy as np
 from scipy.special import logsumexp
 
-from anomaly.models.base import UNSEEN_PROB, DensityModel, category_codes, check_positive
+from anomaly.models.base import (
+    LOG_2PI,
+    UNSEEN_PROB,
+    DensityModel,
+    category_codes,
+    check_positive,
+    heldout_split,
+    nonzero_scale,
+)
 
-LOG_2PI = float(np.log(2 * np.pi))
 #: multiples of Silverman's bandwidth tried on held-out rows
 FACTORS = (0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.0)
 #: query rows per chunk of the (rows × grid points) kernel matrix
@@ -165,11 +172,10 @@ class Independent(DensityModel):
         numeric = [b.start for b in self.layout_ if not b.categorical]
         std = X[:, numeric].std(axis=0)
         self.loc_ = X[:, numeric].mean(axis=0)
-        self.scale_ = np.where(std > 0, std, 1.0)
+        self.scale_ = nonzero_scale(std)
         Z = (X[:, numeric] - self.loc_) / self.scale_
-        order = np.random.default_rng(self.seed).permutation(len(Z))
-        n_held = max(1, round(self.heldout_fraction * len(Z)))
-        held, part = Z[order[:n_held]], Z[order[n_held:]]
+        held_rows, rest = heldout_split(len(Z), self.heldout_fraction, self.seed)
+        held, part = Z[held_rows], Z[rest]
         self.bandwidths_ = np.empty(len(numeric))
         self.grid_ = np.empty((len(numeric), self.bins))
         self.log_weights_ = np.empty((len(numeric), self.bins))

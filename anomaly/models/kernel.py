@@ -32,9 +32,8 @@ import numpy as np
 import torch
 
 from anomaly.models import replacement
-from anomaly.models.base import Block, DensityModel, check_positive
+from anomaly.models.base import LOG_2PI, Block, DensityModel, check_positive, nonzero_scale
 
-LOG_2PI = float(np.log(2 * np.pi))
 #: a distance block holds at most this many entries (float32: 64 MB)
 BLOCK_ENTRIES = 16_000_000
 #: a scoring block (queries × centres) holds at most this many entries (float32: 8 MB)
@@ -129,7 +128,7 @@ class _KernelMixture(DensityModel):
         # precision when the data sit far from the origin
         self.loc_ = X.mean(axis=0)
         scale = X.std(axis=0)
-        self.scale_ = np.where(scale > 0, scale, 1.0)
+        self.scale_ = nonzero_scale(scale)
         if self.max_points and X.shape[0] > self.max_points:
             keep = np.random.default_rng(self.seed).choice(X.shape[0], self.max_points, False)
             X = X[np.sort(keep)]

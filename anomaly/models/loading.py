@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from anomaly.models.base import FORMAT_VERSION, Block, DensityModel, default_layout
+from anomaly.models.base import FORMAT_VERSION, Block, DensityModel
 from anomaly.models.kinds import create
 
 
@@ -28,12 +28,8 @@ def load(directory: str | Path) -> DensityModel:
     params = dict(config["params"])
     model = create(config["kind"], **params)
     model.n_features_in_ = config["n_features_in"]
-    # models saved before layouts and contexts existed: every column numeric, no context
-    layout = config.get("layout")
-    model.layout_ = (
-        [Block(**block) for block in layout] if layout else default_layout(model.n_features_in_)
-    )
-    model.n_context_ = config.get("n_context", 0)
+    model.layout_ = [Block(**block) for block in config["layout"]]
+    model.n_context_ = config["n_context"]
     # models saved before discrete columns were dequantised: every column continuous
     cells = config.get("cells") or {}
     zeros = [0.0] * model.n_features_in_

@@ -19,9 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from anomaly.models.neural import TorchDensity
-
-LOG_2PI = math.log(2 * math.pi)
+from anomaly.models.base import LOG_2PI
+from anomaly.models.torch_density import TorchDensity
 
 
 def _mlp(sizes: list[int]) -> nn.Sequential:

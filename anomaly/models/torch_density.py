@@ -1,4 +1,4 @@
-"""The training loop shared by the torch density models (``flow``, ``vae``).
+"""The training loop shared by the torch density models (``flow``, ``vae``, ``autoregressive``).
 
 A torch kind is a plain ``nn.Module`` plus four hooks; this base class owns the rest: input
 standardisation (its Jacobian added to every log-density; context columns are standardised too,
@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from anomaly.models.base import DensityModel, check_positive
+from anomaly.models.base import DensityModel, check_positive, nonzero_scale
 
 #: rows per forward pass when scoring
 SCORE_BATCH = 8_192
@@ -83,7 +83,7 @@ class TorchDensity(DensityModel):
     def _scaling(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per-column location and scale of the standardisation (default: mean and std)."""
         std = X.std(axis=0)
-        return X.mean(axis=0), np.where(std > 0, std, 1.0)
+        return X.mean(axis=0), nonzero_scale(std)
 
     # ------------------------------------------------------------------ training loop
     def _fit(self, X: np.ndarray, context: np.ndarray | None = None) -> None:
@@ -111,7 +111,7 @@ class TorchDensity(DensityModel):
             std = context.std(axis=0)
             self.context_mean_, self.context_scale_ = (
                 context.mean(axis=0),
-                np.where(std > 0, std, 1),
+                nonzero_scale(std),
             )
         C = self._standard_context(context)
         order = torch.randperm(Z.shape[0], generator=torch.Generator().manual_seed(self.seed))
