@@ -270,6 +270,8 @@ class DensityModel:
         if method == "conditional":
             kwargs = {} if C is None else {"context": C}
             return replacement.from_modes(X, layout, *self.conditional_modes(X, **kwargs))
+        if method == "mixture":
+            return replacement.mixture_search(self, X, layout, self._conditional_mixtures)
         return self._best_replacements(X, layout, C)
 
     def score_samples(self, X: np.ndarray) -> np.ndarray:
@@ -346,7 +348,14 @@ class DensityModel:
         self, X: np.ndarray, layout: list[Block], context: np.ndarray | None
     ) -> tuple[np.ndarray, np.ndarray]:
         """The kind's own :meth:`best_replacements` (kinds whose ``explanation`` is
-        ``closed_form`` or ``mixture``)."""
+        ``closed_form``)."""
+        raise NotImplementedError
+
+    def _conditional_mixtures(
+        self, X: np.ndarray, columns: list[int]
+    ) -> list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
+        """Per column j, x_j given x_-j as a 1-D mixture (kinds whose ``explanation`` is
+        ``mixture``; see :func:`anomaly.models.replacement.mixture_search`)."""
         raise NotImplementedError
 
     def conditional_modes(

@@ -10,8 +10,7 @@ from scipy.special import logsumexp
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
 
-from anomaly.models import replacement
-from anomaly.models.base import LOG_2PI, Block, DensityModel, nonzero_scale
+from anomaly.models.base import LOG_2PI, DensityModel, nonzero_scale
 from anomaly.models.gaussian import gaussian_log_pdf, sample_gaussian
 
 
@@ -83,11 +82,6 @@ class GMM(DensityModel):
 
     def _log_prob(self, X: np.ndarray) -> np.ndarray:
         return logsumexp(self._components(X), axis=0)
-
-    def _best_replacements(
-        self, X: np.ndarray, layout: list[Block], context: np.ndarray | None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        return replacement.mixture_search(self, X, layout, self._conditional_mixtures)
 
     def _conditional_mixtures(
         self, X: np.ndarray, columns: list[int]

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from anomaly.models import replacement
-from anomaly.models.base import LOG_2PI, Block, DensityModel, check_positive, nonzero_scale
+from anomaly.models.base import LOG_2PI, DensityModel, check_positive, nonzero_scale
 
 #: a distance block holds at most this many entries (float32: 64 MB)
 BLOCK_ENTRIES = 16_000_000
@@ -175,11 +175,6 @@ class _KernelMixture(DensityModel):
         # densities in X's units on continuous columns; lattice columns are probabilities
         constant = np.log(n) + np.log(self.scale_[self.cell_widths_ == 0]).sum()
         return out.double().numpy() - constant
-
-    def _best_replacements(
-        self, X: np.ndarray, layout: list[Block], context: np.ndarray | None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        return replacement.mixture_search(self, X, layout, self._conditional_mixtures)
 
     def _conditional_mixtures(
         self, X: np.ndarray, columns: list[int]
