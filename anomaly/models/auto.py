@@ -45,13 +45,16 @@ five kinds): each family added blind spots (ALOI, InternetAds) as large as the g
 from __future__ import annotations
 
 import logging
+from numbers import Real
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from scipy.special import logsumexp
 
 from anomaly.models.base import Block, DensityModel, heldout_split
+from anomaly.models.constraints import Interval, Options, SequenceOf, Table
+from anomaly.models.kinds import PATHS, create
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +111,13 @@ class Auto(DensityModel):
 
     kind = "auto"
     exact_cells = True  # the candidates see the layout and handle discrete columns themselves
+    parameter_constraints: ClassVar[Table] = {
+        "candidates": [SequenceOf(Options(*(kind for kind in PATHS if kind != "auto")))],
+        "candidate_params": [dict, None],
+        "heldout_fraction": [Interval(Real, 0, 1, closed="neither")],
+        "rule": [Options(*RULES)],
+        "min_weight": [Interval(Real, 0, 1, closed="left")],
+    }
 
     def __init__(
         self,
@@ -126,17 +136,9 @@ class Auto(DensityModel):
         self.min_weight = min_weight
 
     def _make(self, kind: str) -> DensityModel:
-        from anomaly.models.kinds import create
-
         return create(kind, seed=self.seed, **(self.candidate_params or {}).get(kind, {}))
 
     def _fit(self, X: np.ndarray) -> None:
-        if not self.candidates or "auto" in self.candidates:
-            msg = f"auto: candidates must be a non-empty list of other kinds, got {self.candidates}"
-            raise ValueError(msg)
-        if self.rule not in RULES:
-            msg = f"auto: rule must be one of {RULES}, got {self.rule!r}"
-            raise ValueError(msg)
         kinds = list(dict.fromkeys(self.candidates))
         held_rows, rest = heldout_split(X.shape[0], self.heldout_fraction, self.seed)
         held, fit_part = X[held_rows], X[rest]

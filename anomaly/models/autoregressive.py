@@ -33,13 +33,15 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Any
+from numbers import Integral, Real
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
-from anomaly.models.base import LOG_2PI, UNSEEN_PROB, Block, check_positive
+from anomaly.models.base import LOG_2PI, UNSEEN_PROB, Block
+from anomaly.models.constraints import Interval, SequenceOf, Table
 from anomaly.models.torch_density import TorchDensity, _split
 
 #: standardised inputs to the network are clipped to ±INPUT_CLIP (their likelihood is not)
@@ -225,6 +227,12 @@ class Autoregressive(TorchDensity):
     explanation = "conditional"
     supports_context = True
     native_categories = True
+    parameter_constraints: ClassVar[Table] = {
+        "hidden": [SequenceOf(Interval(Integral, 1, None))],
+        "components": [Interval(Integral, 1, None)],
+        "orders": [Interval(Integral, 1, None)],
+        "smoothing": [Interval(Real, 0, None)],
+    }
 
     def __init__(
         self,
@@ -266,9 +274,6 @@ class Autoregressive(TorchDensity):
         return mean, scale
 
     def _fit(self, X: np.ndarray, context: np.ndarray | None = None) -> None:
-        if not (self.smoothing >= 0 and np.isfinite(self.smoothing)):
-            msg = f"autoregressive: smoothing must be a finite number ≥ 0, got {self.smoothing}"
-            raise ValueError(msg)
         # Scott's factor n^(−1/(d+4)) in standard deviations, as for a kernel density estimate
         scott = X.shape[0] ** (-1.0 / (len(self.layout_) + 4))
         self.smoothing_std_ = float(self.smoothing * scott)
@@ -282,8 +287,6 @@ class Autoregressive(TorchDensity):
         self.smoothing_std_ = fitted.get("smoothing_std", 0.0)  # absent before smoothing
 
     def _build(self, dim: int) -> nn.Module:
-        check_positive("components", self.components, self.kind)
-        check_positive("orders", self.orders, self.kind)
         n_blocks = len(self.layout_)
         generator = torch.Generator().manual_seed(self.seed)
         orders = [torch.arange(n_blocks)] + [

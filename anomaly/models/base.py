@@ -3,9 +3,13 @@
 Every model estimates a probability density p(x) on real-valued rows by maximum likelihood.
 ``log_prob(X)`` returns the natural-log density per row (higher = more normal), float64, finite.
 The base class owns validation, seeding, threads and save/load; subclasses fill small hooks:
-``_fit``, ``_log_prob``, ``_sample`` and ``_state``/``_load_state``; for explanations, a kind
-with closed-form conditionals names its ``explanation`` and fills ``_best_replacements`` or
-``conditional_modes`` (the others get the generic search, ``anomaly/models/replacement.py``).
+``_fit``, ``_log_prob``, ``_sample`` (abstract: a kind without them cannot be instantiated) and
+``_state``/``_load_state``; for explanations, a kind with closed-form conditionals names its
+``explanation`` and fills the hook that computes it (the others get the generic search,
+``anomaly/models/replacement.py``). A kind declares what each constructor parameter may be in
+its ``parameter_constraints`` table (:mod:`anomaly.models.constraints`), checked once by
+``fit``; a kind missing a constraint, its storage hooks or its explanation's hook is refused
+when its class is defined (:meth:`DensityModel.__init_subclass__`).
 
 Two optional inputs: ``layout`` (which columns form each raw feature: a numeric column or a
 one-hot block, see :class:`Block`; stored as ``layout_``) and ``context`` (always-observed
@@ -30,18 +34,21 @@ layout, context width) plus ``weights.npz`` (numpy arrays, loaded with ``allow_p
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import inspect
 import json
 import math
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from numbers import Integral
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
 import numpy as np
 
 from anomaly.models import replacement
+from anomaly.models.constraints import Interval, Table, check_parameters
 
 FORMAT_VERSION = 1
 #: log(2π), the normal density's constant
@@ -54,6 +61,13 @@ MIN_LOG_PROB = -1e12
 UNSEEN_PROB = 1e-9
 #: points per cell at which a dequantised density is evaluated (see the module docstring)
 CELL_POINTS = 16
+#: the hook that computes each ``explanation`` (None: the generic search, any kind)
+EXPLANATION_HOOKS = {
+    "replacement": None,
+    "closed_form": "_best_replacements",
+    "mixture": "_conditional_mixtures",
+    "conditional": "conditional_modes",
+}
 
 
 @dataclass(frozen=True)
@@ -131,10 +145,16 @@ def category_codes(block: np.ndarray) -> np.ndarray:
     return np.where(block[np.arange(len(block)), codes] > 0.5, codes, -1)
 
 
-class DensityModel:
+class DensityModel(abc.ABC):
     """Base class: a density on R^d fitted by maximum likelihood."""
 
+    #: the kind's name in :data:`~anomaly.models.KINDS` ("" for a base class that is no kind)
     kind: ClassVar[str] = ""
+    #: parameter → the constraints it may satisfy (any one), for the parameters this class's
+    #: ``__init__`` adds; a kind's table is the union over its bases (:meth:`parameter_table`)
+    parameter_constraints: ClassVar[Table] = {
+        "seed": [Interval(Integral, 0, None)],
+    }
     #: whether the kind models log p(x | context); see :func:`context_kinds`
     supports_context: ClassVar[bool] = False
     #: whether the kind models one-hot blocks as categories (a pmf) itself
@@ -150,6 +170,57 @@ class DensityModel:
     def __init__(self, seed: int = 0) -> None:
         self.seed = seed
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Refuse a kind (a class with a ``kind``) that lacks a constraint for a constructor
+        parameter, its storage hooks, or the hook its ``explanation`` is computed by."""
+        super().__init_subclass__(**kwargs)
+        if not cls.kind:
+            return
+        problems = []
+        unconstrained = set(cls._parameter_names()) - set(cls.parameter_table())
+        if unconstrained:
+            problems.append(f"no parameter_constraints for {sorted(unconstrained)}")
+        if cls.explanation not in EXPLANATION_HOOKS:
+            problems.append(f"explanation must be one of {sorted(EXPLANATION_HOOKS)}")
+        else:
+            hook = EXPLANATION_HOOKS[cls.explanation]
+            if hook and not cls._defines(hook):
+                problems.append(f"explanation {cls.explanation!r} needs {hook}")
+        if not (
+            (cls._defines("_state") and cls._defines("_load_state"))
+            or (cls._defines("_save_weights") and cls._defines("_load_weights"))
+        ):
+            problems.append("storage needs _state and _load_state")
+        if problems:
+            msg = f"model kind {cls.kind!r} ({cls.__qualname__}): " + "; ".join(problems)
+            raise TypeError(msg)
+
+    @classmethod
+    def _defines(cls, hook: str) -> bool:
+        """Whether the class (or a base below DensityModel) overrides ``hook``."""
+        return getattr(cls, hook) is not getattr(DensityModel, hook)
+
+    @classmethod
+    def _parameter_names(cls) -> list[str]:
+        """The constructor parameters of this class and its bases (``**kwargs`` passed on to
+        a base are that base's)."""
+        names: list[str] = []
+        for klass in cls.__mro__:
+            if "__init__" not in vars(klass) or klass is object:
+                continue
+            for name, p in inspect.signature(klass.__init__).parameters.items():
+                if name != "self" and p.kind is p.POSITIONAL_OR_KEYWORD and name not in names:
+                    names.append(name)
+        return names
+
+    @classmethod
+    def parameter_table(cls) -> Table:
+        """Every constructor parameter → its constraints (a subclass's entry wins)."""
+        table: Table = {}
+        for klass in reversed(cls.__mro__):
+            table |= vars(klass).get("parameter_constraints", {})
+        return table
+
     # ------------------------------------------------------------------ public contract
     def fit(
         self,
@@ -161,7 +232,9 @@ class DensityModel:
 
         ``layout``: the raw features' columns (None: every column numeric). ``context``: the
         conditioning columns, one row per row of X (only kinds with ``supports_context``).
+        The constructor parameters are checked first (:meth:`parameter_table`).
         """
+        check_parameters(self.parameter_table(), self.get_params(), self.kind)
         X = _as_matrix(X, "fit")
         if X.shape[0] < 2:
             msg = f"{self.kind}: need at least 2 rows to fit, got {X.shape[0]}"
@@ -298,14 +371,7 @@ class DensityModel:
 
     def get_params(self) -> dict[str, Any]:
         """Constructor arguments (of this class and its bases), as stored by ``__init__``."""
-        params: dict[str, Any] = {}
-        for cls in type(self).__mro__:
-            if "__init__" not in vars(cls) or cls is object:
-                continue
-            for name, p in inspect.signature(cls.__init__).parameters.items():
-                if name != "self" and p.kind is p.POSITIONAL_OR_KEYWORD:
-                    params.setdefault(name, getattr(self, name))
-        return params
+        return {name: getattr(self, name) for name in self._parameter_names()}
 
     def save(self, directory: str | Path) -> Path:
         """Write ``config.json`` and the weights to ``directory`` (created if needed)."""
@@ -327,14 +393,19 @@ class DensityModel:
         return directory
 
     # ------------------------------------------------------------------ hooks
+    @abc.abstractmethod
     def _fit(self, X: np.ndarray) -> None:
-        raise NotImplementedError
+        """Fit to the checked rows (dequantised where ``fit`` says so); kinds with
+        ``supports_context`` also take ``context``."""
 
+    @abc.abstractmethod
     def _log_prob(self, X: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        """Log-density of each checked row (kinds with ``supports_context``: given
+        ``context``)."""
 
+    @abc.abstractmethod
     def _sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
-        raise NotImplementedError
+        """``n`` rows drawn with ``rng`` (kinds with ``supports_context``: given ``context``)."""
 
     def _state(self) -> dict[str, np.ndarray]:
         """Fitted arrays to save."""
@@ -479,10 +550,3 @@ def heldout_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.nd
     order = np.random.default_rng(seed).permutation(n)
     n_held = max(1, round(fraction * n))
     return order[:n_held], order[n_held:]
-
-
-def check_positive(name: str, value: float, kind: str) -> None:
-    """Raise a clear error unless ``value`` > 0."""
-    if not value > 0:
-        msg = f"{kind}: {name} must be > 0, got {value!r}"
-        raise ValueError(msg)

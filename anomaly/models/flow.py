@@ -8,13 +8,18 @@ log p(x | context).
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from numbers import Integral
+from typing import Any, ClassVar, Literal
 
 import torch
 import zuko
 from torch import nn
 
+from anomaly.models.constraints import Interval, Options, SequenceOf, Table
 from anomaly.models.torch_density import TorchDensity
+
+#: flow_type → the zuko flow
+FLOWS = {"maf": zuko.flows.MAF, "nsf": zuko.flows.NSF}
 
 
 class Flow(TorchDensity):
@@ -22,6 +27,11 @@ class Flow(TorchDensity):
 
     kind = "flow"
     supports_context = True
+    parameter_constraints: ClassVar[Table] = {
+        "flow_type": [Options(*FLOWS)],
+        "transforms": [Interval(Integral, 1, None)],
+        "hidden": [SequenceOf(Interval(Integral, 1, None), min_length=0)],
+    }
 
     def __init__(
         self,
@@ -37,11 +47,7 @@ class Flow(TorchDensity):
         self.hidden = hidden
 
     def _build(self, dim: int) -> nn.Module:
-        makers = {"maf": zuko.flows.MAF, "nsf": zuko.flows.NSF}
-        if self.flow_type not in makers:
-            msg = f"flow: flow_type must be one of {sorted(makers)}, got {self.flow_type!r}"
-            raise ValueError(msg)
-        return makers[self.flow_type](
+        return FLOWS[self.flow_type](
             dim,
             context=self.n_context_,
             transforms=self.transforms,

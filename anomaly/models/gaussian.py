@@ -8,12 +8,14 @@ linearly with the context (per category, for one-hot context columns), the covar
 
 from __future__ import annotations
 
-from typing import Any
+from numbers import Real
+from typing import Any, ClassVar
 
 import numpy as np
 from scipy.linalg import solve_triangular
 
 from anomaly.models.base import LOG_2PI, Block, DensityModel
+from anomaly.models.constraints import Interval, Table
 
 
 def gaussian_log_pdf(X: np.ndarray, mean: np.ndarray, chol: np.ndarray) -> np.ndarray:
@@ -41,6 +43,10 @@ class Gaussian(DensityModel):
     kind = "gaussian"
     supports_context = True
     explanation = "closed_form"
+    parameter_constraints: ClassVar[Table] = {
+        "shrinkage": [Interval(Real, 0, 1, closed="both"), None],
+        "min_variance": [Interval(Real, 0, None)],
+    }
 
     def __init__(
         self, seed: int = 0, shrinkage: float | None = None, min_variance: float = 1e-6
@@ -58,9 +64,6 @@ class Gaussian(DensityModel):
 
             cov, self.shrinkage_ = ledoit_wolf(X)
         else:
-            if not 0 <= self.shrinkage <= 1:
-                msg = f"gaussian: shrinkage must be in [0, 1] or None, got {self.shrinkage}"
-                raise ValueError(msg)
             emp = np.cov(X, rowvar=False, bias=True).reshape(X.shape[1], X.shape[1])
             mu = np.trace(emp) / X.shape[1]
             cov = (1 - self.shrinkage) * emp + self.shrinkage * mu * np.eye(X.shape[1])

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from numbers import Integral, Real
+from typing import Any, ClassVar
 
 import numpy as np
 from scipy.special import logsumexp
@@ -11,6 +12,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
 
 from anomaly.models.base import LOG_2PI, DensityModel, nonzero_scale
+from anomaly.models.constraints import Interval, Table
 from anomaly.models.gaussian import gaussian_log_pdf, sample_gaussian
 
 
@@ -24,6 +26,11 @@ class GMM(DensityModel):
 
     kind = "gmm"
     explanation = "mixture"
+    parameter_constraints: ClassVar[Table] = {
+        "max_components": [Interval(Integral, 1, None)],
+        "reg_covar": [Interval(Real, 0, None)],
+        "max_iter": [Interval(Integral, 1, None)],
+    }
 
     def __init__(
         self,
@@ -38,9 +45,6 @@ class GMM(DensityModel):
         self.max_iter = max_iter
 
     def _fit(self, X: np.ndarray) -> None:
-        if self.max_components < 1:
-            msg = f"gmm: max_components must be ≥ 1, got {self.max_components}"
-            raise ValueError(msg)
         # fit in standardised units so reg_covar means the same for any units of X, then
         # map the parameters back (an exact change of variables)
         loc, scale = X.mean(axis=0), X.std(axis=0)

@@ -22,7 +22,8 @@ the baseline the dependent models (``autoregressive``) must beat.
 from __future__ import annotations
 
 import math
-from typing import Any
+from numbers import Integral, Real
+from typing import Any, ClassVar
 
 import numpy as np
 from scipy.special import logsumexp
@@ -32,10 +33,10 @@ from anomaly.models.base import (
     UNSEEN_PROB,
     DensityModel,
     category_codes,
-    check_positive,
     heldout_split,
     nonzero_scale,
 )
+from anomaly.models.constraints import Interval, Table
 
 #: multiples of Silverman's bandwidth tried on held-out rows
 FACTORS = (0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.0)
@@ -143,6 +144,12 @@ class Independent(DensityModel):
     kind = "independent"
     explanation = "conditional"
     native_categories = True
+    parameter_constraints: ClassVar[Table] = {
+        "bandwidth": [Interval(Real, 0, None, closed="neither"), None],
+        "bins": [Interval(Integral, 2, None)],
+        "alpha": [Interval(Real, 0, None, closed="neither")],
+        "heldout_fraction": [Interval(Real, 0, 1, closed="neither")],
+    }
 
     def __init__(
         self,
@@ -160,15 +167,6 @@ class Independent(DensityModel):
 
     # ------------------------------------------------------------------ fit
     def _fit(self, X: np.ndarray) -> None:
-        if self.bandwidth is not None:
-            check_positive("bandwidth", self.bandwidth, self.kind)
-        check_positive("alpha", self.alpha, self.kind)
-        if self.bins < 2:
-            msg = f"independent: bins must be ≥ 2, got {self.bins}"
-            raise ValueError(msg)
-        if not 0 < self.heldout_fraction < 1:
-            msg = f"independent: heldout_fraction must be in (0, 1), got {self.heldout_fraction}"
-            raise ValueError(msg)
         numeric = [b.start for b in self.layout_ if not b.categorical]
         std = X[:, numeric].std(axis=0)
         self.loc_ = X[:, numeric].mean(axis=0)

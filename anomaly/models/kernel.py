@@ -26,13 +26,15 @@ enough to stay in cache.
 
 from __future__ import annotations
 
-from typing import Any
+from numbers import Integral, Real
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
 from anomaly.models import replacement
-from anomaly.models.base import LOG_2PI, DensityModel, check_positive, nonzero_scale
+from anomaly.models.base import LOG_2PI, DensityModel, nonzero_scale
+from anomaly.models.constraints import Interval, SequenceOf, Table
 
 #: a distance block holds at most this many entries (float32: 64 MB)
 BLOCK_ENTRIES = 16_000_000
@@ -121,6 +123,10 @@ class _KernelMixture(DensityModel):
 
     exact_cells = True  # discrete Gaussian kernels on lattice columns (module docstring)
     explanation = "mixture"
+    parameter_constraints: ClassVar[Table] = {  # KDE's and KNN's alike
+        "max_points": [Interval(Integral, 1, None), None],
+        "min_bandwidth": [Interval(Real, 0, None, closed="neither")],
+    }
 
     def _prepare(self, X: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Set the per-feature scale and return (fit-part, held-out) whitened tensors."""
@@ -129,7 +135,7 @@ class _KernelMixture(DensityModel):
         self.loc_ = X.mean(axis=0)
         scale = X.std(axis=0)
         self.scale_ = nonzero_scale(scale)
-        if self.max_points and X.shape[0] > self.max_points:
+        if self.max_points is not None and X.shape[0] > self.max_points:
             keep = np.random.default_rng(self.seed).choice(X.shape[0], self.max_points, False)
             X = X[np.sort(keep)]
         Z = torch.from_numpy((X - self.loc_) / self.scale_).float()
@@ -246,6 +252,9 @@ class KDE(_KernelMixture):
     """Gaussian KDE; bandwidth = factor × Scott's rule, factor chosen by held-out likelihood."""
 
     kind = "kde"
+    parameter_constraints: ClassVar[Table] = {
+        "bandwidth": [Interval(Real, 0, None, closed="neither"), None]
+    }
 
     def __init__(
         self,
@@ -263,7 +272,6 @@ class KDE(_KernelMixture):
         fit_part, held = self._prepare(X)
         n, dim = self._all.shape
         if self.bandwidth is not None:
-            check_positive("bandwidth", self.bandwidth, self.kind)
             self.bandwidth_ = float(self.bandwidth)
         else:
             d2 = self._heldout_d2(fit_part, held)
@@ -292,6 +300,11 @@ class KNN(_KernelMixture):
     """
 
     kind = "knn"
+    parameter_constraints: ClassVar[Table] = {
+        "k": [Interval(Integral, 1, None), None],
+        "alpha": [Interval(Real, 0, None, closed="neither"), None],
+        "k_grid": [SequenceOf(Interval(Integral, 1, None))],
+    }
 
     def __init__(
         self,
@@ -313,9 +326,6 @@ class KNN(_KernelMixture):
         fit_part, held = self._prepare(X)
         ks = [self.k] if self.k is not None else list(self.k_grid)
         alphas = [self.alpha] if self.alpha is not None else list(np.geomspace(0.1, 4.0, 20))
-        for name, values in (("k", ks), ("alpha", alphas)):
-            for value in values:
-                check_positive(name, value, self.kind)
         d2 = self._heldout_d2(fit_part, held)
         best = (-np.inf, ks[0], alphas[0])
         for k in ks:

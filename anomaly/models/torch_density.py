@@ -11,15 +11,18 @@ storage of the state dict as numpy arrays in ``weights.npz`` (no pickle).
 
 from __future__ import annotations
 
+import abc
 import copy
-from typing import Any
+from numbers import Integral, Real
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from anomaly.models.base import DensityModel, check_positive, nonzero_scale
+from anomaly.models.base import DensityModel, nonzero_scale
+from anomaly.models.constraints import Interval, Table
 
 #: rows per forward pass when scoring
 SCORE_BATCH = 8_192
@@ -29,6 +32,19 @@ MAX_VALIDATION_ROWS = 2_048
 
 class TorchDensity(DensityModel):
     """Base of the neural kinds: subclasses define the module and its likelihood."""
+
+    parameter_constraints: ClassVar[Table] = {
+        "max_epochs": [Interval(Integral, 1, None)],
+        "max_steps": [Interval(Integral, 1, None)],
+        "batch_size": [Interval(Integral, 1, None)],
+        "learning_rate": [Interval(Real, 0, None, closed="neither")],
+        "weight_decay": [Interval(Real, 0, None)],
+        "patience": [Interval(Integral, 1, None)],
+        "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
+        "noise": [Interval(Real, 0, None)],
+        "n_threads": [Interval(Integral, 1, None), None],
+        "progress": [bool],
+    }
 
     def __init__(
         self,
@@ -57,28 +73,28 @@ class TorchDensity(DensityModel):
         self.progress = progress
 
     # ------------------------------------------------------------------ hooks
+    @abc.abstractmethod
     def _build(self, dim: int) -> nn.Module:
         """A fresh module for ``dim`` standardised features (and ``self.n_context_`` context
         columns, for kinds that support context)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _loss(
         self, module: nn.Module, batch: torch.Tensor, context: torch.Tensor | None
     ) -> torch.Tensor:
         """Mean training loss (negative log-likelihood or a bound on it) of a batch."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _module_log_prob(
         self, module: nn.Module, Z: torch.Tensor, context: torch.Tensor | None
     ) -> torch.Tensor:
         """log-density of standardised rows (given their standardised context rows)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _module_sample(
         self, module: nn.Module, n: int, context: torch.Tensor | None
     ) -> torch.Tensor:
         """``n`` standardised rows (the caller seeds torch)."""
-        raise NotImplementedError
 
     def _scaling(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per-column location and scale of the standardisation (default: mean and std)."""
@@ -96,14 +112,6 @@ class TorchDensity(DensityModel):
         return torch.from_numpy((context - self.context_mean_) / self.context_scale_).float()
 
     def _train(self, X: np.ndarray, context: np.ndarray | None) -> None:
-        for name in ("max_epochs", "max_steps", "batch_size", "learning_rate", "patience"):
-            check_positive(name, getattr(self, name), self.kind)
-        if not 0 < self.validation_fraction < 1:
-            msg = (
-                f"{self.kind}: validation_fraction must be in (0, 1), "
-                f"got {self.validation_fraction}"
-            )
-            raise ValueError(msg)
         torch.manual_seed(self.seed)
         self.mean_, self.scale_ = self._scaling(X)
         Z = torch.from_numpy((X - self.mean_) / self.scale_).float()

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Any
+from numbers import Integral
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from anomaly.models.base import LOG_2PI
+from anomaly.models.constraints import Interval, SequenceOf, Table
 from anomaly.models.torch_density import TorchDensity
 
 
@@ -70,6 +72,11 @@ class VAE(TorchDensity):
     """VAE density; ``importance_samples`` is K of the log-likelihood estimate."""
 
     kind = "vae"
+    parameter_constraints: ClassVar[Table] = {
+        "latent": [Interval(Integral, 1, None), None],
+        "hidden": [SequenceOf(Interval(Integral, 1, None), min_length=0)],
+        "importance_samples": [Interval(Integral, 2, None, even=True)],
+    }
 
     def __init__(
         self,
@@ -86,9 +93,6 @@ class VAE(TorchDensity):
 
     def _build(self, dim: int) -> nn.Module:
         K = self.importance_samples
-        if not (isinstance(K, int) and K >= 2 and K % 2 == 0):
-            msg = f"vae: importance_samples must be an even integer >= 2 (antithetic pairs): {K}"
-            raise ValueError(msg)
         latent = self.latent or max(2, min(16, dim // 2))
         half = torch.randn(K // 2, latent, generator=torch.Generator().manual_seed(self.seed))
         self._eps = torch.cat([half, -half])
