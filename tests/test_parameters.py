@@ -1,9 +1,10 @@
 """How a model kind is defined: its parameter-constraints table (checked once at ``fit``), the
-hooks it must define (refused when the class is defined or instantiated). The contract of
-fitted models is ``tests/test_models.py``."""
+hooks it must define (refused when the class is defined or instantiated), and GMM's
+convergence warning. The contract of fitted models is ``tests/test_models.py``."""
 
 from __future__ import annotations
 
+import warnings
 from numbers import Integral, Real
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
+from sklearn.exceptions import ConvergenceWarning
 
 from anomaly import models
 from anomaly.models import KINDS, DensityModel
@@ -256,6 +258,27 @@ def test_a_kind_with_an_unconstrained_parameter_is_refused_when_defined():
 def test_a_base_class_without_a_kind_is_not_checked():
     # like TorchDensity: the kinds below it are checked
     type("Base", (DensityModel,), {"kind": "", "explanation": "mixture"})
+
+
+# ---------------------------------------------------------------------- GMM convergence
+def test_gmm_warns_once_when_em_does_not_converge():
+    rng = np.random.default_rng(0)
+    X2 = np.concatenate([rng.normal(-3, 1, (150, 2)), rng.normal(3, 0.5, (150, 2))])
+    with pytest.warns(ConvergenceWarning) as record:
+        models.create("gmm", max_components=3, max_iter=1).fit(X2)
+    ours = [w for w in record if issubclass(w.category, ConvergenceWarning)]
+    assert len(ours) == 1
+    message = str(ours[0].message)
+    assert message.startswith("gmm: EM did not converge within max_iter=1 iterations for [")
+    assert "raise max_iter" in message
+    assert ours[0].filename == __file__  # points at the caller's fit
+
+
+def test_gmm_does_not_warn_when_em_converges():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model = models.create("gmm", max_components=2).fit(X)
+    assert model.n_components_ in (1, 2)
 
 
 # ---------------------------------------------------------------------- the documented table

@@ -50,7 +50,7 @@ class GMM(DensityModel):
         loc, scale = X.mean(axis=0), X.std(axis=0)
         scale = nonzero_scale(scale)
         X = (X - loc) / scale
-        best, self.bic_ = None, {}
+        best, self.bic_, not_converged = None, {}, []
         for k in range(1, min(self.max_components, X.shape[0]) + 1):
             gm = GaussianMixture(
                 n_components=k,
@@ -59,13 +59,23 @@ class GMM(DensityModel):
                 max_iter=self.max_iter,
                 random_state=self.seed,
             )
-            with warnings.catch_warnings():
+            with warnings.catch_warnings():  # reported once below, for all k together
                 warnings.simplefilter("ignore", ConvergenceWarning)
                 gm.fit(X)
+            if not gm.converged_:
+                not_converged.append(k)
             self.bic_[k] = float(gm.bic(X))
             if best is None or self.bic_[k] < self.bic_[best.n_components]:
                 best = gm
         self.n_components_ = best.n_components
+        if not_converged:
+            chosen = "did not" if self.n_components_ in not_converged else "did"
+            msg = (
+                f"gmm: EM did not converge within max_iter={self.max_iter} iterations for "
+                f"{not_converged} component(s) (the chosen {self.n_components_} {chosen}), so "
+                "their BIC may be too high; raise max_iter, or reg_covar for degenerate data"
+            )
+            warnings.warn(msg, ConvergenceWarning, stacklevel=3)
         self.weights_ = best.weights_
         self.means_ = best.means_ * scale + loc
         self.covariances_ = best.covariances_ * np.outer(scale, scale)
