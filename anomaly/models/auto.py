@@ -107,7 +107,44 @@ def tail_rows(H: np.ndarray, fraction: float = TAIL_FRACTION) -> np.ndarray:
 
 class Auto(DensityModel):
     """One selected kind (default) or a stacked or product density of several, decided on
-    held-out rows."""
+    held-out rows.
+
+    Parameters
+    ----------
+    seed : int
+        Seeds the held-out split and every candidate.
+    candidates : non-empty list of kinds other than "auto"
+        The kinds fitted and compared.
+    candidate_params : dict or None
+        kind → that kind's parameters (kinds not named use their defaults); each candidate
+        checks its own when it is fitted.
+    heldout_fraction : float in (0, 1)
+        Share of the rows the candidates are scored on.
+    rule : {"mean", "tail", "stack", "product", "consensus"}
+        How the candidates make one density (module docstring).
+    min_weight : float in [0, 1)
+        ``stack``: components with a smaller weight are dropped.
+
+    Attributes
+    ----------
+    chosen_ : str
+        The kind chosen, or the combination (e.g. ``"stack of kde + knn"``).
+    selection_ : dict
+        What was decided: rule, chosen, weights and each candidate's held-out log-likelihood
+        per record.
+    components_ : list of DensityModel
+        The fitted models the density is made of.
+    weights_ : ndarray of shape (n_components,)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from anomaly.models import create
+    >>> X = np.random.default_rng(0).normal(size=(300, 2))
+    >>> model = create("auto", candidates=("gaussian", "independent")).fit(X)
+    >>> sorted(model.selection_["candidates"]), model.log_prob(X[:4]).shape
+    (['gaussian', 'independent'], (4,))
+    """
 
     kind = "auto"
     exact_cells = True  # the candidates see the layout and handle discrete columns themselves

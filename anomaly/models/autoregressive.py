@@ -220,7 +220,36 @@ class ARModule(nn.Module):
 class Autoregressive(TorchDensity):
     """Order-agnostic autoregressive density over mixed numeric/categorical features.
 
-    ``smoothing``: training jitter of the numeric columns in units of Scott's factor (0: none).
+    Parameters
+    ----------
+    hidden : non-empty list of int ≥ 1
+        Hidden layer widths of the conditional network.
+    components : int ≥ 1
+        Gaussians in each numeric feature's conditional mixture.
+    orders : int ≥ 1
+        Feature orders whose densities ``log_prob`` averages (the natural one first).
+    smoothing : float ≥ 0
+        Training jitter of the numeric columns in units of Scott's factor (0: none).
+    **train
+        The training parameters of :class:`~anomaly.models.torch_density.TorchDensity`
+        (``seed``, ``max_epochs``, ``batch_size``, ``learning_rate``, ``patience``,
+        ``n_threads``, …; this kind has its own defaults for those it names).
+
+    Attributes
+    ----------
+    module_ : ARModule
+        The trained conditional network; also those of ``TorchDensity``.
+    smoothing_std_ : float
+        The jitter's standard deviation used (standardised units).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from anomaly.models import create
+    >>> X = np.random.default_rng(0).normal(size=(200, 2))
+    >>> model = create("autoregressive", hidden=(8,), components=2, max_epochs=2, progress=False)
+    >>> model.fit(X).log_prob(X[:4]).shape, model.feature_log_probs(X[:4]).shape
+    ((4,), (4, 2))
     """
 
     kind = "autoregressive"

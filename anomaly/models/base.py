@@ -146,7 +146,27 @@ def category_codes(block: np.ndarray) -> np.ndarray:
 
 
 class DensityModel(abc.ABC):
-    """Base class: a density on R^d fitted by maximum likelihood."""
+    """Base class: a density on R^d fitted by maximum likelihood.
+
+    Parameters
+    ----------
+    seed : int
+        Seeds everything random in ``fit`` (splits, initialisation, dequantisation noise), so a
+        refit with the same seed gives the same model.
+
+    Attributes
+    ----------
+    n_features_in_ : int
+        Columns of the X passed to ``fit``.
+    layout_ : list of Block
+        The raw features' columns (every column numeric unless ``fit`` was given a layout).
+    n_context_ : int
+        Context columns ``fit`` was given (0: none).
+    cell_widths_ : ndarray of shape (n_features_in_,)
+        Per column, the width of a discrete column's cell (0: continuous).
+    cell_origins_ : ndarray of shape (n_features_in_,)
+        Per column, a lattice point of a discrete column (0 on continuous ones).
+    """
 
     #: the kind's name in :data:`~anomaly.models.KINDS` ("" for a base class that is no kind)
     kind: ClassVar[str] = ""

@@ -23,7 +23,34 @@ FLOWS = {"maf": zuko.flows.MAF, "nsf": zuko.flows.NSF}
 
 
 class Flow(TorchDensity):
-    """A MAF (affine, Papamakarios et al. 2017) or NSF (splines, Durkan et al. 2019) flow."""
+    """A MAF (affine, Papamakarios et al. 2017) or NSF (splines, Durkan et al. 2019) flow.
+
+    Parameters
+    ----------
+    flow_type : {"maf", "nsf"}
+        Affine (MAF) or rational-quadratic spline (NSF) autoregressive transforms.
+    transforms : int ≥ 1
+        Transforms stacked.
+    hidden : list of int ≥ 1
+        Hidden layer widths of each transform's network.
+    **train
+        The training parameters of :class:`~anomaly.models.torch_density.TorchDensity`
+        (``seed``, ``max_epochs``, ``batch_size``, ``learning_rate``, …).
+
+    Attributes
+    ----------
+    module_ : zuko.flows.Flow
+        The trained flow (on standardised rows); also those of ``TorchDensity``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from anomaly.models import create
+    >>> X = np.random.default_rng(0).normal(size=(200, 2))
+    >>> model = create("flow", transforms=1, hidden=(8,), max_epochs=2, progress=False)
+    >>> model.fit(X).log_prob(X[:4]).shape, model.sample(3, seed=0).shape
+    ((4,), (3, 2))
+    """
 
     kind = "flow"
     supports_context = True

@@ -35,9 +35,37 @@ def sample_gaussian(
 class Gaussian(DensityModel):
     """N(μ, Σ) with Σ the Ledoit–Wolf shrunk covariance (``shrinkage=None``) or a fixed one.
 
-    ``min_variance`` floors each variance so constant columns cannot make Σ singular.
-    ``mean_`` and ``covariance_`` are those of x (marginal over the context, if any);
-    :meth:`conditional` gives the parameters of x | context.
+    Parameters
+    ----------
+    seed : int
+        See :class:`~anomaly.models.DensityModel` (the fit itself is deterministic).
+    shrinkage : float in [0, 1] or None
+        Σ = (1 − shrinkage) · empirical covariance + shrinkage · (mean variance) · I; None: the
+        Ledoit–Wolf estimate of the best shrinkage.
+    min_variance : float ≥ 0
+        Added to every variance so constant columns cannot make Σ singular.
+
+    Attributes
+    ----------
+    mean_ : ndarray of shape (n_features,)
+        μ of x (marginal over the context, if any).
+    covariance_ : ndarray of shape (n_features, n_features)
+        Σ of x (marginal over the context); :meth:`conditional` gives the parameters of
+        x | context.
+    shrinkage_ : float
+        The shrinkage used (the Ledoit–Wolf estimate when ``shrinkage`` is None).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from anomaly.models import create
+    >>> X = np.random.default_rng(0).multivariate_normal([0, 0], [[1, 0.8], [0.8, 1]], 500)
+    >>> model = create("gaussian", shrinkage=0.0).fit(X)
+    >>> model.covariance_.round(1)
+    array([[1. , 0.8],
+           [0.8, 1. ]])
+    >>> model.log_prob(np.array([[0.0, 0.0], [3.0, -3.0]])).round(1)
+    array([ -1.3, -49.3])
     """
 
     kind = "gaussian"

@@ -17,11 +17,43 @@ from anomaly.models.gaussian import gaussian_log_pdf, sample_gaussian
 
 
 class GMM(DensityModel):
-    """Mixture of full-covariance Gaussians fitted by EM; components in 1..``max_components``.
+    """Mixture of full-covariance Gaussians fitted by EM (scikit-learn's ``GaussianMixture``);
+    the component count minimising BIC wins.
 
-    The component count minimising BIC wins. ``reg_covar`` (in units of each feature's
-    variance) is added to every covariance's diagonal so a component cannot collapse onto
-    repeated (discrete) values.
+    If EM stops at ``max_iter`` before converging for some component counts, ``fit`` warns once
+    (``sklearn.exceptions.ConvergenceWarning``) naming them.
+
+    Parameters
+    ----------
+    seed : int
+        Seeds EM's k-means initialisation.
+    max_components : int ≥ 1
+        Component counts 1 … ``max_components`` (at most the number of rows) are fitted.
+    reg_covar : float ≥ 0
+        Added to every covariance's diagonal, in units of each feature's variance, so a
+        component cannot collapse onto repeated (discrete) values.
+    max_iter : int ≥ 1
+        EM iterations per component count.
+
+    Attributes
+    ----------
+    n_components_ : int
+        The component count chosen by BIC.
+    bic_ : dict of int to float
+        BIC of each component count tried (lower is better).
+    weights_ : ndarray of shape (n_components_,)
+    means_ : ndarray of shape (n_components_, n_features)
+    covariances_ : ndarray of shape (n_components_, n_features, n_features)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from anomaly.models import create
+    >>> rng = np.random.default_rng(0)
+    >>> X = np.concatenate([rng.normal(-4, 1, (200, 1)), rng.normal(4, 1, (200, 1))])
+    >>> model = create("gmm", max_components=3).fit(X)
+    >>> model.n_components_, sorted(model.means_.round().ravel().tolist())
+    (2, [-4.0, 4.0])
     """
 
     kind = "gmm"

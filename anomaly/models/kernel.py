@@ -249,7 +249,36 @@ class _KernelMixture(DensityModel):
 
 
 class KDE(_KernelMixture):
-    """Gaussian KDE; bandwidth = factor × Scott's rule, factor chosen by held-out likelihood."""
+    """Gaussian kernel density estimate, one kernel per training row.
+
+    Parameters
+    ----------
+    seed : int
+        Seeds the held-out split and the subsample of ``max_points`` rows.
+    bandwidth : float > 0 or None
+        The kernel width in standard deviations of each feature; None: a multiple of Scott's
+        rule chosen by held-out log-likelihood.
+    max_points : int ≥ 1 or None
+        Keep at most this many (seeded, random) training rows as kernel centres; None: all.
+    min_bandwidth : float > 0
+        Floor of the kernel width (standard deviations).
+
+    Attributes
+    ----------
+    bandwidth_ : float
+        The kernel width used (standard deviations).
+    centres_ : Tensor of shape (n_centres, n_features)
+        The kernel centres, standardised.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from anomaly.models import create
+    >>> X = np.random.default_rng(0).normal(size=(300, 2))
+    >>> model = create("kde", max_points=200).fit(X)
+    >>> model.centres_.shape, model.log_prob(X[:4]).shape
+    (torch.Size([200, 2]), (4,))
+    """
 
     kind = "kde"
     parameter_constraints: ClassVar[Table] = {
@@ -295,8 +324,37 @@ class KDE(_KernelMixture):
 class KNN(_KernelMixture):
     """Variable-bandwidth kernel estimator, h_i = α · (k-th neighbour distance of centre i).
 
-    ``k`` and ``alpha`` default to a held-out likelihood search over ``k_grid`` and a
-    geometric grid of α.
+    Parameters
+    ----------
+    seed : int
+        Seeds the held-out split and the subsample of ``max_points`` rows.
+    k : int ≥ 1 or None
+        The neighbour whose distance sets each kernel's width; None: the best of ``k_grid``
+        by held-out log-likelihood.
+    alpha : float > 0 or None
+        α; None: the best of a geometric grid (0.1 … 4) by held-out log-likelihood.
+    k_grid : list of int ≥ 1
+        The values of ``k`` tried when ``k`` is None.
+    max_points : int ≥ 1 or None
+        Keep at most this many (seeded, random) training rows as kernel centres; None: all.
+    min_bandwidth : float > 0
+        Floor of every kernel width (standard deviations).
+
+    Attributes
+    ----------
+    k_, alpha_ : int, float
+        The k and α used.
+    bandwidths_ : Tensor of shape (n_centres,)
+        Each centre's kernel width (standard deviations).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from anomaly.models import create
+    >>> X = np.random.default_rng(0).normal(size=(300, 2))
+    >>> model = create("knn", k=10).fit(X)
+    >>> model.k_, model.bandwidths_.shape, model.log_prob(X[:4]).shape
+    (10, torch.Size([300]), (4,))
     """
 
     kind = "knn"

@@ -31,7 +31,45 @@ MAX_VALIDATION_ROWS = 2_048
 
 
 class TorchDensity(DensityModel):
-    """Base of the neural kinds: subclasses define the module and its likelihood."""
+    """Base of the neural kinds: subclasses define the module and its likelihood.
+
+    Parameters
+    ----------
+    seed : int
+        Seeds the initial weights, the train/validation split and the batches.
+    max_epochs : int ≥ 1
+        Passes over the training rows at the most.
+    max_steps : int ≥ 1
+        Gradient steps at the most (training stops at the end of the epoch that reaches it).
+    batch_size : int ≥ 1
+        Rows per gradient step.
+    learning_rate : float > 0
+        AdamW's learning rate.
+    weight_decay : float ≥ 0
+        AdamW's weight decay.
+    patience : int ≥ 1
+        Epochs without a better validation log-likelihood before training stops; the best
+        epoch's weights are kept.
+    validation_fraction : float in (0, 1)
+        Share of the rows held out to judge early stopping (at most 2,048 rows).
+    noise : float ≥ 0
+        Standard deviation of Gaussian noise added to each training batch (standardised
+        units; 0: none).
+    n_threads : int ≥ 1 or None
+        torch threads while fitting, scoring and sampling (restored afterwards); None: the
+        caller's setting.
+    progress : bool
+        Show a progress bar of the epochs.
+
+    Attributes
+    ----------
+    module_ : torch.nn.Module
+        The trained network (its best epoch).
+    history_ : list of float
+        Validation negative log-likelihood per epoch (standardised units).
+    epochs_ : int
+        Epochs run.
+    """
 
     parameter_constraints: ClassVar[Table] = {
         "max_epochs": [Interval(Integral, 1, None)],

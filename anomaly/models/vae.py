@@ -69,7 +69,35 @@ class VAEModule(nn.Module):
 
 
 class VAE(TorchDensity):
-    """VAE density; ``importance_samples`` is K of the log-likelihood estimate."""
+    """VAE density: trained on the ELBO, scored by an importance-sampled log-likelihood.
+
+    Parameters
+    ----------
+    latent : int ≥ 1 or None
+        Latent dimensions; None: half the features, between 2 and 16.
+    hidden : list of int ≥ 1
+        Hidden layer widths of the encoder (the decoder mirrors them).
+    importance_samples : even int ≥ 2
+        K of the log-likelihood estimate, in antithetic pairs (module docstring).
+    **train
+        The training parameters of :class:`~anomaly.models.torch_density.TorchDensity`
+        (``seed``, ``max_epochs``, ``batch_size``, ``learning_rate``, …).
+
+    Attributes
+    ----------
+    module_ : VAEModule
+        The trained encoder and decoder (on standardised rows); also those of
+        ``TorchDensity``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from anomaly.models import create
+    >>> X = np.random.default_rng(0).normal(size=(200, 3))
+    >>> model = create("vae", hidden=(8,), max_epochs=2, progress=False)
+    >>> model.fit(X).log_prob(X[:4]).shape, model.module_.latent
+    ((4,), 2)
+    """
 
     kind = "vae"
     parameter_constraints: ClassVar[Table] = {
