@@ -31,7 +31,8 @@ def documented(cls: type) -> set[str]:
         doc = inspect.cleandoc(vars(klass).get("__doc__") or "")
         section = re.search(r"Parameters\n-+\n(.*?)(?:\n\n[A-Z]\w+\n-+\n|\Z)", doc, re.S)
         if section:
-            names |= set(re.findall(r"^(\w+) :", section.group(1), re.M))
+            for entry in re.findall(r"^(\w+(?:, \w+)*)(?: :|$)", section.group(1), re.M):
+                names |= set(entry.split(", "))
     return names
 
 

@@ -335,10 +335,8 @@ class KNN(_KernelMixture):
         α; None: the best of a geometric grid (0.1 … 4) by held-out log-likelihood.
     k_grid : list of int ≥ 1
         The values of ``k`` tried when ``k`` is None.
-    max_points : int ≥ 1 or None
-        Keep at most this many (seeded, random) training rows as kernel centres; None: all.
-    min_bandwidth : float > 0
-        Floor of every kernel width (standard deviations).
+    max_points, min_bandwidth
+        As for :class:`KDE` (every kernel width is floored).
 
     Attributes
     ----------
