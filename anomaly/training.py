@@ -51,11 +51,20 @@ def split_rows(n: int, calibration: float, test: float, seed: int) -> list[np.nd
     return [order[n_cal + n_test :], order[:n_cal], order[n_cal : n_cal + n_test]]
 
 
+def model_for(config: Config) -> models.DensityModel:
+    """The config's model, unfitted, its parameters checked: a bad one raises
+    :class:`~anomaly.models.InvalidParameterError` (a ValueError) before any data is read."""
+    model = models.create(config.model.kind, seed=config.model.seed, **config.model.params)
+    model.validate_parameters()
+    return model
+
+
 def train(
     config: Config, data: pd.DataFrame | None = None, labelled: pd.DataFrame | None = None
 ) -> TrainResult:
     """Fit a detector on normal rows (``data`` or the config's ``data.train``) and evaluate
     it on ``labelled`` rows (default: the config's ``data.evaluation``, if any)."""
+    model = model_for(config)
     df = read_table(config.data.train) if data is None else data
     train_idx, cal_idx, test_idx = split_rows(
         len(df), config.split.calibration, config.split.test, config.model.seed
@@ -66,7 +75,6 @@ def train(
     if n_quarantined:
         logger.warning("%d training rows quarantined (not used)", n_quarantined)
     fit_part, cal_part, test_part = parts
-    model = models.create(config.model.kind, seed=config.model.seed, **config.model.params)
     start = time.perf_counter()
     model.fit(fit_part.X, layout=pre.layout_, context=fit_part.context)
     fit_seconds = time.perf_counter() - start

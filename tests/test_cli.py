@@ -263,6 +263,16 @@ def test_invalid_config(project, command):
     )
 
 
+def test_invalid_model_parameter_fails_cleanly(project):
+    """A model parameter outside its kind's table: one line naming it, exit code 2."""
+    bad = settings(project.name, "../data/train.parquet", "../inbox")
+    bad["model"]["params"] = {"shrinkage": 2}
+    project.config.write_text(yaml.safe_dump(bad))
+    result = invoke("train", "-c", project.config)
+    message = "gaussian: shrinkage must be a number in [0, 1] or None, got 2"
+    assert_clean_failure(result, message, code=2)
+
+
 @pytest.mark.parametrize("command", ["score", "sample"])
 def test_using_a_model_before_training(project, command):
     result = invoke(command, "-c", project.config)

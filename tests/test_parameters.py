@@ -15,10 +15,9 @@ import yaml
 from sklearn.exceptions import ConvergenceWarning
 
 from anomaly import models
-from anomaly.models import KINDS, DensityModel
+from anomaly.models import KINDS, DensityModel, InvalidParameterError
 from anomaly.models.constraints import (
     Interval,
-    InvalidParameterError,
     Options,
     SequenceOf,
     Table,
@@ -135,6 +134,18 @@ def test_every_constructor_parameter_has_a_constraint(kind):
 def test_parameters_are_checked_before_the_data():
     with pytest.raises(InvalidParameterError, match="max_components"):
         models.create("gmm", max_components=0).fit(np.zeros((1, 3)))
+
+
+def test_auto_checks_its_candidates_parameters_before_fitting_any():
+    model = models.create(
+        "auto", candidates=("gaussian", "kde"), candidate_params={"kde": {"bandwidth": -1.0}}
+    )
+    with pytest.raises(InvalidParameterError, match=r"^kde: bandwidth must be a number > 0"):
+        model.validate_parameters()
+    params = {"gaussian": {"nope": 1}}
+    model = models.create("auto", candidates=("gaussian",), candidate_params=params)
+    with pytest.raises(ValueError, match="bad parameters for model kind 'gaussian'"):
+        model.fit(X)
 
 
 def test_construction_only_stores_parameters():

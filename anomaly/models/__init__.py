@@ -5,6 +5,7 @@ when that kind is used (:mod:`anomaly.models.kinds`)."""
 from __future__ import annotations
 
 from anomaly.models.base import Block, DensityModel, lattice_layout, lattice_step
+from anomaly.models.constraints import InvalidParameterError
 from anomaly.models.kinds import KINDS, context_kinds, create
 from anomaly.models.loading import load
 
@@ -12,6 +13,7 @@ __all__ = [
     "KINDS",
     "Block",
     "DensityModel",
+    "InvalidParameterError",
     "context_kinds",
     "create",
     "lattice_layout",

@@ -172,6 +172,12 @@ class Auto(DensityModel):
         self.rule = rule
         self.min_weight = min_weight
 
+    def validate_parameters(self) -> None:
+        """Also each candidate's (``candidate_params``), before any candidate is fitted."""
+        super().validate_parameters()
+        for kind in self.candidates:
+            self._make(kind).validate_parameters()
+
     def _make(self, kind: str) -> DensityModel:
         return create(kind, seed=self.seed, **(self.candidate_params or {}).get(kind, {}))
 

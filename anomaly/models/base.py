@@ -242,6 +242,11 @@ class DensityModel(abc.ABC):
         return table
 
     # ------------------------------------------------------------------ public contract
+    def validate_parameters(self) -> None:
+        """Raise :class:`~anomaly.models.InvalidParameterError` naming the first constructor
+        parameter its table (:meth:`parameter_table`) does not allow; ``fit`` calls it first."""
+        check_parameters(self.parameter_table(), self.get_params(), self.kind)
+
     def fit(
         self,
         X: np.ndarray,
@@ -252,9 +257,9 @@ class DensityModel(abc.ABC):
 
         ``layout``: the raw features' columns (None: every column numeric). ``context``: the
         conditioning columns, one row per row of X (only kinds with ``supports_context``).
-        The constructor parameters are checked first (:meth:`parameter_table`).
+        The constructor parameters are checked first (:meth:`validate_parameters`).
         """
-        check_parameters(self.parameter_table(), self.get_params(), self.kind)
+        self.validate_parameters()
         X = _as_matrix(X, "fit")
         if X.shape[0] < 2:
             msg = f"{self.kind}: need at least 2 rows to fit, got {X.shape[0]}"
