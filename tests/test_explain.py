@@ -192,14 +192,16 @@ def test_auto_explains_the_kind_it_chose(data):
 def test_conditional_method_matches_replacement_for_a_factorised_model(data):
     """For p(x) = Π p(x_i) the conditionals are the marginals, so both methods maximise the
     same function: ``independent``'s modes over its 1,024 grid points, the replacement search
-    over quantiles of samples. They agree to the search's resolution, and the modes are never
-    the lower maximum."""
+    over 16 quantiles of samples refined by 6 parabolic steps (finer than its default, which
+    can miss the top of a bump of these binned densities by a few hundredths of a nat). They
+    agree to the search's resolution, and the modes are never materially the lower maximum
+    (the search's steps may land between the grid points, a few 1e-5 nats higher)."""
     model = models.create("independent").fit(data, layout=LAYOUT)
     X, _ = planted(data)
     conditional = attribute(model, X, LAYOUT, method="conditional")
-    replacement = attribute(model, X, LAYOUT, method="replacement")
+    replacement = attribute(model, X, LAYOUT, method="replacement", grid=16, refine=6)
     gap = conditional.contributions - replacement.contributions
-    assert gap.min() > -1e-9
+    assert gap.min() > -1e-4
     assert gap.max() < 1e-3
     np.testing.assert_array_equal(
         conditional.contributions.argmax(axis=1), replacement.contributions.argmax(axis=1)

@@ -8,6 +8,12 @@ pairs (ε, −ε): each draw is still a draw from q, but where q is close to the
 cancel its first-order error. On the banana test density with 400 training rows, the integral of
 exp(log p) over the plane was 0.988–0.999 with 16 antithetic draws for three seeds, against
 0.963–1.093 with 16 independent draws and 0.998–1.111 with 128.
+
+Explanations (``mixture``): with the draws z_k ~ q(·|x) of the row itself as the proposal for
+every value of one feature, p(x with x_j := v) ≈ 1/K Σ_k w_k N(v; decoder_j(z_k), σ_j²),
+w_k = p(x_-j|z_k) p(z_k) / q(z_k|x): a 1-D Gaussian mixture in v whose mode is then scored by
+``log_prob`` (``anomaly/models/replacement.py``), at the cost of one decoder pass per draw and
+row instead of one ``log_prob`` row per candidate value.
 """
 
 from __future__ import annotations
@@ -16,11 +22,13 @@ import itertools
 import math
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
+from anomaly.models import replacement
 from anomaly.models.base import LOG_2PI
-from anomaly.models.torch_density import TorchDensity
+from anomaly.models.torch_density import SCORE_BATCH, TorchDensity
 
 
 def _mlp(sizes: list[int]) -> nn.Sequential:
@@ -70,6 +78,7 @@ class VAE(TorchDensity):
     """VAE density; ``importance_samples`` is K of the log-likelihood estimate."""
 
     kind = "vae"
+    explanation = "mixture"
 
     def __init__(
         self,
@@ -105,3 +114,39 @@ class VAE(TorchDensity):
         z = torch.randn(n, module.latent)
         mean = module.decoder(z)
         return mean + module.log_noise.clamp_min(-7.0).exp() * torch.randn_like(mean)
+
+    def _conditional_mixtures(
+        self, X: np.ndarray, columns: list[int]
+    ) -> list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
+        """x_j given x_-j, per column j: the decoder's N(v; decoder_j(z_k), σ_j²) weighted by
+        p(x_-j|z_k) p(z_k) / q(z_k|x), over the importance draws z_k of the row itself (module
+        docstring). With discrete columns, ``log_prob`` averages the density over fixed points
+        x + o_s of the cell, so the mixture has a component per point and draw."""
+        offsets = self._cell_offsets() if self._dequantised() else np.zeros((1, X.shape[1]))
+        n, K = X.shape[0], self._eps.shape[0]
+        width = K * len(offsets)
+        log_w = {j: np.empty((n, width)) for j in columns}
+        means = {j: np.empty((n, width)) for j in columns}
+        module, eps = self.module_, self._eps
+        log_noise = module.log_noise.detach().clamp_min(-7.0)
+        noise = log_noise.exp().double().numpy()
+        with torch.inference_mode():
+            for rows in replacement.row_batches(n, SCORE_BATCH // K):
+                for s, offset in enumerate(offsets):
+                    Z = torch.from_numpy((X[rows] + offset - self.mean_) / self.scale_).float()
+                    mean, log_std = module.encode(Z)
+                    z = mean[None] + log_std.exp()[None] * eps[:, None, :]  # K × rows × latent
+                    log_q = _normal_log_pdf(z, mean[None], log_std[None])
+                    log_prior = (-0.5 * z * z - 0.5 * LOG_2PI).sum(-1)
+                    decoded = module.decoder(z)  # K × rows × d
+                    terms = -0.5 * ((Z[None] - decoded) / log_noise.exp()) ** 2 - log_noise
+                    joint = (terms.sum(-1) + log_prior - log_q).double()
+                    cells = slice(s * K, (s + 1) * K)
+                    for j in columns:  # p(x_-j|z) = p(x|z) / N(x_j; decoder_j(z), σ_j²)
+                        log_w[j][rows, cells] = (joint - terms[:, :, j].double()).T.numpy()
+                        centre = decoded[:, :, j].double().T.numpy() * self.scale_[j]
+                        means[j][rows, cells] = centre + self.mean_[j] - offset[j]
+        return [
+            (j, log_w[j], means[j], np.full((n, width), (noise[j] * self.scale_[j]) ** 2))
+            for j in columns
+        ]
