@@ -119,34 +119,49 @@ class VAE(TorchDensity):
         self, X: np.ndarray, columns: list[int]
     ) -> list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
         """x_j given x_-j, per column j: the decoder's N(v; decoder_j(z_k), σ_j²) weighted by
-        p(x_-j|z_k) p(z_k) / q(z_k|x), over the importance draws z_k of the row itself (module
-        docstring). With discrete columns, ``log_prob`` averages the density over fixed points
-        x + o_s of the cell, so the mixture has a component per point and draw."""
+        p(x_-j|z_k) p(z_k) / q(z_k|·), over the importance draws of two proposals, each an
+        unbiased estimate of the same mixture, so their draws pool (module docstring): q(·|x),
+        the row's own, and q(·|x̃), x̃ the row with x_j at its mean, which the value being
+        replaced, perhaps far out, does not pull. With discrete columns, ``log_prob`` averages
+        the density over fixed points x + o_s of the cell, so the mixture has components per
+        point too."""
         offsets = self._cell_offsets() if self._dequantised() else np.zeros((1, X.shape[1]))
-        n, K = X.shape[0], self._eps.shape[0]
-        width = K * len(offsets)
-        log_w = {j: np.empty((n, width)) for j in columns}
-        means = {j: np.empty((n, width)) for j in columns}
-        module, eps = self.module_, self._eps
+        (n, d), K, c = X.shape, self._eps.shape[0], len(columns)
+        width = 2 * K * len(offsets)
+        log_w, means = np.empty((c, n, width)), np.empty((c, n, width))
+        module, eps, at = self.module_, self._eps, torch.tensor(columns)
         log_noise = module.log_noise.detach().clamp_min(-7.0)
         noise = log_noise.exp().double().numpy()
+        # encoder inputs per row: x̃ for each column, then x itself
+        seen = torch.ones(c + 1, d)
+        seen[torch.arange(c), at] = 0.0
         with torch.inference_mode():
-            for rows in replacement.row_batches(n, SCORE_BATCH // K):
+            for rows in replacement.row_batches(n, SCORE_BATCH // (K * (c + 1))):
+                m = rows.stop - rows.start
                 for s, offset in enumerate(offsets):
                     Z = torch.from_numpy((X[rows] + offset - self.mean_) / self.scale_).float()
-                    mean, log_std = module.encode(Z)
-                    z = mean[None] + log_std.exp()[None] * eps[:, None, :]  # K × rows × latent
+                    mean, log_std = module.encode((Z[None] * seen[:, None]).reshape(-1, d))
+                    z = mean[None] + log_std.exp()[None] * eps[:, None, :]
                     log_q = _normal_log_pdf(z, mean[None], log_std[None])
                     log_prior = (-0.5 * z * z - 0.5 * LOG_2PI).sum(-1)
-                    decoded = module.decoder(z)  # K × rows × d
-                    terms = -0.5 * ((Z[None] - decoded) / log_noise.exp()) ** 2 - log_noise
-                    joint = (terms.sum(-1) + log_prior - log_q).double()
-                    cells = slice(s * K, (s + 1) * K)
-                    for j in columns:  # p(x_-j|z) = p(x|z) / N(x_j; decoder_j(z), σ_j²)
-                        log_w[j][rows, cells] = (joint - terms[:, :, j].double()).T.numpy()
-                        centre = decoded[:, :, j].double().T.numpy() * self.scale_[j]
-                        means[j][rows, cells] = centre + self.mean_[j] - offset[j]
+                    decoded = module.decoder(z).reshape(K, c + 1, m, d)
+                    terms = -0.5 * ((Z - decoded) / log_noise.exp()) ** 2 - log_noise
+                    rest = terms.sum(-1) + (log_prior - log_q).reshape(K, c + 1, m)
+                    pick = at[None, :, None, None].expand(K, c, m, 1)
+                    parts = []
+                    for group in (slice(0, c), slice(c, c + 1)):  # q(·|x̃), q(·|x)
+                        own = terms[:, group].expand(K, c, m, d).gather(3, pick)[..., 0]
+                        centre = decoded[:, group].expand(K, c, m, d).gather(3, pick)[..., 0]
+                        # p(x_-j|z) = p(x|z) / N(x_j; decoder_j(z), σ_j²)
+                        parts.append((rest[:, group] - own, centre))
+                    cells = slice(2 * s * K, 2 * (s + 1) * K)
+                    weight = torch.cat([w for w, _ in parts]).double().permute(1, 2, 0)
+                    centre = torch.cat([m_ for _, m_ in parts]).double().permute(1, 2, 0)
+                    log_w[:, rows, cells] = weight.numpy()
+                    shift = (self.mean_ - offset)[columns][:, None, None]
+                    means[:, rows, cells] = centre.numpy() * self.scale_[columns][:, None, None]
+                    means[:, rows, cells] += shift
         return [
-            (j, log_w[j], means[j], np.full((n, width), (noise[j] * self.scale_[j]) ** 2))
-            for j in columns
+            (j, log_w[i], means[i], np.full((n, width), (noise[j] * self.scale_[j]) ** 2))
+            for i, j in enumerate(columns)
         ]
