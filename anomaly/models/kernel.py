@@ -191,8 +191,8 @@ class _KernelMixture(DensityModel):
         and they are looked for among a per-row shortlist of centres, not all of them: the
         ``SHORTLIST`` heaviest kernels at x, and the ``SHORTLIST_EXTREME`` heaviest at x
         without each of its ``EXTREME`` most outlying columns (whose term outweighs the others
-        in log k_i(x)). One scoring product serves every column; before, each column took a
-        pass over every centre."""
+        in log k_i(x)), so no column needs a pass over every centre. One scoring product serves
+        every column."""
         centres, h = self.centres_, self.bandwidths_
         n, d = X.shape
         m = min(replacement.MODE_COMPONENTS, centres.shape[0])

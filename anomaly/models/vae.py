@@ -9,11 +9,14 @@ cancel its first-order error. On the banana test density with 400 training rows,
 exp(log p) over the plane was 0.988–0.999 with 16 antithetic draws for three seeds, against
 0.963–1.093 with 16 independent draws and 0.998–1.111 with 128.
 
-Explanations (``mixture``): with the draws z_k ~ q(·|x) of the row itself as the proposal for
-every value of one feature, p(x with x_j := v) ≈ 1/K Σ_k w_k N(v; decoder_j(z_k), σ_j²),
+Explanations (``mixture``): with importance draws z_k ~ q(·|x) as the proposal for every value
+of one feature, p(x with x_j := v) ≈ 1/K Σ_k w_k N(v; decoder_j(z_k), σ_j²),
 w_k = p(x_-j|z_k) p(z_k) / q(z_k|x): a 1-D Gaussian mixture in v whose mode is then scored by
-``log_prob`` (``anomaly/models/replacement.py``), at the cost of one decoder pass per draw and
-row instead of one ``log_prob`` row per candidate value.
+``log_prob`` (``anomaly/models/replacement.py``), at the cost of one encoder and K decoder
+passes per row and proposal instead of one ``log_prob`` row per candidate value. The draws of
+a second proposal, q(·|x̃) with x̃ the row with x_j at its mean, are pooled with them (each set
+is an unbiased estimate of the same function): a far-out x_j pulls q(·|x) away from the rows
+that explain the other features.
 """
 
 from __future__ import annotations
