@@ -14,14 +14,14 @@ joint density, since p(x_-b) cancels. How the maximum is found depends on the ki
 * ``closed_form`` (``gaussian``): x_b | x_-b is Gaussian, so the maximum over a numeric
   feature is its conditional mean and c_b = ½ r_b² / P_bb with r = P (x − μ), P = Σ⁻¹; a
   categorical (one-hot) block is maximised exactly over its categories.
-* ``mixture`` (``gmm``, ``kde``, ``knn``): x_b | x_-b is a 1-D Gaussian mixture (per
-  component, or per kernel with weights from the other features); its mode, found by
-  mean-shift, is scored by ``log_prob``.
+* ``mixture`` (``gmm``, ``kde``, ``knn``, ``vae``): x_b | x_-b is a 1-D Gaussian mixture
+  (per component, per kernel with weights from the other features, or per importance draw of
+  the ``vae``); its mode, found by mean-shift, is scored by ``log_prob``.
 * ``conditional`` (``autoregressive``, ``independent``): the model's own conditional
   log p(x_b | x_-b), at its ``conditional_modes``.
-* ``replacement`` (every other kind, e.g. ``flow``, ``vae``; any kind on request): the joint
-  log p(x with x_b := v), maximised over candidate values, as one batched ``log_prob`` call
-  per feature and round.
+* ``replacement`` (every other kind, e.g. ``flow``; any kind on request): the joint
+  log p(x with x_b := v), maximised over candidate values (quantiles of the model's samples,
+  then parabolic steps), as one batched ``log_prob`` call per feature and round.
 
 The model does it (``DensityModel.best_replacements``, ``anomaly/models/replacement.py``);
 ``auto`` explains the kind it chose. For ``mixture`` and ``replacement`` every gain is the
@@ -40,11 +40,14 @@ import numpy as np
 import pandas as pd
 
 from anomaly.models.base import Block, DensityModel, default_layout
+from anomaly.models.replacement import row_batches
 
 if TYPE_CHECKING:
     from anomaly.detector import Detector
 
 METHODS = ("auto", "closed_form", "mixture", "conditional", "replacement")
+#: rows explained per call of the model (bounds the memory of the candidates and mixtures)
+ATTRIBUTE_ROWS = 4_096
 
 
 @dataclass(frozen=True)
@@ -62,15 +65,16 @@ def attribute(
     X: np.ndarray,
     layout: list[Block] | None = None,
     method: str = "auto",
-    grid: int = 16,
-    refine: int = 6,
+    grid: int = 6,
+    refine: int = 3,
     seed: int = 0,
     context: np.ndarray | None = None,
 ) -> Attribution:
     """Contributions of each block of ``layout`` to each row's improbability (module doc).
 
     ``method``: ``auto`` (the model's own), or one of :data:`METHODS` the model offers (its
-    own, or ``replacement``, the search with ``grid``/``refine``/``seed``, for any kind).
+    own, or ``replacement``, the search with ``grid`` quantiles, ``refine`` parabolic steps and
+    ``seed``, for any kind).
     ``context``: the rows' context columns, for a model fitted with context (features
     conditioned on, never blamed).
     """
@@ -87,9 +91,20 @@ def attribute(
         msg = f"unknown explanation method {method!r}; choose one of {', '.join(METHODS)}"
         raise ValueError(msg)
     chosen = model.explanation_for(blocks) if method == "auto" else method
-    contributions, typical = model.best_replacements(
-        X, blocks, chosen, context, grid=grid, refine=refine, seed=seed
-    )
+    batches = list(row_batches(len(X), ATTRIBUTE_ROWS)) or [slice(0, 0)]
+    parts = [
+        model.best_replacements(
+            X[rows],
+            blocks,
+            chosen,
+            None if context is None else context[rows],
+            grid=grid,
+            refine=refine,
+            seed=seed,
+        )
+        for rows in batches
+    ]
+    contributions, typical = (np.concatenate(p) for p in zip(*parts, strict=True))
     return Attribution(contributions, typical, blocks, chosen)
 
 

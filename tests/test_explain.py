@@ -137,6 +137,23 @@ def test_mixture_modes_agree_with_the_search(kind, data):
         np.testing.assert_allclose(model.log_prob(Z) - base, mixture.contributions[:, b], atol=1e-6)
 
 
+def test_vae_mixture_states_the_gain_of_the_value_shown(data):
+    """``vae``: each feature's conditional is the mixture of decoder Gaussians over importance
+    draws; its mode is scored by ``log_prob``, so substituting the typical value gains the
+    stated contribution, and each row's largest contribution is as large as a fine search's."""
+    model = models.create("vae", seed=0, **FAST["vae"]).fit(data)
+    X, _ = planted(data)
+    attr = attribute(model, X, LAYOUT)
+    assert attr.method == "mixture"
+    base = model.log_prob(X)
+    for b, block in enumerate(LAYOUT):
+        Z = X.copy()
+        Z[:, block.start : block.stop] = attr.typical[:, block.start : block.stop]
+        np.testing.assert_allclose(model.log_prob(Z) - base, attr.contributions[:, b], atol=1e-4)
+    searched = attribute(model, X, LAYOUT, method="replacement", grid=16, refine=6)
+    assert attr.contributions.max(axis=1).sum() >= 0.95 * searched.contributions.max(axis=1).sum()
+
+
 def test_gmm_mixture_mode_is_the_maximum_over_a_feature(data):
     """On a fine grid no value of a numeric feature gains more than the mode found."""
     model = models.create("gmm", seed=0).fit(data)
@@ -192,14 +209,16 @@ def test_auto_explains_the_kind_it_chose(data):
 def test_conditional_method_matches_replacement_for_a_factorised_model(data):
     """For p(x) = Π p(x_i) the conditionals are the marginals, so both methods maximise the
     same function: ``independent``'s modes over its 1,024 grid points, the replacement search
-    over quantiles of samples. They agree to the search's resolution, and the modes are never
-    the lower maximum."""
+    over 16 quantiles of samples refined by 6 parabolic steps (finer than its default, which
+    can miss the top of a bump of these binned densities by a few hundredths of a nat). They
+    agree to the search's resolution, and the modes are never materially the lower maximum
+    (the search's steps may land between the grid points, a few 1e-5 nats higher)."""
     model = models.create("independent").fit(data, layout=LAYOUT)
     X, _ = planted(data)
     conditional = attribute(model, X, LAYOUT, method="conditional")
-    replacement = attribute(model, X, LAYOUT, method="replacement")
+    replacement = attribute(model, X, LAYOUT, method="replacement", grid=16, refine=6)
     gap = conditional.contributions - replacement.contributions
-    assert gap.min() > -1e-9
+    assert gap.min() > -1e-4
     assert gap.max() < 1e-3
     np.testing.assert_array_equal(
         conditional.contributions.argmax(axis=1), replacement.contributions.argmax(axis=1)

@@ -237,8 +237,8 @@ class Auto(DensityModel):
         layout: list[Block],
         method: str | None = None,
         context: np.ndarray | None = None,
-        grid: int = 16,
-        refine: int = 6,
+        grid: int = 6,
+        refine: int = 3,
         seed: int = 0,
     ) -> tuple[np.ndarray, np.ndarray]:
         """The chosen kind's (one kind) or the search's (a combination) best replacements."""

@@ -339,8 +339,8 @@ class DensityModel(abc.ABC):
         layout: list[Block],
         method: str | None = None,
         context: np.ndarray | None = None,
-        grid: int = 16,
-        refine: int = 6,
+        grid: int = 6,
+        refine: int = 3,
         seed: int = 0,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Per row and block b of ``layout``: the gain max_v log p(x with x_b := v) − log p(x)

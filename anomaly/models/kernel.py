@@ -44,6 +44,12 @@ SCORE_BLOCK_ENTRIES = 2_000_000
 #: adaptive bandwidth α·d_k is scale-free in n, and the fixed one is rescaled to all rows
 MAX_HELDOUT = 1_000
 MAX_SELECTION_CENTRES = 5_000
+#: explanations: the centres shortlisted per row, the ``SHORTLIST`` heaviest kernels and the
+#: ``SHORTLIST_EXTREME`` heaviest without each of the row's ``EXTREME`` most outlying columns
+#: (see ``_conditional_mixtures``)
+SHORTLIST = 256
+SHORTLIST_EXTREME = 64
+EXTREME = 3
 
 
 def _sq_distances(Q: torch.Tensor, C: torch.Tensor, c_norms: torch.Tensor) -> torch.Tensor:
@@ -186,41 +192,52 @@ class _KernelMixture(DensityModel):
         self, X: np.ndarray, columns: list[int]
     ) -> list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
         """x_j given x_-j, per column j: the kernels' 1-D factors N(x_j; c_ij, h_i²) weighted
-        by the rest of each kernel at x_-j. One log-kernel matrix (rows × centres, the scoring
-        product) serves every column: adding back column j's term gives the weights. Only the
-        ``replacement.MODE_COMPONENTS`` highest are kept (a kernel's factor is at most its
-        height, so they bound what the others can add); their mode is then scored exactly."""
+        by the rest of each kernel at x_-j, exp(log k_i(x) + (x_j − c_ij)²/(2h_i²)). Only the
+        ``replacement.MODE_COMPONENTS`` heaviest are kept (their mode is then scored exactly),
+        and they are looked for among a per-row shortlist of centres, not all of them: the
+        ``SHORTLIST`` heaviest kernels at x, and the ``SHORTLIST_EXTREME`` heaviest at x
+        without each of its ``EXTREME`` most outlying columns (whose term outweighs the others
+        in log k_i(x)), so no column needs a pass over every centre. One scoring product serves
+        every column."""
         centres, h = self.centres_, self.bandwidths_
-        n, m = X.shape[0], min(replacement.MODE_COMPONENTS, centres.shape[0])
+        n, d = X.shape
+        m = min(replacement.MODE_COMPONENTS, centres.shape[0])
+        short, short_extreme = (min(k, centres.shape[0]) for k in (SHORTLIST, SHORTLIST_EXTREME))
         Q = torch.from_numpy(((X - self.loc_) / self.scale_).astype(np.float32))
         half_w = 0.5 / (h * h)
-        log_w = {j: np.empty((n, m)) for j in columns}
-        means = {j: np.empty((n, m)) for j in columns}
-        variances = {j: np.empty((n, m)) for j in columns}
+        at = np.array(columns)
+        log_w, means, variances = (np.empty((len(at), n, m)) for _ in range(3))
         with torch.inference_mode():
             for rows in replacement.row_batches(n, SCORE_BLOCK_ENTRIES // centres.shape[0]):
                 q = Q[rows]
                 qa = torch.cat([q, (q * q).sum(1, keepdim=True), torch.ones(len(q), 1)], dim=1)
                 log_kernel = qa @ self._augmented  # −|q − c|²/(2h²) − log Z_i
-                for j in columns:
-                    # + (q_j − c_ij)²/(2h_i²) = [q_j², q_j, 1] @ [1, −2c_ij, c_ij²]/(2h_i²)
-                    qj = q[:, j : j + 1]
-                    terms = torch.stack(
-                        [half_w, -2 * half_w * centres[:, j], half_w * centres[:, j] ** 2]
-                    )
-                    rest = torch.addmm(
-                        log_kernel, torch.cat([qj * qj, qj, torch.ones_like(qj)], 1), terms
-                    )
-                    top, idx = torch.topk(rest, m, dim=1)
-                    var = (h[idx] * h[idx]).double().numpy()
-                    # exp(top) = weight × √(2π h²) of the normalised N(v; c_ij, h_i²)
-                    log_w[j][rows] = top.double().numpy() + 0.5 * np.log(2 * np.pi * var)
-                    means[j][rows] = centres[idx, j].double().numpy()
-                    variances[j][rows] = var
-        scale, loc = self.scale_, self.loc_
+                found = [torch.topk(log_kernel, short, dim=1).indices]
+                outlying = q.abs().topk(min(EXTREME, d), dim=1).indices
+                for e in range(outlying.shape[1]):
+                    j = outlying[:, e : e + 1]
+                    rest = log_kernel + half_w * (q.gather(1, j) - centres.T[j[:, 0]]) ** 2
+                    found.append(torch.topk(rest, short_extreme, dim=1).indices)
+                idx = torch.cat(found, dim=1).sort(dim=1).values
+                repeated = torch.zeros_like(idx, dtype=torch.bool)
+                repeated[:, 1:] = idx[:, 1:] == idx[:, :-1]
+                # per shortlisted centre and column: log k_i(x) + (x_j − c_ij)²/(2h_i²)
+                near = centres[idx][:, :, at].transpose(1, 2)  # rows × columns × shortlist
+                w = half_w[idx][:, None, :]
+                rest = log_kernel.gather(1, idx).masked_fill_(repeated, -torch.inf)
+                rest = rest[:, None, :] + w * (q[:, at, None] - near) ** 2
+                top, pick = torch.topk(rest, m, dim=2)  # rows × columns × m
+                var = (0.5 / w.expand(-1, len(at), -1).gather(2, pick)).double().numpy()
+                # exp(top) = weight × √(2π h²) of the normalised N(v; c_ij, h_i²)
+                log_w[:, rows] = (top.double().numpy() + 0.5 * np.log(2 * np.pi * var)).swapaxes(
+                    0, 1
+                )
+                means[:, rows] = near.gather(2, pick).double().numpy().swapaxes(0, 1)
+                variances[:, rows] = var.swapaxes(0, 1)
+        scale, loc = self.scale_[at], self.loc_[at]
         return [
-            (j, log_w[j], means[j] * scale[j] + loc[j], variances[j] * scale[j] ** 2)
-            for j in columns
+            (j, log_w[c], means[c] * scale[c] + loc[c], variances[c] * scale[c] ** 2)
+            for c, j in enumerate(columns)
         ]
 
     def _sample(self, n: int, rng: np.random.Generator) -> np.ndarray:

@@ -7,12 +7,13 @@ by the model's own ``log_prob`` at the value shown, so it is the gain of a value
 actually asked about: a lower bound of the true maximum, never above it. Two ways to find v*:
 
 * :func:`search`, for any kind: candidate values (``grid`` quantiles of the model's own
-  samples, then ``refine`` points between the best one's neighbours), one batched
-  ``log_prob`` call per feature and round.
+  samples and the row's own value), then ``refine`` steps of successive parabolic
+  interpolation around the best; one batched ``log_prob`` call per feature and round.
 * :func:`mixture_search`, for kinds whose conditional x_b | x_-b is a 1-D Gaussian mixture
-  (``gmm``: K components; ``kde``/``knn``: one kernel per centre, the heaviest kept): the
-  mixture's local modes, by mean-shift (Carreira-Perpiñán 2000) from its highest components;
-  the highest of them is scored by one ``log_prob`` call per feature.
+  (``gmm``: K components; ``kde``/``knn``: one kernel per centre, the heaviest kept; ``vae``:
+  one decoder Gaussian per importance draw): the mixture's local modes, by mean-shift
+  (Carreira-Perpiñán 2000) from its highest components; the highest of them is scored, every
+  feature's in one ``log_prob`` call.
 
 A categorical block is maximised exactly over its categories. A lattice column (the model's
 ``cell_widths_`` > 0, e.g. an integer count) only takes values on its lattice: the search's
@@ -39,12 +40,14 @@ Mixtures = Callable[
 #: rows per batched log_prob call (candidates × records)
 CALL_ROWS = 262_144
 #: model samples drawn to place the search's numeric candidates
-REFERENCE_SAMPLES = 2_000
+REFERENCE_SAMPLES = 500
 #: :func:`mixture_modes`: the highest components kept of a conditional mixture, the mean-shift
 #: starts (their highest means) and iterations (the mode found is scored exactly anyway)
 MODE_COMPONENTS = 48
 MODE_STARTS = 4
 MODE_ITERATIONS = 15
+#: rows of mixtures per block of :func:`mixture_modes` (its arrays stay in cache)
+MODE_ROWS = 1_024
 
 
 def search(
@@ -52,8 +55,8 @@ def search(
     X: np.ndarray,
     layout: list[Block],
     context: np.ndarray | None = None,
-    grid: int = 16,
-    refine: int = 6,
+    grid: int = 6,
+    refine: int = 3,
     seed: int = 0,
 ) -> Gains:
     """Best replacements by candidate values, for any kind (module docstring)."""
@@ -76,18 +79,13 @@ def search(
         if b.categorical:
             top, best = _categories(model, X, context, b, base)
         else:
-            values = _on_lattice(model, b.start, np.quantile(reference[:, b.start], levels))
-            candidates = np.broadcast_to(values[:, None, None], (grid, n, 1))
-            top, best, k = _best(model, X, context, cols, candidates, base)
-            if refine:
-                lo = values[np.maximum(k - 1, 0)]
-                hi = values[np.minimum(k + 1, grid - 1)]
-                steps = (np.arange(1, refine + 1) / (refine + 1))[:, None]
-                fine = _on_lattice(model, b.start, lo[None, :] + steps * (hi - lo)[None, :])
-                fine_top, fine_best, _ = _best(model, X, context, cols, fine[:, :, None], base)
-                better = fine_top > top
-                top = np.where(better, fine_top, top)
-                best = np.where(better[:, None], fine_best, best)
+            values = np.unique(
+                _on_lattice(model, b.start, np.quantile(reference[:, b.start], levels))
+            )
+            candidates = np.broadcast_to(values[:, None, None], (len(values), n, 1))
+            gains = _gains(model, X, context, cols, candidates, base)
+            top, value = _refine(model, X, context, b.start, values, gains, base, refine)
+            best = value[:, None]
         contributions[:, i] = np.maximum(top, 0)
         typical[:, cols] = np.where((top > 0)[:, None], best, X[:, cols])
     return contributions, typical
@@ -103,18 +101,24 @@ def mixture_search(
         return contributions, typical
     base = model.log_prob(X)
     numeric = {b.start: i for i, b in enumerate(layout) if not b.categorical}
-    for j, log_w, means, variances in mixtures(X, list(numeric)):
-        modes = mixture_modes(log_w, means, variances)  # rows × starts
-        step = _step(model, j)
-        if step > 0:  # the modes' lattice neighbours
-            below = _on_lattice(model, j, modes - step / 2)
-            modes = np.hstack([below, below + step])
-        # the highest of them on the mixture, then scored exactly
-        height = mixture_log_density(modes, log_w, means, variances)
-        candidates = modes[np.arange(n), height.argmax(axis=1)][None, :, None]
-        top, best, _ = _best(model, X, None, slice(j, j + 1), candidates, base)
-        contributions[:, numeric[j]] = np.maximum(top, 0)
-        typical[:, j] = np.where(top > 0, best[:, 0], X[:, j])
+    found = list(mixtures(X, list(numeric)))
+    if found:  # every column's modes in one pass, then every mode scored in one call
+        columns = [j for j, *_ in found]
+        modes = mixture_modes(*(np.concatenate([f[k] for f in found]) for k in (1, 2, 3)))
+        values = np.empty((len(found), n))
+        for c, (j, log_w, means, variances) in enumerate(found):
+            own = modes[c * n : (c + 1) * n]  # rows × starts
+            step = _step(model, j)
+            if step > 0:  # the modes' lattice neighbours
+                below = _on_lattice(model, j, own - step / 2)
+                own = np.hstack([below, below + step])
+            # the highest of them on the mixture, then scored exactly
+            height = mixture_log_density(own, log_w, means, variances)
+            values[c] = own[np.arange(n), height.argmax(axis=1)]
+        gains = _column_gains(model, X, columns, values, base)
+        for c, j in enumerate(columns):
+            contributions[:, numeric[j]] = np.maximum(gains[c], 0)
+            typical[:, j] = np.where(gains[c] > 0, values[c], X[:, j])
     for i, b in enumerate(layout):
         if b.categorical:
             top, best = _categories(model, X, None, b, base)
@@ -129,7 +133,20 @@ def mixture_modes(log_w: np.ndarray, means: np.ndarray, variances: np.ndarray) -
     """Per row, local modes of Σ_i exp(log w_i) N(v; mean_i, var_i) (rows × components):
     mean-shift v ← Σ r_i mean_i/var_i / Σ r_i/var_i, r_i ∝ w_i N(v; mean_i, var_i), which
     climbs to a local maximum, from each of the ``MODE_STARTS`` highest components' means
-    (rows × starts). Only the ``MODE_COMPONENTS`` highest components take part."""
+    (rows × starts); where the log mixture is concave, Newton's step instead (unless it is
+    over 4 mean-shift steps long), which converges in a few steps where mean-shift crawls. Only
+    the ``MODE_COMPONENTS`` highest components take part. In blocks of ``MODE_ROWS`` rows, in
+    float32 about each row's highest component (the mode found is scored exactly anyway)."""
+    return np.concatenate(
+        [
+            _modes(log_w[rows], means[rows], variances[rows])
+            for rows in row_batches(len(log_w), MODE_ROWS)
+        ]
+        or [np.zeros((0, MODE_STARTS))]
+    )
+
+
+def _modes(log_w: np.ndarray, means: np.ndarray, variances: np.ndarray) -> np.ndarray:
     offset = log_w - 0.5 * np.log(variances)  # each component's log-density at its mean
     if offset.shape[1] > MODE_COMPONENTS:
         keep = np.argpartition(-offset, MODE_COMPONENTS - 1, axis=1)[:, :MODE_COMPONENTS]
@@ -137,18 +154,31 @@ def mixture_modes(log_w: np.ndarray, means: np.ndarray, variances: np.ndarray) -
             np.take_along_axis(a, keep, axis=1) for a in (offset, means, variances)
         )
     starts = np.argsort(-offset, axis=1)[:, :MODE_STARTS]
+    origin = np.take_along_axis(means, starts[:, :1], axis=1)
+    means = (means - origin).astype(np.float32)
     v = np.take_along_axis(means, starts, axis=1)
-    offset, means, precisions = offset[:, None], means[:, None], 1 / variances[:, None]
-    tolerance = 1e-4 * np.sqrt(variances.min())
+    offset = offset.astype(np.float32)[:, None]
+    means, precisions = means[:, None], (1 / variances).astype(np.float32)[:, None]
+    tolerance = 1e-4 * np.sqrt(variances.min(axis=1))
+    moving = np.arange(len(v))  # the rows not yet settled; the others are left alone
     for _ in range(MODE_ITERATIONS):
-        logits = offset - 0.5 * (v[:, :, None] - means) ** 2 * precisions
-        r = np.exp(logits - logits.max(axis=2, keepdims=True)) * precisions
-        new = (r * means).sum(axis=2) / r.sum(axis=2)
-        done = np.abs(new - v).max() < tolerance
-        v = new
-        if done:
+        at, mu, p = v[moving], means[moving], precisions[moving]
+        pull = (mu - at[:, :, None]) * p  # each component's d/dv log N(v; mean_i, var_i)
+        logits = offset[moving] - 0.5 * (mu - at[:, :, None]) * pull
+        r = np.exp(logits - logits.max(axis=2, keepdims=True))
+        r /= r.sum(axis=2, keepdims=True)  # responsibilities
+        slope = (r * pull).sum(axis=2)  # d/dv of the log mixture, then its second derivative
+        curve = (r * (pull * pull - p)).sum(axis=2) - slope**2
+        shift = slope / (r * p).sum(axis=2)  # mean-shift's step
+        with np.errstate(divide="ignore"):
+            newton = -slope / np.where(curve < 0, curve, -np.inf)
+        # Newton's step where the log mixture is concave and the step is not wild
+        step = np.where((curve < 0) & (np.abs(newton) <= 4 * np.abs(shift)), newton, shift)
+        v[moving] = at + step
+        moving = moving[np.abs(step).max(axis=1) >= tolerance[moving]]
+        if not moving.size:
             break
-    return v
+    return v + origin
 
 
 def mixture_log_density(
@@ -204,6 +234,95 @@ def _categories(
     return top, best
 
 
+def _refine(
+    model: DensityModel,
+    X: np.ndarray,
+    context: np.ndarray | None,
+    j: int,
+    values: np.ndarray,
+    gains: np.ndarray,
+    base: np.ndarray,
+    steps: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's best gain and value of column j after ``steps`` rounds of successive
+    parabolic interpolation (one ``log_prob`` row per row and round) from the candidates
+    ``values`` (sorted; gains k × n) and the row's own value (gain 0): each round tries the
+    vertex of the parabola through the best point and its two neighbours (or, where that is
+    not a maximum inside them, the middle of the wider side; beyond the best point where it
+    is the outermost) and keeps the best point with its neighbours."""
+    n = X.shape[0]
+    own = X[:, j]
+    # per row: the candidates and the row's own value, in order
+    points = np.vstack([np.broadcast_to(values[:, None], gains.shape), own[None]])
+    heights = np.vstack([gains, np.zeros((1, n))])
+    order = np.argsort(points, axis=0, kind="stable")
+    points, heights = np.take_along_axis(points, order, 0), np.take_along_axis(heights, order, 0)
+    k = heights.argmax(axis=0)
+    cols, last = np.arange(n), len(points) - 1
+    b, fb = points[k, cols], heights[k, cols]
+    a = np.where(k > 0, points[np.maximum(k - 1, 0), cols], np.nan)
+    fa = np.where(k > 0, heights[np.maximum(k - 1, 0), cols], np.nan)
+    c = np.where(k < last, points[np.minimum(k + 1, last), cols], np.nan)
+    fc = np.where(k < last, heights[np.minimum(k + 1, last), cols], np.nan)
+    for _ in range(steps):
+        with np.errstate(invalid="ignore", divide="ignore"):
+            num = (b - a) ** 2 * (fb - fc) - (b - c) ** 2 * (fb - fa)
+            den = (b - a) * (fb - fc) - (b - c) * (fb - fa)
+            vertex = b - 0.5 * num / den
+        inside = np.isfinite(vertex) & (vertex > a) & (vertex < c) & (vertex != b)
+        middle = np.where(b - a > c - b, (a + b) / 2, (b + c) / 2)
+        outward = np.where(np.isnan(a), 2 * b - c, 2 * b - a)  # one spacing past the end
+        v = np.where(inside, vertex, np.where(np.isnan(a) | np.isnan(c), outward, middle))
+        v = _on_lattice(model, j, v)
+        fv = _gains(model, X, context, slice(j, j + 1), v[None, :, None], base)[0]
+        better, left = fv > fb, v < b
+        a, fa, c, fc, b, fb = (
+            np.where(better & left, a, np.where(left, v, np.where(better, b, a))),
+            np.where(better & left, fa, np.where(left, fv, np.where(better, fb, fa))),
+            np.where(better & ~left, c, np.where(~left, v, np.where(better, b, c))),
+            np.where(better & ~left, fc, np.where(~left, fv, np.where(better, fb, fc))),
+            np.where(better, v, b),
+            np.where(better, fv, fb),
+        )
+    return fb, b
+
+
+def _column_gains(
+    model: DensityModel, X: np.ndarray, columns: list[int], values: np.ndarray, base: np.ndarray
+) -> np.ndarray:
+    """The gain over ``base`` of putting ``values[c]`` (n per column) into column
+    ``columns[c]`` alone (columns × n), in as few ``log_prob`` calls as fit ``CALL_ROWS``."""
+    n = X.shape[0]
+    gain = np.empty((len(columns), n))
+    for group in row_batches(len(columns), CALL_ROWS // max(n, 1)):
+        Z = np.repeat(X[None], group.stop - group.start, axis=0)
+        for c in range(group.start, group.stop):
+            Z[c - group.start, :, columns[c]] = values[c]
+        scores = model.log_prob(Z.reshape(-1, X.shape[1])).reshape(-1, n)
+        gain[group] = scores - base[None]
+    return gain
+
+
+def _gains(
+    model: DensityModel,
+    X: np.ndarray,
+    context: np.ndarray | None,
+    cols: slice,
+    candidates: np.ndarray,
+    base: np.ndarray,
+) -> np.ndarray:
+    """The gain over ``base`` of each candidate (k × n × width) put into ``cols`` (k × n)."""
+    k, n = candidates.shape[:2]
+    gain = np.empty((k, n))
+    for rows in row_batches(n, CALL_ROWS // k):
+        m = rows.stop - rows.start
+        Z = np.repeat(X[None, rows], k, axis=0)
+        Z[:, :, cols] = candidates[:, rows]
+        C = None if context is None else np.tile(context[rows], (k, 1))
+        gain[:, rows] = model.log_prob(Z.reshape(k * m, -1), C).reshape(k, m) - base[None, rows]
+    return gain
+
+
 def _best(
     model: DensityModel,
     X: np.ndarray,
@@ -214,13 +333,7 @@ def _best(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Each row's best gain over ``base`` among ``candidates`` (k × n × width), that
     candidate (n × width) and its index."""
-    k, n = candidates.shape[:2]
-    gain = np.empty((k, n))
-    for rows in row_batches(n, CALL_ROWS // k):
-        m = rows.stop - rows.start
-        Z = np.repeat(X[None, rows], k, axis=0)
-        Z[:, :, cols] = candidates[:, rows]
-        C = None if context is None else np.tile(context[rows], (k, 1))
-        gain[:, rows] = model.log_prob(Z.reshape(k * m, -1), C).reshape(k, m) - base[None, rows]
+    n = candidates.shape[1]
+    gain = _gains(model, X, context, cols, candidates, base)
     arg = gain.argmax(axis=0)
     return gain[arg, np.arange(n)], candidates[arg, np.arange(n)], arg
