@@ -318,7 +318,8 @@ def merge_parts(
 
     ``parts`` may come one at a time as they are scored (``on_workers`` gives them so): under
     ``fpr`` the rows of a split file's parts are copied into one file as each part arrives,
-    while later parts are still being scored, so that no copy is left for after the last."""
+    while later parts are still being scored, so that only the last part's copy is left for
+    after the scoring."""
     per_row = detector.calibrator.rule == "fpr"
     joined = work / "joined.parquet"
     parts, streamed = _collect(parts, joined if per_row else None)
