@@ -225,7 +225,7 @@ def score_part(
         columns = None if first is None else list(first[0].columns)
         copied = passthrough_columns(detector, passthrough, columns)
         schema = output_schema(detector, copied)
-        with pq.ParquetWriter(part.output, schema) as writer:
+        with pq.ParquetWriter(part.output, schema, **_WRITE_OPTIONS) as writer:
             for k, (chunk, unreadable) in enumerate(
                 itertools.chain([first] if first else [], chunks)
             ):
@@ -291,7 +291,7 @@ def score_file(
     try:
         score = functools.partial(score_part, detector, path, work, chunk_rows, passthrough)
         plan = plan_parts(path, chunk_rows, split_rows)
-        parts = [score(None)] if plan == [None] else list(map_parts(score, plan))
+        parts = [score(None)] if plan == [None] else map_parts(score, plan)
         return merge_parts(
             detector, path, out_dir, work, parts, batch_id, chunk_rows, model_version, explain_rows
         )
@@ -304,7 +304,7 @@ def merge_parts(
     path: Path,
     out_dir: Path,
     work: Path,
-    parts: list[Part],
+    parts: Iterable[Part],
     batch_id: str,
     chunk_rows: int,
     model_version: str = "",
@@ -314,18 +314,20 @@ def merge_parts(
     repeated across chunks (of any part) are quarantined, the later copies; ``fdr`` flags over
     the whole batch; the scored and quarantine outputs written and renamed into place; the
     flagged rows explained. The first part's error in file order rejects the batch. ``work``
-    is the batch's scratch folder (see :func:`score_file`)."""
-    starts = [0 if part.rows is None else part.rows.start for part in parts]
-    stops = [0 if part.rows is None else part.rows.stop for part in parts]
-    if starts[1:] != stops[:-1]:
-        msg = f"parts must follow one another in file order, got rows {starts} to {stops}"
-        raise ValueError(msg)
+    is the batch's scratch folder (see :func:`score_file`).
+
+    ``parts`` may come one at a time as they are scored (``on_workers`` gives them so): under
+    ``fpr`` the rows of a split file's parts are copied into one file as each part arrives,
+    while later parts are still being scored, so that only the last part's copy is left for
+    after the scoring."""
+    per_row = detector.calibrator.rule == "fpr"
+    joined = work / "joined.parquet"
+    parts, streamed = _collect(parts, joined if per_row else None)
     failed = next((part for part in parts if part.error), None)
     if failed is not None:
         return BatchSummary(batch_id, str(path), "rejected", error=failed.error)
     output, quarantine_path = output_paths(out_dir, batch_id)
     id_col = detector.preprocessor.features.id
-    per_row = detector.calibrator.rule == "fpr"
     offsets = np.cumsum([0, *(part.n_scored for part in parts)]).tolist()
     n_before = offsets[-1]
     quarantined = [pieces for part in parts for pieces in part.quarantined]
@@ -343,9 +345,8 @@ def merge_parts(
         has_reason = [np.zeros(0, bool), *(r for part in parts for r in part.has_reason)]
         flags = detector.flag(np.concatenate(p_values)[kept], np.concatenate(has_reason)[kept])
     chunk_sums = [s for part in parts for s in part.chunk_sums]
-    n_flagged, chunk_sums = _write_flags(
-        [part.output for part in parts], output, flags, dropped, chunk_sums
-    )
+    scored = [joined] if streamed else [part.output for part in parts]
+    n_flagged, chunk_sums = _write_flags(scored, output, flags, dropped, chunk_sums)
     pieces = [piece for chunk_pieces in quarantined for piece in chunk_pieces]
     quarantine_frame = pd.concat(pieces, ignore_index=True) if pieces else None
     quarantine_output = (
@@ -406,6 +407,35 @@ def merge_parts(
     )
 
 
+def _collect(parts: Iterable[Part], joined: Path | None) -> tuple[list[Part], bool]:
+    """The parts, checked to follow one another in file order, and whether their scored rows
+    were copied into ``joined`` as they came: for more than one part and a ``joined`` path
+    (None: their flags are not final). Every part is waited for, even after one that failed,
+    so that none still writes into the work folder when it is removed."""
+    received: list[Part] = []
+    writer = None
+    try:
+        for part in parts:
+            last = received[-1].rows if received else None
+            if received and (last is None or part.rows is None or part.rows.start != last.stop):
+                rows = [(p.rows.start, p.rows.stop) if p.rows else None for p in received]
+                msg = f"parts must follow one another in file order, got rows {rows} then "
+                raise ValueError(msg + f"{part.rows}")
+            received.append(part)
+            if joined is None or part.rows is None or any(p.error for p in received):
+                continue
+            with pq.ParquetFile(part.output, pre_buffer=False) as source:
+                writer = writer or pq.ParquetWriter(joined, source.schema_arrow, **_WRITE_OPTIONS)
+                for k in range(source.num_row_groups):
+                    table = source.read_row_group(k)
+                    writer.write_table(table, row_group_size=max(table.num_rows, 1))
+            part.output.unlink()
+    finally:
+        if writer is not None:
+            writer.close()
+    return received, writer is not None
+
+
 def _kept(n: int, dropped: np.ndarray) -> np.ndarray:
     """A mask of ``n`` rows without the ``dropped`` positions."""
     kept = np.ones(n, bool)
@@ -437,6 +467,11 @@ def _quarantine_repeated(
         again[REASON] = f"duplicate id in {id_col}: " + again[id_col].astype(str)
         quarantined[k].insert(1 if len(unreadable) else 0, again)
 
+
+#: how scored outputs are written: no dictionary pages. The rows' values are mostly distinct
+#: (ids, scores, numbers), so pyarrow's dictionary tries cost 5–10× the encoding itself and its
+#: fall-back pages end larger than plain ones (issue 18: a merge copies every row once more)
+_WRITE_OPTIONS: dict[str, Any] = {"use_dictionary": False}
 
 #: the score columns of a scored output, after the copied input columns
 SCORE_FIELDS = (
@@ -561,7 +596,7 @@ def _write_flags(
         os.replace(tmps[0], output)
         return n_flagged, chunk_sums
     start, n_flagged, sums = 0, 0, []
-    with pq.ParquetWriter(final, pq.read_schema(tmps[0])) as writer:
+    with pq.ParquetWriter(final, pq.read_schema(tmps[0]), **_WRITE_OPTIONS) as writer:
         for table in _row_groups(tmps):
             stop = start + table.num_rows
             mine = dropped[(dropped >= start) & (dropped < stop)] - start

@@ -1,7 +1,7 @@
 """Scoring speed and memory (BENCHMARK.md, section 2).
 
     python benchmarks/speed.py [--sizes 100000,1000000] [--kinds gaussian,knn] [--threads 2]
-                               [--raw-only] [--work /tmp/anomaly-speed]
+                               [--raw-only] [--no-io] [--work /tmp/anomaly-speed]
                                [--out benchmarks/results/speed.csv]
 
 Data: a synthetic table of N rows × 20 numeric features plus an integer id (seeded: a
@@ -233,10 +233,12 @@ def child_raw(kind: str, model_dir: Path, data: Path, threads: int) -> dict[str,
     return {"raw_rows_s": raw, "peer": peer, "peer_rows_s": peer_rows_s}
 
 
-def child_e2e(model_dir: Path, data: Path, work: Path, threads: int) -> dict[str, Any]:
+def child_e2e(
+    model_dir: Path, data: Path, work: Path, threads: int, io: bool = True
+) -> dict[str, Any]:
     """(b) end-to-end rows/s of score_file + write_batch, (c) this process's peak RSS and (e)
     the bare I/O on the same file, measured just before and just after (b) and averaged, so
-    that both see the same load on a shared machine."""
+    that both see the same load on a shared machine (not with ``io`` False)."""
     import pandas as pd
     import torch
 
@@ -269,17 +271,18 @@ def child_e2e(model_dir: Path, data: Path, work: Path, threads: int) -> dict[str
 
     run(warm)
     bare_io(warm, work / "io.parquet")
-    io_before = io_seconds()
-    start = time.perf_counter()
+    io_before = io_seconds() if io else np.nan
+    start, cpu = time.perf_counter(), time.process_time()
     summary = run(data)
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB → MiB on Linux
-    io_after = io_seconds()
+    io_after = io_seconds() if io else np.nan
     shutil.rmtree(work, ignore_errors=True)
     return {
         "io_rows_s": summary.rows_in / ((io_before + io_after) / 2),
         "e2e_rows_s": summary.rows_in / seconds,
         "e2e_seconds": seconds,
+        "e2e_cpu_seconds": cpu,
         "explain_seconds": summary.explain_seconds,
         "e2e_no_explain_rows_s": summary.rows_in / (seconds - summary.explain_seconds),
         "peak_rss_mb": peak,
@@ -372,6 +375,7 @@ def main() -> None:
     parser.add_argument("--kinds", default=",".join(DEFAULT_KINDS))
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--raw-only", action="store_true", help="measure (a) and (d) only")
+    parser.add_argument("--no-io", action="store_true", help="skip (e), the bare I/O passes")
     parser.add_argument("--work", default="/tmp/anomaly-speed")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "speed.csv"))
     parser.add_argument("--child", choices=["fit", "raw", "e2e"], help=argparse.SUPPRESS)
@@ -388,7 +392,8 @@ def main() -> None:
         elif args.child == "raw":
             result = child_raw(args.kind, model_dir, Path(args.data), args.threads)
         else:
-            result = child_e2e(model_dir, Path(args.data), work / f"e2e-{args.kind}", args.threads)
+            e2e_work = work / f"e2e-{args.kind}"
+            result = child_e2e(model_dir, Path(args.data), e2e_work, args.threads, not args.no_io)
         print(json.dumps(result))
         return
 
@@ -419,6 +424,7 @@ def main() -> None:
             e2e = {}
             if not args.raw_only:
                 child = ["--child", "e2e", "--kind", kind, "--work", str(work)]
+                child += ["--no-io"] if args.no_io else []
                 e2e = _in_child([*child, "--data", str(files[n])], args.threads)
             row = {"kind": kind, "n_rows": n, "threads": args.threads, **raw, **e2e}
             row["e2e_over_raw"] = row.get("e2e_rows_s", np.nan) / row.get("raw_rows_s", np.nan)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -61,14 +61,17 @@ def score_batch(
     return summary.to_dict()
 
 
-def on_workers(function: Callable[[T], R], items: list[T]) -> list[R]:
+def on_workers(function: Callable[[T], R], items: list[T]) -> Iterator[R]:
     """``function`` over ``items`` as tasks of the Dask cluster this task runs on, results in
-    order. The calling task leaves its worker's thread pool while it waits, so that its own
-    worker scores parts too (no deadlock on a cluster of one single-threaded worker)."""
+    order, each as soon as it and those before it are done (the merge copies a part while the
+    next ones are scored). The calling task leaves its worker's thread pool while it waits, so
+    that its own worker scores parts too (no deadlock on a cluster of one single-threaded
+    worker)."""
     from distributed import worker_client
 
     with worker_client() as client:
-        return client.gather(client.map(function, items, pure=False))
+        for future in client.map(function, items, pure=False):
+            yield future.result()
 
 
 #: batches scored at once by one flow run (threads): scoring is CPU-bound, and each batch holds

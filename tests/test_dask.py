@@ -178,7 +178,7 @@ def test_split_file_faults_on_dask_leave_exactly_once(tmp_path):
     unsplit run leaves (the faults in the merge, with real kills: tests/test_faults.py)."""
     top, uri = trained_champion(tmp_path)
     clean = load_config(write_config(top / "clean", uri, top / "train.parquet"))
-    make_inbox(top / "clean" / "inbox")
+    make_inbox(top / "clean" / "inbox", n_parquet=1)  # one batch split in 3 parts is enough
     score_batches(clean, pending_batches(clean))
     expected = snapshot(clean, top / "clean")
 
@@ -211,7 +211,7 @@ def test_split_file_faults_on_dask_leave_exactly_once(tmp_path):
             config = load_config(
                 write_config(root, uri, top / "train.parquet", split_rows=SPLIT_PARTS)
             )
-            make_inbox(root / "inbox")
+            make_inbox(root / "inbox", n_parquet=1)
             fault = faulty(mode, root / "fault-fired")
             if mode == "raise":
                 with pytest.raises(RuntimeError, match="injected fault"):
