@@ -94,10 +94,26 @@ def _prefect(home: Path) -> Iterator[None]:
 
     _prefect_defaults(home)
     try:
-        with api_for_command(home):
+        with api_for_command(home), _no_heartbeats():
             yield
     except ServerError as exc:
         raise _fail(str(exc)) from exc
+
+
+@contextlib.contextmanager
+def _no_heartbeats() -> Iterator[None]:
+    """The flow runs of a one-shot command send no heartbeats (unless
+    PREFECT_FLOWS_HEARTBEAT_FREQUENCY is set): Prefect's heartbeat thread sleeps in one-second
+    steps and a finished run waits for it, up to a second per run (issue 14). Heartbeats feed
+    only a zombie-run automation, which nothing here sets up; a killed command's batches are
+    recovered by the inbox claims."""
+    if "PREFECT_FLOWS_HEARTBEAT_FREQUENCY" in os.environ:
+        yield
+        return
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        yield
 
 
 def _files(option: str, paths: list[Path]) -> None:
