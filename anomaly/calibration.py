@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import numpy as np
-from scipy.stats import betabinom
+from scipy.special import betaln
 
 Rule = Literal["fpr", "fdr"]
 RULES: tuple[str, ...] = get_args(Rule)
@@ -153,10 +153,12 @@ class Calibrator:
         if n == 0:
             return ShiftCheck(0.0, float(self.alpha), 1.0, False)
         a = math.floor(self.alpha * (self.n_cal_ + 1))
-        if a == 0:  # the rule cannot flag normal rows at all
-            p_value = 1.0 if k == 0 else 0.0
+        if k == 0:  # P(K ≥ 0)
+            p_value = 1.0
+        elif a == 0:  # the rule cannot flag normal rows at all
+            p_value = 0.0
         else:
-            p_value = float(betabinom.sf(k - 1, n, a, self.n_cal_ + 1 - a))
+            p_value = beta_binomial_sf(k - 1, n, a, self.n_cal_ + 1 - a)
         return ShiftCheck(k / n, float(self.alpha), p_value, p_value < self.shift_pvalue)
 
     # ------------------------------------------------------------------ persistence
@@ -229,6 +231,16 @@ class Calibrator:
 
             msg = "this Calibrator is not fitted yet: call fit(calibration_scores) first"
             raise NotFittedError(msg)
+
+
+def beta_binomial_sf(k: int, n: int, a: float, b: float) -> float:
+    """P(K > k) for K ~ BetaBinomial(n, a, b), 0 ≤ k < n, computed as
+    ``scipy.stats.betabinom.sf`` computes it (one minus the pmf summed up to k; the same
+    numbers), without importing scipy.stats: that costs a command half a second (issue 14)."""
+    m = np.arange(k + 1, dtype=np.float64)
+    log_choose = -np.log(n + 1) - betaln(n - m + 1, m + 1)
+    log_pmf = log_choose + betaln(m + a, n - m + b) - betaln(a, b)
+    return float(np.clip(1.0 - np.sum(np.exp(log_pmf), axis=0), 0.0, 1.0))
 
 
 def benjamini_hochberg(p_values: np.ndarray, alpha: float) -> np.ndarray:

@@ -6,10 +6,10 @@ import warnings
 
 import numpy as np
 import pytest
-from scipy.stats import false_discovery_control
+from scipy.stats import betabinom, false_discovery_control
 from sklearn.exceptions import NotFittedError
 
-from anomaly.calibration import Calibrator, ShiftCheck
+from anomaly.calibration import Calibrator, ShiftCheck, beta_binomial_sf
 
 
 def fitted(cal: np.ndarray, **kwargs) -> Calibrator:
@@ -238,6 +238,16 @@ def test_shift_alarm():
         cal.shift_alarm(-1, 10)
     with pytest.raises(TypeError):
         cal.shift_alarm(1.5, 10)
+
+
+@pytest.mark.parametrize("n", [1, 10, 1_000, 100_000])
+def test_beta_binomial_sf_gives_scipys_numbers(n):
+    """The shift test's tail probability, computed without importing scipy.stats, is the
+    number ``scipy.stats.betabinom.sf`` gives, to the last bit."""
+    rng = np.random.default_rng(n)
+    for a, b in [(1, 100), (3, 297), (50, 4951), (7, 2)]:
+        for k in {0, n - 1, n // 2, *rng.integers(0, n, 10).tolist()}:
+            assert beta_binomial_sf(k, n, a, b) == float(betabinom.sf(k, n, a, b)), (k, n, a, b)
 
 
 def test_shift_alarm_fdr_rule_uses_alpha():

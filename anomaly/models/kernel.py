@@ -22,19 +22,25 @@ Scoring is exact (no truncation of the kernel sum). The log-kernel of centre i a
 is one inner product of the augmented vectors [q, |q|², 1] and [c_i/h_i², −1/(2h_i²), …], so a
 block of queries costs one float32 matrix product and one in-place log-sum-exp, in blocks small
 enough to stay in cache.
+
+Fitting computes with torch (imported by ``fit``); a fitted model holds numpy arrays and scores,
+explains and samples with numpy alone, so loading and scoring a saved model never imports torch
+(it costs a command a second or more to import; issue 14).
 """
 
 from __future__ import annotations
 
 from numbers import Integral, Real
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-import torch
 
 from anomaly.models import replacement
 from anomaly.models.base import LOG_2PI, DensityModel, nonzero_scale
 from anomaly.models.constraints import Interval, SequenceOf, Table
+
+if TYPE_CHECKING:
+    import torch
 
 #: a distance block holds at most this many entries (float32: 64 MB)
 BLOCK_ENTRIES = 16_000_000
@@ -76,29 +82,47 @@ def log_theta(t: np.ndarray) -> np.ndarray:
     return np.where(t >= 2.0, direct, dual)
 
 
-def _mixture_log_prob(d2: torch.Tensor, log_norm: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+def _mixture_log_prob(d2: torch.Tensor, log_norm: np.ndarray, h: torch.Tensor) -> torch.Tensor:
     """log 1/n Σ_i k_i(x) from squared distances d2 (rows × centres), the kernels' widths h and
     log normalising constants (see ``_KernelMixture._log_normaliser``)."""
+    import torch
+
     log_kernel = d2 * (-0.5 / (h * h))[None, :]
-    log_kernel -= log_norm[None, :].to(log_kernel.dtype)
+    log_kernel -= torch.from_numpy(log_norm)[None, :].to(log_kernel.dtype)
     return torch.logsumexp(log_kernel, dim=1) - np.log(h.shape[0])
 
 
-def _augmented_centres(
-    centres: torch.Tensor, h: torch.Tensor, log_norm: torch.Tensor
-) -> torch.Tensor:
-    """(d + 2) × n matrix A with [q, |q|², 1] @ A = the log-kernels −|q − c|²/(2h²) − log Z_i."""
+def _augmented_centres(centres: np.ndarray, h: np.ndarray, log_norm: np.ndarray) -> np.ndarray:
+    """(d + 2) × n matrix A with [q, |q|², 1] @ A = the log-kernels −|q − c|²/(2h²) − log Z_i
+    (float32, like ``centres`` and ``h``)."""
     w = 1.0 / (h * h)
     rows = [
         centres * w[:, None],
         (-0.5 * w)[:, None],
-        (-0.5 * w * (centres * centres).sum(1) - log_norm.to(centres.dtype))[:, None],
+        (-0.5 * w * (centres * centres).sum(1) - log_norm.astype(centres.dtype))[:, None],
     ]
-    return torch.cat(rows, dim=1).T.contiguous()
+    return np.ascontiguousarray(np.concatenate(rows, axis=1).T)
+
+
+def _augmented_queries(Q: np.ndarray) -> np.ndarray:
+    """[q, |q|², 1] per row of Q (float32)."""
+    return np.concatenate([Q, (Q * Q).sum(1, keepdims=True), np.ones((len(Q), 1), Q.dtype)], 1)
+
+
+def _largest(a: np.ndarray, k: int, sort: bool = False) -> np.ndarray:
+    """The indices of the ``k`` largest entries along ``a``'s last axis (largest first when
+    ``sort``)."""
+    idx = np.argpartition(a, a.shape[-1] - k, axis=-1)[..., a.shape[-1] - k :]
+    if sort:
+        order = np.argsort(-np.take_along_axis(a, idx, -1), axis=-1, kind="stable")
+        idx = np.take_along_axis(idx, order, -1)
+    return idx
 
 
 def kth_neighbour_distance(C: torch.Tensor, k: int) -> torch.Tensor:
     """Distance from each row of C to its k-th nearest other row."""
+    import torch
+
     k = min(k, C.shape[0] - 1)
     norms = (C * C).sum(1)
     out = []
@@ -136,6 +160,8 @@ class _KernelMixture(DensityModel):
 
     def _prepare(self, X: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Set the per-feature scale and return (fit-part, held-out) whitened tensors."""
+        import torch
+
         # centre as well as scale: the |q|² + |c|² − 2q·c distance loses all float32
         # precision when the data sit far from the origin
         self.loc_ = X.mean(axis=0)
@@ -150,43 +176,46 @@ class _KernelMixture(DensityModel):
         self._all = Z
         return Z[order[n_held:][:MAX_SELECTION_CENTRES]], Z[order[:n_held]]
 
-    def _log_normaliser(self, h: torch.Tensor) -> torch.Tensor:
+    def _log_normaliser(self, h: np.ndarray) -> np.ndarray:
         """Per kernel: log of its normalising constant in whitened units, (log h + ½ log 2π)
         per continuous column plus log Z(step/h) per lattice column (float64)."""
-        width = h.double().numpy()
+        width = np.asarray(h, dtype=np.float64)
         steps = self.cell_widths_ / self.scale_
         out = int((steps == 0).sum()) * (np.log(width) + 0.5 * LOG_2PI)
         for step, count in zip(*np.unique(steps[steps > 0], return_counts=True), strict=True):
             out = out + count * log_theta(step / width)
-        return torch.from_numpy(out)
+        return out
 
     def _heldout_d2(self, fit_part: torch.Tensor, held: torch.Tensor) -> torch.Tensor:
         return _sq_distances(held, fit_part, (fit_part * fit_part).sum(1))
 
-    def _set_centres(self, centres: torch.Tensor, bandwidths: torch.Tensor) -> None:
-        self.centres_ = centres
-        self.bandwidths_ = bandwidths.clamp_min(self.min_bandwidth)
+    def _set_centres(self, centres: np.ndarray, bandwidths: np.ndarray) -> None:
+        """The fitted state: whitened centres and their widths (float32 numpy arrays)."""
+        self.centres_ = np.asarray(centres, dtype=np.float32)
+        self.bandwidths_ = np.maximum(np.asarray(bandwidths, dtype=np.float32), self.min_bandwidth)
         log_norm = self._log_normaliser(self.bandwidths_)
-        self._augmented = _augmented_centres(centres, self.bandwidths_, log_norm)
+        self._augmented = _augmented_centres(self.centres_, self.bandwidths_, log_norm)
 
     def _log_prob(self, X: np.ndarray) -> np.ndarray:
         n = self.centres_.shape[0]
-        Q = torch.from_numpy(((X - self.loc_) / self.scale_).astype(np.float32))
+        Q = ((X - self.loc_) / self.scale_).astype(np.float32)
         step = max(1, SCORE_BLOCK_ENTRIES // n)
-        out = torch.empty(Q.shape[0])
-        block = torch.empty(min(step, Q.shape[0]), n)
-        with torch.inference_mode():
+        out = np.empty(Q.shape[0])
+        block = np.empty((min(step, Q.shape[0]), n), dtype=np.float32)
+        # a row beyond float32's range overflows to a NaN score: log_prob maps it to the floor
+        with np.errstate(over="ignore", invalid="ignore"):
             for start in range(0, Q.shape[0], step):
-                q = Q[start : start + step]
-                qa = torch.cat([q, (q * q).sum(1, keepdim=True), torch.ones(len(q), 1)], dim=1)
-                log_kernel = torch.mm(qa, self._augmented, out=block[: len(q)])
-                top = log_kernel.amax(1, keepdim=True)
-                # clamp: exp below e^-80 would be a (slow) subnormal float; the error is ≤ n·e^-80
-                log_kernel.sub_(top).clamp_min_(-80.0).exp_()
-                out[start : start + step] = log_kernel.sum(1).log_() + top[:, 0]
+                qa = _augmented_queries(Q[start : start + step])
+                log_kernel = np.matmul(qa, self._augmented, out=block[: len(qa)])
+                top = log_kernel.max(1, keepdims=True)
+                log_kernel -= top
+                # clamp: exp below e^-80 is a (slow) subnormal float; the error is ≤ n·e^-80
+                np.maximum(log_kernel, -80.0, out=log_kernel)
+                np.exp(log_kernel, out=log_kernel)
+                out[start : start + step] = np.log(log_kernel.sum(1)) + top[:, 0]
         # densities in X's units on continuous columns; lattice columns are probabilities
         constant = np.log(n) + np.log(self.scale_[self.cell_widths_ == 0]).sum()
-        return out.double().numpy() - constant
+        return out - constant
 
     def _conditional_mixtures(
         self, X: np.ndarray, columns: list[int]
@@ -203,36 +232,34 @@ class _KernelMixture(DensityModel):
         n, d = X.shape
         m = min(replacement.MODE_COMPONENTS, centres.shape[0])
         short, short_extreme = (min(k, centres.shape[0]) for k in (SHORTLIST, SHORTLIST_EXTREME))
-        Q = torch.from_numpy(((X - self.loc_) / self.scale_).astype(np.float32))
+        Q = ((X - self.loc_) / self.scale_).astype(np.float32)
         half_w = 0.5 / (h * h)
         at = np.array(columns)
         log_w, means, variances = (np.empty((len(at), n, m)) for _ in range(3))
-        with torch.inference_mode():
+        with np.errstate(over="ignore", invalid="ignore"):  # as in _log_prob
             for rows in replacement.row_batches(n, SCORE_BLOCK_ENTRIES // centres.shape[0]):
                 q = Q[rows]
-                qa = torch.cat([q, (q * q).sum(1, keepdim=True), torch.ones(len(q), 1)], dim=1)
-                log_kernel = qa @ self._augmented  # −|q − c|²/(2h²) − log Z_i
-                found = [torch.topk(log_kernel, short, dim=1).indices]
-                outlying = q.abs().topk(min(EXTREME, d), dim=1).indices
-                for e in range(outlying.shape[1]):
-                    j = outlying[:, e : e + 1]
-                    rest = log_kernel + half_w * (q.gather(1, j) - centres.T[j[:, 0]]) ** 2
-                    found.append(torch.topk(rest, short_extreme, dim=1).indices)
-                idx = torch.cat(found, dim=1).sort(dim=1).values
-                repeated = torch.zeros_like(idx, dtype=torch.bool)
+                r = np.arange(len(q))[:, None]
+                log_kernel = _augmented_queries(q) @ self._augmented  # −|q − c|²/(2h²) − log Z_i
+                found = [_largest(log_kernel, short)]
+                for j in _largest(np.abs(q), min(EXTREME, d)).T:
+                    rest = log_kernel + half_w * (q[r[:, 0], j][:, None] - centres.T[j]) ** 2
+                    found.append(_largest(rest, short_extreme))
+                idx = np.sort(np.concatenate(found, axis=1), axis=1)
+                repeated = np.zeros(idx.shape, dtype=bool)
                 repeated[:, 1:] = idx[:, 1:] == idx[:, :-1]
                 # per shortlisted centre and column: log k_i(x) + (x_j − c_ij)²/(2h_i²)
-                near = centres[idx][:, :, at].transpose(1, 2)  # rows × columns × shortlist
+                near = centres[idx][:, :, at].transpose(0, 2, 1)  # rows × columns × shortlist
                 w = half_w[idx][:, None, :]
-                rest = log_kernel.gather(1, idx).masked_fill_(repeated, -torch.inf)
+                rest = np.where(repeated, -np.inf, log_kernel[r, idx])
                 rest = rest[:, None, :] + w * (q[:, at, None] - near) ** 2
-                top, pick = torch.topk(rest, m, dim=2)  # rows × columns × m
-                var = (0.5 / w.expand(-1, len(at), -1).gather(2, pick)).double().numpy()
+                pick = _largest(rest, m, sort=True)  # rows × columns × m, largest first
+                top = np.take_along_axis(rest, pick, 2).astype(np.float64)
+                var = 0.5 / np.take_along_axis(np.broadcast_to(w, rest.shape), pick, 2)
+                var = var.astype(np.float64)
                 # exp(top) = weight × √(2π h²) of the normalised N(v; c_ij, h_i²)
-                log_w[:, rows] = (top.double().numpy() + 0.5 * np.log(2 * np.pi * var)).swapaxes(
-                    0, 1
-                )
-                means[:, rows] = near.gather(2, pick).double().numpy().swapaxes(0, 1)
+                log_w[:, rows] = (top + 0.5 * np.log(2 * np.pi * var)).swapaxes(0, 1)
+                means[:, rows] = np.take_along_axis(near, pick, 2).swapaxes(0, 1)
                 variances[:, rows] = var.swapaxes(0, 1)
         scale, loc = self.scale_[at], self.loc_[at]
         return [
@@ -242,8 +269,8 @@ class _KernelMixture(DensityModel):
 
     def _sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
         idx = rng.integers(0, self.centres_.shape[0], n)
-        centres = self.centres_.double().numpy()[idx]
-        h = self.bandwidths_.double().numpy()[idx]
+        centres = self.centres_.astype(np.float64)[idx]
+        h = self.bandwidths_.astype(np.float64)[idx]
         Z = centres + h[:, None] * rng.standard_normal(centres.shape)
         steps = self.cell_widths_ / self.scale_
         for j in np.flatnonzero(steps > 0):  # a discrete Gaussian on the lattice
@@ -254,13 +281,13 @@ class _KernelMixture(DensityModel):
         return {
             "loc": self.loc_,
             "scale": self.scale_,
-            "centres": self.centres_.numpy(),
-            "bandwidths": self.bandwidths_.numpy(),
+            "centres": self.centres_,
+            "bandwidths": self.bandwidths_,
         }
 
     def _load_state(self, state: dict[str, np.ndarray], fitted: dict[str, Any]) -> None:
         self.loc_, self.scale_ = state["loc"], state["scale"]
-        self._set_centres(torch.from_numpy(state["centres"]), torch.from_numpy(state["bandwidths"]))
+        self._set_centres(state["centres"], state["bandwidths"])
         for key, value in fitted.items():
             setattr(self, key, value)
 
@@ -294,7 +321,7 @@ class KDE(_KernelMixture):
     >>> X = np.random.default_rng(0).normal(size=(300, 2))
     >>> model = create("kde", max_points=200).fit(X)
     >>> model.centres_.shape, model.log_prob(X[:4]).shape
-    (torch.Size([200, 2]), (4,))
+    ((200, 2), (4,))
     """
 
     kind = "kde"
@@ -315,6 +342,8 @@ class KDE(_KernelMixture):
         self.min_bandwidth = min_bandwidth
 
     def _fit(self, X: np.ndarray) -> None:
+        import torch
+
         fit_part, held = self._prepare(X)
         n, dim = self._all.shape
         if self.bandwidth is not None:
@@ -326,12 +355,12 @@ class KDE(_KernelMixture):
             scores = []
             for h in grid:
                 hs = torch.full((fit_part.shape[0],), h)
-                lp = _mixture_log_prob(d2, self._log_normaliser(hs), hs)
+                lp = _mixture_log_prob(d2, self._log_normaliser(hs.numpy()), hs)
                 scores.append(lp.mean().item())
             best = float(grid[int(np.argmax(scores))])
             # the optimal bandwidth shrinks as n^(-1/(d+4)); rescale to all n rows
             self.bandwidth_ = best * (fit_part.shape[0] / n) ** (1.0 / (dim + 4))
-        self._set_centres(self._all, torch.full((n,), self.bandwidth_))
+        self._set_centres(self._all.numpy(), np.full(n, self.bandwidth_, dtype=np.float32))
         del self._all
 
     def _fitted_json(self) -> dict[str, Any]:
@@ -369,7 +398,7 @@ class KNN(_KernelMixture):
     >>> X = np.random.default_rng(0).normal(size=(300, 2))
     >>> model = create("knn", k=10).fit(X)
     >>> model.k_, model.bandwidths_.shape, model.log_prob(X[:4]).shape
-    (10, torch.Size([300]), (4,))
+    (10, (300,), (4,))
     """
 
     kind = "knn"
@@ -405,12 +434,12 @@ class KNN(_KernelMixture):
             dk = kth_neighbour_distance(fit_part, k)
             for a in alphas:
                 h = (float(a) * dk).clamp_min(self.min_bandwidth)
-                score = _mixture_log_prob(d2, self._log_normaliser(h), h).mean().item()
+                score = _mixture_log_prob(d2, self._log_normaliser(h.numpy()), h).mean().item()
                 if score > best[0]:
                     best = (score, k, a)
         self.k_, self.alpha_ = int(best[1]), float(best[2])
         dk_all = kth_neighbour_distance(self._all, self.k_)
-        self._set_centres(self._all, self.alpha_ * dk_all)
+        self._set_centres(self._all.numpy(), (self.alpha_ * dk_all).numpy())
         del self._all
 
     def _fitted_json(self) -> dict[str, Any]:
