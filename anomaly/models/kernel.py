@@ -311,7 +311,7 @@ class KDE(_KernelMixture):
     ----------
     bandwidth_ : float
         The kernel width used (standard deviations).
-    centres_ : Tensor of shape (n_centres, n_features)
+    centres_ : ndarray of shape (n_centres, n_features), float32
         The kernel centres, standardised.
 
     Examples
@@ -388,7 +388,7 @@ class KNN(_KernelMixture):
     ----------
     k_, alpha_ : int, float
         The k and α used.
-    bandwidths_ : Tensor of shape (n_centres,)
+    bandwidths_ : ndarray of shape (n_centres,), float32
         Each centre's kernel width (standard deviations).
 
     Examples

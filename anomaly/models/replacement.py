@@ -230,8 +230,7 @@ def _categories(
     model: DensityModel, X: np.ndarray, context: np.ndarray | None, b: Block, base: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     candidates = np.eye(b.stop - b.start)[:, None, :].repeat(X.shape[0], axis=1)
-    top, best, _ = _best(model, X, context, slice(b.start, b.stop), candidates, base)
-    return top, best
+    return _best(model, X, context, slice(b.start, b.stop), candidates, base)
 
 
 def _refine(
@@ -330,10 +329,10 @@ def _best(
     cols: slice,
     candidates: np.ndarray,
     base: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Each row's best gain over ``base`` among ``candidates`` (k × n × width), that
-    candidate (n × width) and its index."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's best gain over ``base`` among ``candidates`` (k × n × width) and that
+    candidate (n × width)."""
     n = candidates.shape[1]
     gain = _gains(model, X, context, cols, candidates, base)
     arg = gain.argmax(axis=0)
-    return gain[arg, np.arange(n)], candidates[arg, np.arange(n)], arg
+    return gain[arg, np.arange(n)], candidates[arg, np.arange(n)]
