@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from anomaly.models import replacement
-from anomaly.models.base import LOG_2PI, DensityModel, nonzero_scale
+from anomaly.models.base import LOG_2PI, Block, DensityModel, nonzero_scale
 from anomaly.models.constraints import Interval, SequenceOf, Table
 
 if TYPE_CHECKING:
@@ -50,12 +50,17 @@ SCORE_BLOCK_ENTRIES = 2_000_000
 #: adaptive bandwidth α·d_k is scale-free in n, and the fixed one is rescaled to all rows
 MAX_HELDOUT = 1_000
 MAX_SELECTION_CENTRES = 5_000
-#: explanations: the centres shortlisted per row, the ``SHORTLIST`` heaviest kernels and the
-#: ``SHORTLIST_EXTREME`` heaviest without each of the row's ``EXTREME`` most outlying columns
-#: (see ``_conditional_mixtures``)
-SHORTLIST = 256
-SHORTLIST_EXTREME = 64
-EXTREME = 3
+#: explanations (``_conditional_modes``): a kernel is dropped from x_j's conditional mixture
+#: when its weight is below e^-TRUNCATION / n of the row's own density, so the gains are exact
+#: to TRUNCATION_NATS; the bound that finds those kernels drops GROUP_COLUMNS columns at a time
+#: and allows ROUNDING_FACTOR times the float32 rounding bound of the scoring product
+TRUNCATION = 14.0
+TRUNCATION_NATS = 1e-6  # ≥ log(1 + e^-TRUNCATION) = 8.3e-7
+GROUP_COLUMNS = 4
+ROUNDING_FACTOR = 4.0
+#: the modes are looked for on the kernels within MODE_RANGE nats of the highest (the others
+#: move them by under e^-MODE_RANGE); the best is then scored on every kept kernel
+MODE_RANGE = 12.0
 
 
 def _sq_distances(Q: torch.Tensor, C: torch.Tensor, c_norms: torch.Tensor) -> torch.Tensor:
@@ -109,14 +114,43 @@ def _augmented_queries(Q: np.ndarray) -> np.ndarray:
     return np.concatenate([Q, (Q * Q).sum(1, keepdims=True), np.ones((len(Q), 1), Q.dtype)], 1)
 
 
-def _largest(a: np.ndarray, k: int, sort: bool = False) -> np.ndarray:
-    """The indices of the ``k`` largest entries along ``a``'s last axis (largest first when
-    ``sort``)."""
-    idx = np.argpartition(a, a.shape[-1] - k, axis=-1)[..., a.shape[-1] - k :]
-    if sort:
-        order = np.argsort(-np.take_along_axis(a, idx, -1), axis=-1, kind="stable")
-        idx = np.take_along_axis(idx, order, -1)
-    return idx
+def _starts(segment: np.ndarray) -> np.ndarray:
+    """Where each run of equal values of ``segment`` (sorted) starts."""
+    return np.flatnonzero(np.r_[True, segment[1:] != segment[:-1]])
+
+
+def _segment_logsumexp(values: np.ndarray, segment: np.ndarray) -> np.ndarray:
+    """log Σ exp(values) per segment (``segment`` sorted, every segment 0..max present)."""
+    starts = _starts(segment)
+    top = np.maximum.reduceat(values, starts)
+    return top + np.log(np.add.reduceat(np.exp(values - top[segment]), starts))
+
+
+def _padded(
+    r: np.ndarray,
+    rows: int,
+    width: int,
+    log_a: np.ndarray,
+    centre: np.ndarray,
+    precision: np.ndarray,
+    scale: float,
+    loc: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The whitened mixtures Σ exp(log_a) N(v; centre, 1/precision) of the pairs of each row r
+    (sorted) as rows × ``width`` arrays (log weights −∞ beyond a row's own), in the column's
+    units (``scale``, ``loc``), with ``replacement.mixture_log_density``'s convention (its
+    log-density is the whitened one − log ``scale``)."""
+    counts = np.bincount(r, minlength=rows)
+    position = np.arange(len(r)) - (np.cumsum(counts) - counts)[r]
+    log_w, means, variances = (
+        np.full((rows, width), -np.inf),
+        np.zeros((rows, width)),
+        np.ones((rows, width)),
+    )
+    log_w[r, position] = log_a - 0.5 * np.log(precision)
+    means[r, position] = centre * scale + loc
+    variances[r, position] = scale**2 / precision
+    return log_w, means, variances
 
 
 def kth_neighbour_distance(C: torch.Tensor, k: int) -> torch.Tensor:
@@ -217,55 +251,121 @@ class _KernelMixture(DensityModel):
         constant = np.log(n) + np.log(self.scale_[self.cell_widths_ == 0]).sum()
         return out - constant
 
-    def _conditional_mixtures(
+    def _mixture_replacements(self, X: np.ndarray, layout: list[Block]) -> replacement.Gains:
+        return replacement.columnwise(self, X, layout, self._conditional_modes)
+
+    def _conditional_modes(
         self, X: np.ndarray, columns: list[int]
-    ) -> list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
-        """x_j given x_-j, per column j: the kernels' 1-D factors N(x_j; c_ij, h_i²) weighted
-        by the rest of each kernel at x_-j, exp(log k_i(x) + (x_j − c_ij)²/(2h_i²)). Only the
-        ``replacement.MODE_COMPONENTS`` heaviest are kept (their mode is then scored exactly),
-        and they are looked for among a per-row shortlist of centres, not all of them: the
-        ``SHORTLIST`` heaviest kernels at x, and the ``SHORTLIST_EXTREME`` heaviest at x
-        without each of its ``EXTREME`` most outlying columns (whose term outweighs the others
-        in log k_i(x)), so no column needs a pass over every centre. One scoring product serves
-        every column."""
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Per column j of ``columns`` and row x: the best mode v of x_j given x_-j and its gain
+        log p(x with x_j := v) − log p(x) (columns × rows each), to within ``TRUNCATION_NATS``.
+
+        p(x with x_j := v) = 1/n Σ_i exp(a_ij) N(v; c_ij, h_i²) (whitened), a_ij = log k_i(x)
+        + (x_j − c_ij)²/(2h_i²) the rest of kernel i at x_-j: a 1-D mixture over every centre.
+        A kernel whose a_ij is below log p(x) − log n − ``TRUNCATION`` (a kernel below that
+        level adds under e^-TRUNCATION of any gain's density, whatever v) is dropped; it is
+        found without a_ij: for j in a group g of ``GROUP_COLUMNS`` columns, a_ij ≤ log k_i(x)
+        + Σ_{l ∈ g} (x_l − c_il)²/(2h_i²), the kernel without all of g, one float32 product per
+        group (its rounding is bounded and allowed for). The kept kernels, a few hundred of
+        n, are recomputed in float64; the mixture's modes (``replacement.mixture_modes``) are
+        compared and the best is scored on that same mixture, and the row's own density over
+        the kernels above the same level."""
         centres, h = self.centres_, self.bandwidths_
-        n, d = X.shape
-        m = min(replacement.MODE_COMPONENTS, centres.shape[0])
-        short, short_extreme = (min(k, centres.shape[0]) for k in (SHORTLIST, SHORTLIST_EXTREME))
-        Q = ((X - self.loc_) / self.scale_).astype(np.float32)
-        half_w = 0.5 / (h * h)
-        at = np.array(columns)
-        log_w, means, variances = (np.empty((len(at), n, m)) for _ in range(3))
-        with np.errstate(over="ignore", invalid="ignore"):  # as in _log_prob
-            for rows in replacement.row_batches(n, SCORE_BLOCK_ENTRIES // centres.shape[0]):
-                q = Q[rows]
-                r = np.arange(len(q))[:, None]
-                log_kernel = _augmented_queries(q) @ self._augmented  # −|q − c|²/(2h²) − log Z_i
-                found = [_largest(log_kernel, short)]
-                for j in _largest(np.abs(q), min(EXTREME, d)).T:
-                    rest = log_kernel + half_w * (q[r[:, 0], j][:, None] - centres.T[j]) ** 2
-                    found.append(_largest(rest, short_extreme))
-                idx = np.sort(np.concatenate(found, axis=1), axis=1)
-                repeated = np.zeros(idx.shape, dtype=bool)
-                repeated[:, 1:] = idx[:, 1:] == idx[:, :-1]
-                # per shortlisted centre and column: log k_i(x) + (x_j − c_ij)²/(2h_i²)
-                near = centres[idx][:, :, at].transpose(0, 2, 1)  # rows × columns × shortlist
-                w = half_w[idx][:, None, :]
-                rest = np.where(repeated, -np.inf, log_kernel[r, idx])
-                rest = rest[:, None, :] + w * (q[:, at, None] - near) ** 2
-                pick = _largest(rest, m, sort=True)  # rows × columns × m, largest first
-                top = np.take_along_axis(rest, pick, 2).astype(np.float64)
-                var = 0.5 / np.take_along_axis(np.broadcast_to(w, rest.shape), pick, 2)
-                var = var.astype(np.float64)
-                # exp(top) = weight × √(2π h²) of the normalised N(v; c_ij, h_i²)
-                log_w[:, rows] = (top + 0.5 * np.log(2 * np.pi * var)).swapaxes(0, 1)
-                means[:, rows] = np.take_along_axis(near, pick, 2).swapaxes(0, 1)
-                variances[:, rows] = var.swapaxes(0, 1)
-        scale, loc = self.scale_[at], self.loc_[at]
-        return [
-            (j, log_w[c], means[c] * scale[c] + loc[c], variances[c] * scale[c] ** 2)
-            for c, j in enumerate(columns)
-        ]
+        n, d = centres.shape
+        at = np.asarray(columns)
+        w = 1.0 / h.astype(np.float64) ** 2  # each kernel's precision (whitened)
+        log_norm = self._log_normaliser(h)
+        exact = centres.astype(np.float64)
+        groups = [at[k : k + GROUP_COLUMNS] for k in range(0, len(at), GROUP_COLUMNS)]
+        # [q_g, |q_g|², 1] @ ... = −|q_g − c_g|²/(2h²), the group's part of log k_i(q)
+        parts = [_augmented_centres(centres[:, g], h, np.zeros(n)) for g in groups]
+        # float32 rounding of a log-kernel at q: under (d + 2)·2⁻²⁴·Σ|terms|, with
+        # Σ|terms| ≤ (a|q|² + 2b|q| + c)/2; ROUNDING_FACTOR times that, for two products
+        norms = np.linalg.norm(exact, axis=1)
+        a, b = w.max(), (w * norms).max()
+        c = (w * norms**2).max() + 2 * np.abs(log_norm).max()
+        Q = (X - self.loc_) / self.scale_
+        Q32 = Q.astype(np.float32)
+        gains, values = np.empty((len(at), len(X))), np.empty((len(at), len(X)))
+        step = max(1, SCORE_BLOCK_ENTRIES // n)
+        log_kernel, bound = (np.empty((min(step, len(X)), n), np.float32) for _ in range(2))
+        keep = np.empty(log_kernel.shape, dtype=bool)
+        with np.errstate(over="ignore", invalid="ignore"):
+            for rows in replacement.row_batches(len(X), step):
+                q, q32 = Q[rows], Q32[rows]
+                m = len(q)
+                lk = np.matmul(_augmented_queries(q32), self._augmented, out=log_kernel[:m])
+                size = np.linalg.norm(q, axis=1)
+                margin = ROUNDING_FACTOR * (d + 2) * 2.0**-24 * (a * size**2 + 2 * b * size + c)
+                level = lk.max(1) - np.log(n) - TRUNCATION - 2 * margin
+                level = np.where(np.isfinite(level), level, -np.inf)[:, None]
+                r, i = np.divmod(np.flatnonzero(np.greater_equal(lk, level, out=keep[:m])), n)
+                base = _segment_logsumexp(self._exact_log_kernel(q, r, i, w, log_norm)[0], r)
+                # per column: (j, r, a_ij, c_ij, 1/h_i²) of the kept kernels (r sorted)
+                found = []
+                for g, part in zip(groups, parts, strict=True):
+                    upper = np.matmul(_augmented_queries(q32[:, g]), part, out=bound[:m])
+                    np.subtract(lk, upper, out=upper)
+                    kept = np.flatnonzero(np.greater_equal(upper, level, out=keep[:m]))
+                    r, i = np.divmod(kept, n)
+                    rest, sq = self._exact_log_kernel(q, r, i, w, log_norm, g)
+                    precision = w[i]
+                    found += [
+                        (j, r, rest + 0.5 * precision * sq[:, k], exact[i, j], precision)
+                        for k, j in enumerate(g)
+                    ]
+                # every column's modes in one pass, on its kernels within MODE_RANGE of the
+                # highest; the best of them is scored on every kept kernel
+                near = [
+                    log_a >= np.maximum.reduceat(log_a, _starts(r))[r] - MODE_RANGE
+                    for _, r, log_a, *_ in found
+                ]
+                width = max(
+                    int(np.bincount(f[1][keep_near]).max())
+                    for f, keep_near in zip(found, near, strict=True)
+                )
+                mixtures = [
+                    _padded(
+                        r[k],
+                        m,
+                        width,
+                        log_a[k],
+                        centre[k],
+                        precision[k],
+                        self.scale_[j],
+                        self.loc_[j],
+                    )
+                    for (j, r, log_a, centre, precision), k in zip(found, near, strict=True)
+                ]
+                modes = replacement.mixture_modes(
+                    *(np.concatenate(part) for part in zip(*mixtures, strict=True))
+                )
+                for f, ((j, r, log_a, centre, precision), mixture) in enumerate(
+                    zip(found, mixtures, strict=True)
+                ):
+                    best = replacement.best_mode(self, j, modes[f * m : (f + 1) * m], *mixture)
+                    v = (best - self.loc_[j]) / self.scale_[j]
+                    height = _segment_logsumexp(log_a - 0.5 * precision * (v[r] - centre) ** 2, r)
+                    column = np.searchsorted(at, j)
+                    gains[column, rows] = np.where(np.isfinite(height), height - base, 0.0)
+                    values[column, rows] = best
+        return gains, values
+
+    def _exact_log_kernel(
+        self,
+        Q: np.ndarray,
+        r: np.ndarray,
+        i: np.ndarray,
+        w: np.ndarray,
+        log_norm: np.ndarray,
+        columns: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """log k_i(Q_r) per pair (r, i), in float64, and the pairs' squared differences in
+        ``columns`` (if given)."""
+        diff = Q[r] - self.centres_[i]
+        sq = diff * diff
+        log_k = -0.5 * w[i] * sq.sum(1) - log_norm[i]
+        return log_k, None if columns is None else sq[:, columns]
 
     def _sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
         idx = rng.integers(0, self.centres_.shape[0], n)

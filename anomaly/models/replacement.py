@@ -95,38 +95,68 @@ def mixture_search(
     model: DensityModel, X: np.ndarray, layout: list[Block], mixtures: Mixtures
 ) -> Gains:
     """Best replacements from the conditional mixtures' modes (module docstring)."""
+    return columnwise(model, X, layout, lambda Z, at: _scored_modes(model, Z, at, mixtures))
+
+
+def columnwise(
+    model: DensityModel,
+    X: np.ndarray,
+    layout: list[Block],
+    numeric: Callable[[np.ndarray, list[int]], tuple[np.ndarray, np.ndarray]],
+) -> Gains:
+    """Gains and typical values with the numeric columns' from ``numeric(X, columns)`` (their
+    gains and best values, columns × rows) and each categorical block maximised over its
+    categories by ``log_prob``."""
     n = X.shape[0]
     contributions, typical = np.zeros((n, len(layout))), X.copy()
     if n == 0:
         return contributions, typical
-    base = model.log_prob(X)
-    numeric = {b.start: i for i, b in enumerate(layout) if not b.categorical}
-    found = list(mixtures(X, list(numeric)))
-    if found:  # every column's modes in one pass, then every mode scored in one call
-        columns = [j for j, *_ in found]
-        modes = mixture_modes(*(np.concatenate([f[k] for f in found]) for k in (1, 2, 3)))
-        values = np.empty((len(found), n))
-        for c, (j, log_w, means, variances) in enumerate(found):
-            own = modes[c * n : (c + 1) * n]  # rows × starts
-            step = _step(model, j)
-            if step > 0:  # the modes' lattice neighbours
-                below = _on_lattice(model, j, own - step / 2)
-                own = np.hstack([below, below + step])
-            # the highest of them on the mixture, then scored exactly
-            height = mixture_log_density(own, log_w, means, variances)
-            values[c] = own[np.arange(n), height.argmax(axis=1)]
-        gains = _column_gains(model, X, columns, values, base)
-        for c, j in enumerate(columns):
-            contributions[:, numeric[j]] = np.maximum(gains[c], 0)
+    numeric_blocks = {b.start: i for i, b in enumerate(layout) if not b.categorical}
+    if numeric_blocks:
+        gains, values = numeric(X, list(numeric_blocks))
+        for c, (j, i) in enumerate(numeric_blocks.items()):
+            contributions[:, i] = np.maximum(gains[c], 0)
             typical[:, j] = np.where(gains[c] > 0, values[c], X[:, j])
-    for i, b in enumerate(layout):
-        if b.categorical:
-            top, best = _categories(model, X, None, b, base)
-            contributions[:, i] = np.maximum(top, 0)
-            typical[:, b.start : b.stop] = np.where(
-                (top > 0)[:, None], best, X[:, b.start : b.stop]
-            )
+    categorical = [(i, b) for i, b in enumerate(layout) if b.categorical]
+    base = model.log_prob(X) if categorical else None
+    for i, b in categorical:
+        top, best = _categories(model, X, None, b, base)
+        contributions[:, i] = np.maximum(top, 0)
+        typical[:, b.start : b.stop] = np.where((top > 0)[:, None], best, X[:, b.start : b.stop])
     return contributions, typical
+
+
+def _scored_modes(
+    model: DensityModel, X: np.ndarray, columns: list[int], mixtures: Mixtures
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each column's best mixture mode (columns × rows) and its gain scored by ``log_prob``:
+    every column's modes in one pass, then every mode scored in one call."""
+    n = X.shape[0]
+    found = list(mixtures(X, columns))
+    modes = mixture_modes(*(np.concatenate([f[k] for f in found]) for k in (1, 2, 3)))
+    values = np.empty((len(found), n))
+    for c, (j, log_w, means, variances) in enumerate(found):
+        own = modes[c * n : (c + 1) * n]  # rows × starts
+        values[c] = best_mode(model, j, own, log_w, means, variances)
+    return _column_gains(model, X, columns, values, model.log_prob(X)), values
+
+
+def best_mode(
+    model: DensityModel,
+    j: int,
+    modes: np.ndarray,
+    log_w: np.ndarray,
+    means: np.ndarray,
+    variances: np.ndarray,
+) -> np.ndarray:
+    """Per row, the highest on the mixture of its ``modes`` of column j (rows × starts) or, on
+    a lattice column, of the modes' lattice neighbours."""
+    step = _step(model, j)
+    if step > 0:
+        below = _on_lattice(model, j, modes - step / 2)
+        modes = np.hstack([below, below + step])
+    height = mixture_log_density(modes, log_w, means, variances)
+    return modes[np.arange(len(modes)), height.argmax(axis=1)]
 
 
 def mixture_modes(log_w: np.ndarray, means: np.ndarray, variances: np.ndarray) -> np.ndarray:
