@@ -23,6 +23,13 @@ is one inner product of the augmented vectors [q, |q|², 1] and [c_i/h_i², −1
 block of queries costs one float32 matrix product and one in-place log-sum-exp, in blocks small
 enough to stay in cache.
 
+Explanations (``_conditional_modes``): x_j given x_-j is the 1-D mixture over every centre of
+N(x_j; c_ij, h_i²) weighted by the rest of kernel i at x_-j. A kernel is left out only where a
+bound shows its weight is under e^-14/n of the row's own density (then the kernels left out
+change any gain by under 1e-6 nats, whatever the value), and the bound costs one float32
+product per group of columns, not a pass over every centre per column; the mixture's best mode
+is scored on the kept kernels in float64, so no ``log_prob`` row is spent per feature.
+
 Fitting computes with torch (imported by ``fit``); a fitted model holds numpy arrays and scores,
 explains and samples with numpy alone, so loading and scoring a saved model never imports torch
 (it costs a command a second or more to import; issue 14).
@@ -30,6 +37,7 @@ explains and samples with numpy alone, so loading and scoring a saved model neve
 
 from __future__ import annotations
 
+from functools import partial
 from numbers import Integral, Real
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -50,10 +58,11 @@ SCORE_BLOCK_ENTRIES = 2_000_000
 #: adaptive bandwidth α·d_k is scale-free in n, and the fixed one is rescaled to all rows
 MAX_HELDOUT = 1_000
 MAX_SELECTION_CENTRES = 5_000
-#: explanations (``_conditional_modes``): a kernel is dropped from x_j's conditional mixture
-#: when its weight is below e^-TRUNCATION / n of the row's own density, so the gains are exact
-#: to TRUNCATION_NATS; the bound that finds those kernels drops GROUP_COLUMNS columns at a time
-#: and allows ROUNDING_FACTOR times the float32 rounding bound of the scoring product
+#: explanations (``_conditional_modes``): a kernel is left out of x_j's conditional mixture
+#: when its weight is below e^-TRUNCATION / n of the row's highest kernel, so the gains are
+#: exact to TRUNCATION_NATS; the bound that finds those kernels leaves out GROUP_COLUMNS
+#: columns at a time and allows ROUNDING_FACTOR times the float32 rounding bound of the
+#: scoring product
 TRUNCATION = 14.0
 TRUNCATION_NATS = 1e-6  # ≥ log(1 + e^-TRUNCATION) = 8.3e-7
 GROUP_COLUMNS = 4
@@ -61,6 +70,8 @@ ROUNDING_FACTOR = 4.0
 #: the modes are looked for on the kernels within MODE_RANGE nats of the highest (the others
 #: move them by under e^-MODE_RANGE); the best is then scored on every kept kernel
 MODE_RANGE = 12.0
+#: the widths (components) of the classes the modes are looked for in (padding costs time)
+MODE_WIDTHS = (4, 8, 16, 32, 48)
 
 
 def _sq_distances(Q: torch.Tensor, C: torch.Tensor, c_norms: torch.Tensor) -> torch.Tensor:
@@ -126,31 +137,54 @@ def _segment_logsumexp(values: np.ndarray, segment: np.ndarray) -> np.ndarray:
     return top + np.log(np.add.reduceat(np.exp(values - top[segment]), starts))
 
 
-def _padded(
+def _kept_log_density(
     r: np.ndarray,
-    rows: int,
-    width: int,
-    log_a: np.ndarray,
+    a: np.ndarray,
     centre: np.ndarray,
-    precision: np.ndarray,
+    p: np.ndarray,
     scale: float,
     loc: float,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The whitened mixtures Σ exp(log_a) N(v; centre, 1/precision) of the pairs of each row r
-    (sorted) as rows × ``width`` arrays (log weights −∞ beyond a row's own), in the column's
-    units (``scale``, ``loc``), with ``replacement.mixture_log_density``'s convention (its
-    log-density is the whitened one − log ``scale``)."""
-    counts = np.bincount(r, minlength=rows)
-    position = np.arange(len(r)) - (np.cumsum(counts) - counts)[r]
-    log_w, means, variances = (
-        np.full((rows, width), -np.inf),
-        np.zeros((rows, width)),
-        np.ones((rows, width)),
-    )
-    log_w[r, position] = log_a - 0.5 * np.log(precision)
-    means[r, position] = centre * scale + loc
-    variances[r, position] = scale**2 / precision
-    return log_w, means, variances
+    v: np.ndarray,
+) -> np.ndarray:
+    """log Σ_i exp(a_i − p_i (z − centre_i)²/2) over each row's kernels (row r, sorted) at
+    the points v (rows × points, in the column's units; z whitened)."""
+    z = (v - loc) / scale
+    return _segment_logsumexp(a[:, None] - 0.5 * p[:, None] * (z[r] - centre[:, None]) ** 2, r)
+
+
+def _mode_candidates(
+    mixtures: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float, float]], rows: int
+) -> list[np.ndarray]:
+    """Per mixture (row r, log a, centre, precision per kernel, rows sorted; whitened, for a
+    column of ``scale`` and ``loc``): its modes in the column's units (rows × MODE_STARTS),
+    by ``replacement.mixture_modes``; all the mixtures' rows at once, padded (log weight −∞)
+    in classes of similar width."""
+    # log weights with replacement.mixture_log_density's convention, in the column's units
+    parts = [
+        (f * rows + r, a - 0.5 * np.log(p), centre * scale + loc, scale**2 / p)
+        for f, (r, a, centre, p, scale, loc) in enumerate(mixtures)
+    ]
+    segment, log_w, means, variances = (np.concatenate(x) for x in zip(*parts, strict=True))
+    counts = np.bincount(segment, minlength=len(mixtures) * rows)
+    position = np.arange(len(segment)) - (np.cumsum(counts) - counts)[segment]
+    modes = np.empty((len(counts), replacement.MODE_STARTS))
+    previous = 0
+    for width in (*MODE_WIDTHS, int(counts.max())):
+        members = np.flatnonzero((counts > previous) & (counts <= width))
+        previous = width
+        if not members.size:
+            continue
+        slot = np.full(len(counts), -1)
+        slot[members] = np.arange(len(members))
+        pick = np.flatnonzero(slot[segment] >= 0)
+        at = (slot[segment[pick]], position[pick])
+        shape = (len(members), max(width, replacement.MODE_STARTS))
+        padded = [np.full(shape, -np.inf), np.empty(shape), np.ones(shape)]
+        padded[1][:] = means[pick][position[pick] == 0][:, None]  # padding: the first mean
+        for array, value in zip(padded, (log_w, means, variances), strict=True):
+            array[at] = value[pick]
+        modes[members] = replacement.mixture_modes(*padded)
+    return [modes[f * rows : (f + 1) * rows] for f in range(len(mixtures))]
 
 
 def kth_neighbour_distance(C: torch.Tensor, k: int) -> torch.Tensor:
@@ -260,22 +294,25 @@ class _KernelMixture(DensityModel):
         """Per column j of ``columns`` and row x: the best mode v of x_j given x_-j and its gain
         log p(x with x_j := v) − log p(x) (columns × rows each), to within ``TRUNCATION_NATS``.
 
-        p(x with x_j := v) = 1/n Σ_i exp(a_ij) N(v; c_ij, h_i²) (whitened), a_ij = log k_i(x)
-        + (x_j − c_ij)²/(2h_i²) the rest of kernel i at x_-j: a 1-D mixture over every centre.
-        A kernel whose a_ij is below log p(x) − log n − ``TRUNCATION`` (a kernel below that
-        level adds under e^-TRUNCATION of any gain's density, whatever v) is dropped; it is
-        found without a_ij: for j in a group g of ``GROUP_COLUMNS`` columns, a_ij ≤ log k_i(x)
-        + Σ_{l ∈ g} (x_l − c_il)²/(2h_i²), the kernel without all of g, one float32 product per
-        group (its rounding is bounded and allowed for). The kept kernels, a few hundred of
-        n, are recomputed in float64; the mixture's modes (``replacement.mixture_modes``) are
-        compared and the best is scored on that same mixture, and the row's own density over
-        the kernels above the same level."""
+        p(x with x_j := v) ∝ Σ_i exp(a_ij − (v − c_ij)²/(2h_i²)) (whitened units), with a_ij =
+        log k_i(x) + (x_j − c_ij)²/(2h_i²) the rest of kernel i at x_-j: a 1-D mixture over
+        every centre. The kernels with a_ij below L − log n − ``TRUNCATION``, L the row's
+        highest log k_i(x), are left out: together they weigh under e^-TRUNCATION · e^L, less
+        than that share of the row's own density and of any density above it (a positive
+        gain's), so leaving them out changes no gain by more than ``TRUNCATION_NATS``. They are
+        found without computing a_ij for every centre: for j in a group g of
+        ``GROUP_COLUMNS`` columns, a_ij ≤ log k_i(x) + Σ_{l ∈ g} (x_l − c_il)²/(2h_i²) (the
+        kernel without all of g), one float32 product per group and block of rows, its rounding
+        bounded and allowed for. The few hundred kernels kept of n are recomputed in float64;
+        the modes of each mixture (``_mode_candidates``) are compared and the best is scored on
+        it, and the row's own density on the kernels with log k_i(x) above the same level."""
         centres, h = self.centres_, self.bandwidths_
         n, d = centres.shape
         at = np.asarray(columns)
         w = 1.0 / h.astype(np.float64) ** 2  # each kernel's precision (whitened)
         log_norm = self._log_normaliser(h)
         exact = centres.astype(np.float64)
+        exact_t = np.ascontiguousarray(exact.T)
         groups = [at[k : k + GROUP_COLUMNS] for k in range(0, len(at), GROUP_COLUMNS)]
         # [q_g, |q_g|², 1] @ ... = −|q_g − c_g|²/(2h²), the group's part of log k_i(q)
         parts = [_augmented_centres(centres[:, g], h, np.zeros(n)) for g in groups]
@@ -289,7 +326,7 @@ class _KernelMixture(DensityModel):
         gains, values = np.empty((len(at), len(X))), np.empty((len(at), len(X)))
         step = max(1, SCORE_BLOCK_ENTRIES // n)
         log_kernel, bound = (np.empty((min(step, len(X)), n), np.float32) for _ in range(2))
-        keep = np.empty(log_kernel.shape, dtype=bool)
+        keep = np.empty((len(groups) + 1, *log_kernel.shape), dtype=bool)
         with np.errstate(over="ignore", invalid="ignore"):
             for rows in replacement.row_batches(len(X), step):
                 q, q32 = Q[rows], Q32[rows]
@@ -298,74 +335,59 @@ class _KernelMixture(DensityModel):
                 size = np.linalg.norm(q, axis=1)
                 margin = ROUNDING_FACTOR * (d + 2) * 2.0**-24 * (a * size**2 + 2 * b * size + c)
                 level = lk.max(1) - np.log(n) - TRUNCATION - 2 * margin
-                level = np.where(np.isfinite(level), level, -np.inf)[:, None]
-                r, i = np.divmod(np.flatnonzero(np.greater_equal(lk, level, out=keep[:m])), n)
-                base = _segment_logsumexp(self._exact_log_kernel(q, r, i, w, log_norm)[0], r)
-                # per column: (j, r, a_ij, c_ij, 1/h_i²) of the kept kernels (r sorted)
-                found = []
-                for g, part in zip(groups, parts, strict=True):
+                # a row that overflowed float32 (a NaN) keeps every kernel
+                overflow = ~np.isfinite(level)
+                level = np.where(overflow, -np.inf, level)[:, None]
+                kept = keep[:, :m]
+                np.greater_equal(lk, level, out=kept[0])
+                for g, part, out in zip(groups, parts, kept[1:], strict=True):
                     upper = np.matmul(_augmented_queries(q32[:, g]), part, out=bound[:m])
-                    np.subtract(lk, upper, out=upper)
-                    kept = np.flatnonzero(np.greater_equal(upper, level, out=keep[:m]))
-                    r, i = np.divmod(kept, n)
-                    rest, sq = self._exact_log_kernel(q, r, i, w, log_norm, g)
-                    precision = w[i]
-                    found += [
-                        (j, r, rest + 0.5 * precision * sq[:, k], exact[i, j], precision)
-                        for k, j in enumerate(g)
-                    ]
-                # every column's modes in one pass, on its kernels within MODE_RANGE of the
-                # highest; the best of them is scored on every kept kernel
-                near = [
-                    log_a >= np.maximum.reduceat(log_a, _starts(r))[r] - MODE_RANGE
-                    for _, r, log_a, *_ in found
-                ]
-                width = max(
-                    int(np.bincount(f[1][keep_near]).max())
-                    for f, keep_near in zip(found, near, strict=True)
-                )
-                mixtures = [
-                    _padded(
-                        r[k],
-                        m,
-                        width,
-                        log_a[k],
-                        centre[k],
-                        precision[k],
-                        self.scale_[j],
-                        self.loc_[j],
-                    )
-                    for (j, r, log_a, centre, precision), k in zip(found, near, strict=True)
-                ]
-                modes = replacement.mixture_modes(
-                    *(np.concatenate(part) for part in zip(*mixtures, strict=True))
-                )
-                for f, ((j, r, log_a, centre, precision), mixture) in enumerate(
-                    zip(found, mixtures, strict=True)
-                ):
-                    best = replacement.best_mode(self, j, modes[f * m : (f + 1) * m], *mixture)
-                    v = (best - self.loc_[j]) / self.scale_[j]
-                    height = _segment_logsumexp(log_a - 0.5 * precision * (v[r] - centre) ** 2, r)
-                    column = np.searchsorted(at, j)
-                    gains[column, rows] = np.where(np.isfinite(height), height - base, 0.0)
-                    values[column, rows] = best
+                    np.greater_equal(np.subtract(lk, upper, out=upper), level, out=out)
+                kept[:, overflow] = True
+                # every kept kernel's log k_i(x) and differences, once, in float64
+                r, i = np.divmod(np.flatnonzero(np.logical_or.reduce(kept, axis=0)), n)
+                member = kept[:, r, i]  # which of the sets keeps each pair
+                diff = q.T[:, r] - exact_t[:, i]  # columns × pairs
+                precision = w[i]
+                log_k = -0.5 * precision * np.einsum("ij,ij->j", diff, diff) - log_norm[i]
+                base = _segment_logsumexp(log_k[member[0]], r[member[0]])
+                # per column: (j, r, a_ij, c_ij, 1/h_i²) of the kernels its group keeps
+                found = []
+                for g, among in zip(groups, member[1:], strict=True):
+                    r_g, i_g, log_k_g, p_g = r[among], i[among], log_k[among], precision[among]
+                    for j in g:
+                        a_j = log_k_g + 0.5 * p_g * diff[j, among] ** 2
+                        found.append((j, r_g, a_j, exact_t[j, i_g], p_g))
+                self._score_modes(found, m, at, gains[:, rows], values[:, rows], base)
         return gains, values
 
-    def _exact_log_kernel(
+    def _score_modes(
         self,
-        Q: np.ndarray,
-        r: np.ndarray,
-        i: np.ndarray,
-        w: np.ndarray,
-        log_norm: np.ndarray,
-        columns: np.ndarray | None = None,
-    ) -> tuple[np.ndarray, np.ndarray | None]:
-        """log k_i(Q_r) per pair (r, i), in float64, and the pairs' squared differences in
-        ``columns`` (if given)."""
-        diff = Q[r] - self.centres_[i]
-        sq = diff * diff
-        log_k = -0.5 * w[i] * sq.sum(1) - log_norm[i]
-        return log_k, None if columns is None else sq[:, columns]
+        found: list[tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]],
+        rows: int,
+        at: np.ndarray,
+        gains: np.ndarray,
+        values: np.ndarray,
+        base: np.ndarray,
+    ) -> None:
+        """Each column's best mode and its gain over ``base`` into ``values`` and ``gains``
+        (at the column's place in ``at``), from the kept kernels ``found`` per column (j, row,
+        a_ij, c_ij, 1/h_i², rows sorted): every column's modes in one pass, on its kernels
+        within ``MODE_RANGE`` of the row's highest (``_mode_candidates``), compared and scored
+        on every kept kernel."""
+        near = [a >= np.maximum.reduceat(a, _starts(r))[r] - MODE_RANGE for _, r, a, *_ in found]
+        nearest = [
+            (r[k], a[k], centre[k], p[k], self.scale_[j], self.loc_[j])
+            for (j, r, a, centre, p), k in zip(found, near, strict=True)
+        ]
+        modes = _mode_candidates(nearest, rows)
+        for f, (j, r, a, centre, p) in enumerate(found):
+            height = partial(_kept_log_density, *nearest[f])
+            best = replacement.best_mode(self, j, modes[f], height)[0]
+            top = _kept_log_density(r, a, centre, p, *nearest[f][4:], best[:, None])[:, 0]
+            column = np.searchsorted(at, j)
+            gains[column] = np.where(np.isfinite(top), top - base, 0.0)
+            values[column] = best
 
     def _sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
         idx = rng.integers(0, self.centres_.shape[0], n)
