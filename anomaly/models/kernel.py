@@ -60,12 +60,12 @@ MAX_HELDOUT = 1_000
 MAX_SELECTION_CENTRES = 5_000
 #: explanations (``_conditional_modes``): a kernel is left out of x_j's conditional mixture
 #: when its weight is below e^-TRUNCATION / n of the row's highest kernel, so the gains are
-#: exact to TRUNCATION_NATS; the bound that finds those kernels leaves out GROUP_COLUMNS
-#: columns at a time and allows ROUNDING_FACTOR times the float32 rounding bound of the
-#: scoring product
+#: exact to TRUNCATION_NATS; the bound that finds those kernels leaves out the columns of one
+#: of (at most) GROUPS groups at a time and allows ROUNDING_FACTOR times the float32 rounding
+#: bound of the scoring product
 TRUNCATION = 14.0
 TRUNCATION_NATS = 1e-6  # ≥ log(1 + e^-TRUNCATION) = 8.3e-7
-GROUP_COLUMNS = 4
+GROUPS = 5
 ROUNDING_FACTOR = 4.0
 #: the modes are looked for on the kernels within MODE_RANGE nats of the highest (the others
 #: move them by under e^-MODE_RANGE); the best is then scored on every kept kernel
@@ -300,12 +300,13 @@ class _KernelMixture(DensityModel):
         highest log k_i(x), are left out: together they weigh under e^-TRUNCATION · e^L, less
         than that share of the row's own density and of any density above it (a positive
         gain's), so leaving them out changes no gain by more than ``TRUNCATION_NATS``. They are
-        found without computing a_ij for every centre: for j in a group g of
-        ``GROUP_COLUMNS`` columns, a_ij ≤ log k_i(x) + Σ_{l ∈ g} (x_l − c_il)²/(2h_i²) (the
-        kernel without all of g), one float32 product per group and block of rows, its rounding
-        bounded and allowed for. The few hundred kernels kept of n are recomputed in float64;
-        the modes of each mixture (``_mode_candidates``) are compared and the best is scored on
-        it, and the row's own density on the kernels with log k_i(x) above the same level."""
+        found without computing a_ij for every centre: for j in a group g of the columns (at
+        most ``GROUPS`` groups), a_ij ≤ log k_i(x) + Σ_{l ∈ g} (x_l − c_il)²/(2h_i²) (the
+        kernel without all of g), one float32 product per group and block of rows, its
+        rounding bounded and allowed for. The kernels kept (a few hundred of 20,000 on the
+        speed benchmark's data) are recomputed in float64; the modes of each mixture
+        (``_mode_candidates``) are compared and the best is scored on it, and the row's own
+        density on the kernels with log k_i(x) above the same level."""
         centres, h = self.centres_, self.bandwidths_
         n, d = centres.shape
         at = np.asarray(columns)
@@ -313,7 +314,7 @@ class _KernelMixture(DensityModel):
         log_norm = self._log_normaliser(h)
         exact = centres.astype(np.float64)
         exact_t = np.ascontiguousarray(exact.T)
-        groups = [at[k : k + GROUP_COLUMNS] for k in range(0, len(at), GROUP_COLUMNS)]
+        groups = np.array_split(at, min(GROUPS, len(at)))
         # [q_g, |q_g|², 1] @ ... = −|q_g − c_g|²/(2h²), the group's part of log k_i(q)
         parts = [_augmented_centres(centres[:, g], h, np.zeros(n)) for g in groups]
         # float32 rounding of a log-kernel at q: under (d + 2)·2⁻²⁴·Σ|terms|, with
