@@ -16,7 +16,8 @@ joint density, since p(x_-b) cancels. How the maximum is found depends on the ki
   categorical (one-hot) block is maximised exactly over its categories.
 * ``mixture`` (``gmm``, ``kde``, ``knn``, ``vae``): x_b | x_-b is a 1-D Gaussian mixture
   (per component, per kernel with weights from the other features, or per importance draw of
-  the ``vae``); its mode, found by mean-shift, is scored by ``log_prob``.
+  the ``vae``); its mode, found by mean-shift, is scored by ``log_prob`` (``kde``/``knn``: on
+  the mixture of every kernel a certified bound keeps, exact to 1e-6 nats).
 * ``conditional`` (``autoregressive``, ``independent``): the model's own conditional
   log p(x_b | x_-b), at its ``conditional_modes``.
 * ``replacement`` (every other kind, e.g. ``flow``; any kind on request): the joint
@@ -25,8 +26,10 @@ joint density, since p(x_-b) cancels. How the maximum is found depends on the ki
 
 The model does it (``DensityModel.best_replacements``, ``anomaly/models/replacement.py``);
 ``auto`` explains the kind it chose. For ``mixture`` and ``replacement`` every gain is the
-model's own ``log_prob`` difference at the value shown, a lower bound on the true maximum:
-contributions can only be under-, never over-stated. Lattice (e.g. integer) columns take
+model's own ``log_prob`` difference at the value shown (``kde``/``knn``: the density's own
+difference to 1e-6 nats, computed on the kernels that matter in float64, so within
+``log_prob``'s float32 rounding of it), a lower bound on the true maximum: contributions can
+only be under-, never over-stated (beyond that tolerance). Lattice (e.g. integer) columns take
 values on their lattice only.
 """
 

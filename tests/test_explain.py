@@ -13,6 +13,7 @@ from anomaly.config import Config, Data, Features
 from anomaly.demo_data import ID, generate_normal
 from anomaly.detector import Detector
 from anomaly.explain import attribute, explain
+from anomaly.models import kernel
 from anomaly.models.base import Block
 from anomaly.pyfunc import predict_explained
 from anomaly.scoring import score_file
@@ -129,12 +130,71 @@ def test_mixture_modes_agree_with_the_search(kind, data):
     np.testing.assert_array_equal(
         mixture.contributions.argmax(axis=1), searched.contributions.argmax(axis=1)
     )
-    # the stated contribution is the gain of the typical value shown
+    # the stated contribution is the gain of the typical value shown: gmm's by log_prob; kde's
+    # and knn's numeric ones to 1e-6 nats of the density (float64), so to log_prob's float32
+    # rounding (categories are scored by log_prob)
     base = model.log_prob(X)
     for b, block in enumerate(LAYOUT):
         Z = X.copy()
         Z[:, block.start : block.stop] = mixture.typical[:, block.start : block.stop]
-        np.testing.assert_allclose(model.log_prob(Z) - base, mixture.contributions[:, b], atol=1e-6)
+        rounding = 1e-6 if kind == "gmm" else 1e-3
+        np.testing.assert_allclose(
+            model.log_prob(Z) - base, mixture.contributions[:, b], atol=rounding
+        )
+        if kind != "gmm" and not block.categorical:
+            exact = kernel_log_density(model, Z) - kernel_log_density(model, X)
+            np.testing.assert_allclose(exact, mixture.contributions[:, b], rtol=0, atol=1e-6)
+
+
+def kernel_log_density(model: models.DensityModel, X: np.ndarray) -> np.ndarray:
+    """A ``kde``/``knn`` model's log-density (up to a constant), summed over every centre in
+    float64: log Σ_i exp(−|q − c_i|²/(2h_i²) − log Z_i), q the whitened row."""
+    Q = (X - model.loc_) / model.scale_
+    centres, h = model.centres_.astype(np.float64), model.bandwidths_.astype(np.float64)
+    d2 = ((Q[:, None, :] - centres[None]) ** 2).sum(-1)
+    log_k = -0.5 * d2 / h**2 - model._log_normaliser(model.bandwidths_)
+    top = log_k.max(axis=1)
+    return top + np.log(np.exp(log_k - top[:, None]).sum(axis=1))
+
+
+@pytest.mark.parametrize("kind", ["kde", "knn"])
+def test_kernel_gains_are_the_density_gains_to_a_millionth_of_a_nat(kind, monkeypatch):
+    """``kde``/``knn`` score their modes on the kernels their bound keeps, not by log_prob:
+    on random data with far outliers, a lattice column and a one-hot block, every gain is
+    the density's own (every centre, float64) within 1e-6 nats (numeric features; the
+    categories are scored by log_prob); with a truncation too loose
+    for that, the same check fails (so it can)."""
+    rng = np.random.default_rng(11)
+    n, d = 2000, 9
+    mixing = rng.normal(size=(d - 4, d - 4))
+    X = np.column_stack(
+        [
+            rng.normal(size=(n, d - 4)) @ mixing,
+            rng.poisson(4, n).astype(float),
+            np.eye(3)[rng.integers(0, 3, n)],
+        ]
+    )
+    layout = [Block(f"x{j}", j, j + 1) for j in range(d - 4)]
+    layout += [Block("k", d - 4, d - 3, step=1.0), Block("c", d - 3, d, categorical=True)]
+    model = models.create(kind, seed=0, max_points=1000).fit(X, layout=layout)
+    rows = X[:60].copy()
+    rows[:20, rng.integers(0, d - 4, 20)] += rng.choice([-1, 1], 20) * rng.uniform(3, 40, 20)
+    rows[20:30, d - 4] += 15
+    base = kernel_log_density(model, rows)
+
+    def error() -> float:
+        attr = attribute(model, rows, layout)
+        worst = 0.0
+        for b, block in enumerate(layout[:-1]):  # numeric (categories: by log_prob)
+            Z = rows.copy()
+            Z[:, block.start : block.stop] = attr.typical[:, block.start : block.stop]
+            gap = kernel_log_density(model, Z) - base - attr.contributions[:, b]
+            worst = max(worst, float(np.abs(gap).max()))
+        return worst
+
+    assert error() <= 1e-6
+    monkeypatch.setattr(kernel, "TRUNCATION", -2.0)
+    assert error() > 1e-6
 
 
 def test_vae_mixture_states_the_gain_of_the_value_shown(data):

@@ -241,6 +241,14 @@ def test_a_kind_without_its_explanations_hook_is_refused_when_defined(explanatio
     define("Explained", explanation=explanation, **{hook: lambda self: None}, **_hooks())
 
 
+def test_a_mixture_kind_may_score_its_modes_itself():
+    """``mixture`` needs the conditional mixtures, or the hook that replaces the whole step
+    (``kde``/``knn`` score their modes on their own mixtures)."""
+    with pytest.raises(TypeError, match="needs _conditional_mixtures or _mixture_replacements"):
+        define("Unexplained", explanation="mixture", **_hooks())
+    define("Scored", explanation="mixture", _mixture_replacements=lambda self: None, **_hooks())
+
+
 def test_a_kind_with_an_unknown_explanation_is_refused_when_defined():
     with pytest.raises(TypeError, match="explanation must be one of"):
         define("Odd", explanation="oracle", **_hooks())

@@ -61,11 +61,12 @@ MIN_LOG_PROB = -1e12
 UNSEEN_PROB = 1e-9
 #: points per cell at which a dequantised density is evaluated (see the module docstring)
 CELL_POINTS = 16
-#: the hook that computes each ``explanation`` (None: the generic search, any kind)
+#: the hook that computes each ``explanation``, or hooks one of which does (None: the generic
+#: search, any kind)
 EXPLANATION_HOOKS = {
     "replacement": None,
     "closed_form": "_best_replacements",
-    "mixture": "_conditional_mixtures",
+    "mixture": ("_conditional_mixtures", "_mixture_replacements"),
     "conditional": "conditional_modes",
 }
 
@@ -204,8 +205,9 @@ class DensityModel(abc.ABC):
             problems.append(f"explanation must be one of {sorted(EXPLANATION_HOOKS)}")
         else:
             hook = EXPLANATION_HOOKS[cls.explanation]
-            if hook and not cls._defines(hook):
-                problems.append(f"explanation {cls.explanation!r} needs {hook}")
+            hooks = (hook,) if isinstance(hook, str) else hook or ()
+            if hooks and not any(cls._defines(h) for h in hooks):
+                problems.append(f"explanation {cls.explanation!r} needs {' or '.join(hooks)}")
         if not (
             (cls._defines("_state") and cls._defines("_load_state"))
             or (cls._defines("_save_weights") and cls._defines("_load_weights"))
@@ -369,7 +371,7 @@ class DensityModel(abc.ABC):
             kwargs = {} if C is None else {"context": C}
             return replacement.from_modes(X, layout, *self.conditional_modes(X, **kwargs))
         if method == "mixture":
-            return replacement.mixture_search(self, X, layout, self._conditional_mixtures)
+            return self._mixture_replacements(X, layout)
         return self._best_replacements(X, layout, C)
 
     def score_samples(self, X: np.ndarray) -> np.ndarray:
@@ -453,6 +455,13 @@ class DensityModel(abc.ABC):
         """Per column j, x_j given x_-j as a 1-D mixture (kinds whose ``explanation`` is
         ``mixture``; see :func:`anomaly.models.replacement.mixture_search`)."""
         raise NotImplementedError
+
+    def _mixture_replacements(
+        self, X: np.ndarray, layout: list[Block]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`best_replacements` for ``mixture``: the modes of :meth:`_conditional_mixtures`
+        scored by ``log_prob``; a kind that scores its modes exactly itself overrides this."""
+        return replacement.mixture_search(self, X, layout, self._conditional_mixtures)
 
     def conditional_modes(
         self, X: np.ndarray, context: np.ndarray | None = None

@@ -2,18 +2,22 @@
 
 For a row x and a raw feature b (a numeric column or a one-hot block of ``layout``) the best
 replacement is v* = argmax_v log p(x with x_b := v), and its gain c_b = log p(x with x_b := v*)
-− log p(x) ≥ 0 in nats (``anomaly/explain.py`` gives the meaning). Every gain here is scored
-by the model's own ``log_prob`` at the value shown, so it is the gain of a value the model was
-actually asked about: a lower bound of the true maximum, never above it. Two ways to find v*:
+− log p(x) ≥ 0 in nats (``anomaly/explain.py`` gives the meaning). Every gain is the model's
+own gain at the value shown (scored by ``log_prob`` here; ``kde``/``knn`` score it themselves,
+to 1e-6 nats of their density, ``anomaly/models/kernel.py``), so it is the gain of a value the
+model was actually asked about: a lower bound of the true maximum, never above it. Two ways to
+find v*:
 
 * :func:`search`, for any kind: candidate values (``grid`` quantiles of the model's own
   samples and the row's own value), then ``refine`` steps of successive parabolic
   interpolation around the best; one batched ``log_prob`` call per feature and round.
 * :func:`mixture_search`, for kinds whose conditional x_b | x_-b is a 1-D Gaussian mixture
-  (``gmm``: K components; ``kde``/``knn``: one kernel per centre, the heaviest kept; ``vae``:
-  one decoder Gaussian per importance draw): the mixture's local modes, by mean-shift
-  (Carreira-Perpiñán 2000) from its highest components; the highest of them is scored, every
-  feature's in one ``log_prob`` call.
+  (``gmm``: K components; ``vae``: one decoder Gaussian per importance draw): the mixture's
+  local modes, by mean-shift (Carreira-Perpiñán 2000) from its highest components; the
+  highest of them is scored, every feature's in one ``log_prob`` call. ``kde``/``knn`` (one
+  kernel per centre) find and compare their modes the same way (:func:`mixture_modes`,
+  :func:`best_mode`) but score the best on the mixture itself, which their bound makes exact
+  to 1e-6 nats (:func:`columnwise` puts the columns together).
 
 A categorical block is maximised exactly over its categories. A lattice column (the model's
 ``cell_widths_`` > 0, e.g. an integer count) only takes values on its lattice: the search's
@@ -23,6 +27,7 @@ candidates are snapped to it, and a mode's two lattice neighbours compete.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from functools import partial
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -95,38 +100,67 @@ def mixture_search(
     model: DensityModel, X: np.ndarray, layout: list[Block], mixtures: Mixtures
 ) -> Gains:
     """Best replacements from the conditional mixtures' modes (module docstring)."""
+    return columnwise(model, X, layout, lambda Z, at: _scored_modes(model, Z, at, mixtures))
+
+
+def columnwise(
+    model: DensityModel,
+    X: np.ndarray,
+    layout: list[Block],
+    numeric: Callable[[np.ndarray, list[int]], tuple[np.ndarray, np.ndarray]],
+) -> Gains:
+    """Gains and typical values with the numeric columns' from ``numeric(X, columns)`` (their
+    gains and best values, columns × rows) and each categorical block maximised over its
+    categories by ``log_prob``."""
     n = X.shape[0]
     contributions, typical = np.zeros((n, len(layout))), X.copy()
     if n == 0:
         return contributions, typical
-    base = model.log_prob(X)
-    numeric = {b.start: i for i, b in enumerate(layout) if not b.categorical}
-    found = list(mixtures(X, list(numeric)))
-    if found:  # every column's modes in one pass, then every mode scored in one call
-        columns = [j for j, *_ in found]
-        modes = mixture_modes(*(np.concatenate([f[k] for f in found]) for k in (1, 2, 3)))
-        values = np.empty((len(found), n))
-        for c, (j, log_w, means, variances) in enumerate(found):
-            own = modes[c * n : (c + 1) * n]  # rows × starts
-            step = _step(model, j)
-            if step > 0:  # the modes' lattice neighbours
-                below = _on_lattice(model, j, own - step / 2)
-                own = np.hstack([below, below + step])
-            # the highest of them on the mixture, then scored exactly
-            height = mixture_log_density(own, log_w, means, variances)
-            values[c] = own[np.arange(n), height.argmax(axis=1)]
-        gains = _column_gains(model, X, columns, values, base)
-        for c, j in enumerate(columns):
-            contributions[:, numeric[j]] = np.maximum(gains[c], 0)
+    numeric_blocks = {b.start: i for i, b in enumerate(layout) if not b.categorical}
+    if numeric_blocks:
+        gains, values = numeric(X, list(numeric_blocks))
+        for c, (j, i) in enumerate(numeric_blocks.items()):
+            contributions[:, i] = np.maximum(gains[c], 0)
             typical[:, j] = np.where(gains[c] > 0, values[c], X[:, j])
-    for i, b in enumerate(layout):
-        if b.categorical:
-            top, best = _categories(model, X, None, b, base)
-            contributions[:, i] = np.maximum(top, 0)
-            typical[:, b.start : b.stop] = np.where(
-                (top > 0)[:, None], best, X[:, b.start : b.stop]
-            )
+    categorical = [(i, b) for i, b in enumerate(layout) if b.categorical]
+    base = model.log_prob(X) if categorical else None
+    for i, b in categorical:
+        top, best = _categories(model, X, None, b, base)
+        contributions[:, i] = np.maximum(top, 0)
+        typical[:, b.start : b.stop] = np.where((top > 0)[:, None], best, X[:, b.start : b.stop])
     return contributions, typical
+
+
+def _scored_modes(
+    model: DensityModel, X: np.ndarray, columns: list[int], mixtures: Mixtures
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each column's best mixture mode (columns × rows) and its gain scored by ``log_prob``:
+    every column's modes in one pass, then every mode scored in one call."""
+    n = X.shape[0]
+    found = list(mixtures(X, columns))
+    modes = mixture_modes(*(np.concatenate([f[k] for f in found]) for k in (1, 2, 3)))
+    values = np.empty((len(found), n))
+    for c, (j, log_w, means, variances) in enumerate(found):
+        own = modes[c * n : (c + 1) * n]  # rows × starts
+        height = partial(mixture_log_density, log_w=log_w, means=means, variances=variances)
+        values[c] = best_mode(model, j, own, height)[0]
+    return _column_gains(model, X, columns, values, model.log_prob(X)), values
+
+
+def best_mode(
+    model: DensityModel, j: int, modes: np.ndarray, height: Callable[[np.ndarray], np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the highest by ``height`` (log mixture density at rows × points) of its
+    ``modes`` of column j (rows × starts) or, on a lattice column, of the modes' lattice
+    neighbours, and that height."""
+    step = _step(model, j)
+    if step > 0:
+        below = _on_lattice(model, j, modes - step / 2)
+        modes = np.hstack([below, below + step])
+    heights = height(modes)
+    best = heights.argmax(axis=1)
+    rows = np.arange(len(modes))
+    return modes[rows, best], heights[rows, best]
 
 
 def mixture_modes(log_w: np.ndarray, means: np.ndarray, variances: np.ndarray) -> np.ndarray:
