@@ -157,8 +157,9 @@ class FlaggedRows:
         out = pd.concat(found, ignore_index=True)
         out.index = pd.RangeIndex(start, start + len(out))
         if self.contributions is not None:
-            explained = self.contributions
-            out["contributions"] = [explained.get(i, []) for i in range(start, stop)]
+            values = [self.contributions.get(i, []) for i in range(start, stop)]
+            # as a slice of the whole frame has it (its lists make it object); none: as before
+            out["contributions"] = pd.Series(values, out.index, object) if len(self) else values
         return out
 
     def _piece(self, k: int) -> pd.DataFrame:

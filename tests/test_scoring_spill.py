@@ -1,0 +1,83 @@
+"""Issue 18 item 3: the rows that may be flagged are not held in memory while a batch is scored.
+Each chunk's candidate rows go to a spill file in the batch's work folder; the flagged rows end
+in a :class:`~anomaly.scoring.FlaggedRows` spill, one chunk's rows a piece, that the store reads
+in slices; the slices give what the whole frame gives, in the store too."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from test_scoring import make_config
+from test_scoring_equality import store_rows
+
+from anomaly.demo_data import ID, generate_normal, plant_anomalies
+from anomaly.detector import Detector
+from anomaly.scoring import FlaggedRows, _pieces, score_file, score_part
+from anomaly.store import connect, write_batch
+from anomaly.training import train
+
+CHUNK_ROWS = 100
+EXPLAIN_ROWS = 7
+
+
+@pytest.fixture(scope="module")
+def detector(tmp_path_factory) -> Detector:
+    """A detector that flags about 30 % of normal rows: many candidates in every chunk."""
+    config = make_config(tmp_path_factory.mktemp("wide"), calibration={"alpha": 0.3})
+    return train(config, generate_normal(3_000, seed=1)).detector
+
+
+@pytest.fixture(scope="module")
+def batch(tmp_path_factory):
+    data, _ = plant_anomalies(generate_normal(2_000, seed=5), rate=0.02, seed=5)
+    path = tmp_path_factory.mktemp("batch") / "b.parquet"
+    data.to_parquet(path)
+    return path
+
+
+def test_a_part_keeps_its_candidate_rows_in_a_spill_file(detector, batch, tmp_path):
+    part = score_part(detector, batch, tmp_path, CHUNK_ROWS, None, None)
+    pieces = list(_pieces(part.candidates))
+    assert part.candidates.parent == tmp_path / "part-000000000"
+    assert len(pieces) == 2_000 // CHUNK_ROWS  # one frame a chunk (each has candidates)
+    assert all(0 < len(piece) <= CHUNK_ROWS for piece in pieces)
+    assert sum(map(len, pieces)) > 400
+    # what the part holds in memory: no rows (its template has none)
+    held = [v for v in vars(part).values() if isinstance(v, pd.DataFrame)]
+    assert held == [part.template]
+    assert len(part.template) == 0
+
+
+def test_flagged_rows_are_read_in_slices_as_the_whole_frame(detector, batch, tmp_path):
+    summary = score_file(
+        detector, batch, tmp_path / "out", chunk_rows=CHUNK_ROWS, explain_rows=EXPLAIN_ROWS
+    )
+    rows = summary.flagged_rows
+    assert isinstance(rows, FlaggedRows)
+    assert len(rows) == summary.rows_flagged > 400
+    assert len(rows.pieces) == 2_000 // CHUNK_ROWS
+    assert max(rows.pieces) <= CHUNK_ROWS
+    whole = summary.flagged
+    assert len(whole) == len(rows)
+    for start, stop in [(0, 1), (5, 250), (90, 91), (len(rows) - 3, len(rows) + 10), (7, 7)]:
+        pd.testing.assert_frame_equal(rows.iloc[start:stop], whole.iloc[start:stop])
+    explained = whole["contributions"].map(len) > 0
+    assert explained.sum() == EXPLAIN_ROWS
+    worst = whole["log_likelihood"].nsmallest(EXPLAIN_ROWS).index
+    assert set(whole.index[explained]) == set(worst)
+    # the work folder, with the spill files, is gone; the flagged rows' file has no name
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["b.parquet.scored.parquet"]
+
+
+def test_the_store_gets_the_same_rows_from_slices_as_from_the_frame(detector, batch, tmp_path):
+    summary = score_file(detector, batch, tmp_path / "out", chunk_rows=CHUNK_ROWS)
+    stores = []
+    for name, flagged in (("slices", summary.flagged_rows), ("frame", summary.flagged)):
+        url = f"sqlite:///{tmp_path / f'{name}.db'}"
+        engine = connect(url)
+        write_batch(engine, summary, "m", flagged, pd.DataFrame(), ID)
+        engine.dispose()
+        stores.append(store_rows(url))
+    assert len(stores[0]["flagged"]) == summary.rows_flagged
+    for table, frame in stores[0].items():
+        pd.testing.assert_frame_equal(frame, stores[1][table])
