@@ -215,15 +215,20 @@ class _IdSpill:
     Each chunk's scored ids are hashed (64 bits; a false duplicate needs a collision, odds
     about n² / 2⁶⁵) and appended with their row's place to one of :data:`PARTS` files under
     the batch's work folder, chosen by the hash's top bits. :func:`_repeated_ids` then reads
-    one file at a time (1/PARTS of the rows): memory is that of the largest part, not the
-    batch.
+    one file at a time (1/PARTS of the rows); a file of more than :data:`HELD` records is
+    first split by the hash's next bits, a block at a time: memory holds at most about
+    ``HELD`` records, however large the batch.
     """
 
-    PARTS = 64
+    BITS = 6
+    PARTS = 2**BITS
+    #: the most records read at once (6 MB); a 100M-row batch has 1.6M in each of its parts
+    HELD = 2**18
     RECORD = np.dtype([("hash", "<u8"), ("position", "<i8"), ("chunk", "<i4"), ("row", "<i4")])
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, used_bits: int = 0) -> None:
         folder.mkdir()
+        self.shift = np.uint64(64 - self.BITS - used_bits)  # the hash bits that pick a file
         self.paths = [folder / f"ids.{k:02d}" for k in range(self.PARTS)]
         self.files = [path.open("wb") for path in self.paths]
 
@@ -234,7 +239,11 @@ class _IdSpill:
         records["hash"] = pd.util.hash_pandas_object(ids.astype(str), index=False).to_numpy()
         records["position"] = position + np.arange(len(ids))
         records["chunk"], records["row"] = chunk, rows
-        part = (records["hash"] >> np.uint64(64 - 6)).astype(np.intp)  # 2⁶ = PARTS
+        self.write(records)
+
+    def write(self, records: np.ndarray) -> None:
+        """Append records, each to the file its hash picks."""
+        part = ((records["hash"] >> self.shift) & np.uint64(self.PARTS - 1)).astype(np.intp)
         order = np.argsort(part, kind="stable")
         bounds = np.searchsorted(part[order], np.arange(self.PARTS + 1))
         for k in np.flatnonzero(np.diff(bounds)):
@@ -251,24 +260,52 @@ def _repeated_ids(folders: list[Path], offsets: list[int]) -> np.ndarray:
     earlier chunk had, from the spill ``folders`` of a batch's parts in file order; a part's
     positions start at its ``offsets`` entry (the rows its earlier parts scored). The spill
     files are read one hash part at a time (over every folder), then deleted."""
-    found = []
+    found: list[np.ndarray] = []
     for k in range(_IdSpill.PARTS):
-        pieces = []
-        for folder, offset in zip(folders, offsets, strict=True):
-            path = folder / f"ids.{k:02d}"
-            records = np.fromfile(path, _IdSpill.RECORD)
-            path.unlink()
-            records["position"] += offset
-            pieces.append(records)
-        records = np.concatenate(pieces)
-        if not len(records):
-            continue
-        records = records[np.lexsort((records["position"], records["hash"]))]
-        group = np.r_[True, records["hash"][1:] != records["hash"][:-1]]
-        first_chunk = records["chunk"][group][np.cumsum(group) - 1]
-        found.append(records[records["chunk"] > first_chunk])
+        files = [
+            (folder / f"ids.{k:02d}", offset)
+            for folder, offset in zip(folders, offsets, strict=True)
+        ]
+        _repeated_in(files, 0, found)
     repeated = np.concatenate(found) if found else np.empty(0, _IdSpill.RECORD)
     return repeated[np.argsort(repeated["position"], kind="stable")]
+
+
+def _repeated_in(files: list[tuple[Path, int]], used_bits: int, found: list[np.ndarray]) -> None:
+    """Add to ``found`` the records of the spill ``files`` (with the offset of their positions)
+    of one hash part (its first ``used_bits`` bits are the same) whose id an earlier chunk had;
+    a part too large to hold is split by the next bits of the hash first. Deletes the files."""
+    size = _IdSpill.RECORD.itemsize
+    if sum(path.stat().st_size for path, _ in files) // size > _IdSpill.HELD and (
+        used_bits + 2 * _IdSpill.BITS <= 64
+    ):
+        used_bits += _IdSpill.BITS
+        spill = _IdSpill(files[0][0].with_name(f"{files[0][0].name}.split"), used_bits)
+        for path, offset in files:
+            for start in range(0, path.stat().st_size, _IdSpill.HELD * size):
+                records = np.fromfile(path, _IdSpill.RECORD, _IdSpill.HELD, offset=start)
+                records["position"] += offset
+                spill.write(records)
+            path.unlink()
+        spill.close()
+        for path in spill.paths:
+            _repeated_in([(path, 0)], used_bits, found)
+        spill.paths[0].parent.rmdir()
+        return
+    pieces = []
+    for path, offset in files:
+        records = np.fromfile(path, _IdSpill.RECORD)
+        path.unlink()
+        records["position"] += offset
+        pieces.append(records)
+    records = np.concatenate(pieces)
+    del pieces
+    if not len(records):
+        return
+    records = records[np.lexsort((records["position"], records["hash"]))]
+    group = np.r_[True, records["hash"][1:] != records["hash"][:-1]]
+    first_chunk = records["chunk"][group][np.cumsum(group) - 1]
+    found.append(records[records["chunk"] > first_chunk])
 
 
 @dataclass

@@ -10,6 +10,7 @@ import pytest
 from test_scoring import make_config
 from test_scoring_equality import store_rows
 
+from anomaly import scoring
 from anomaly.demo_data import ID, generate_normal, plant_anomalies
 from anomaly.detector import Detector
 from anomaly.scoring import FlaggedRows, _pieces, score_file, score_part
@@ -81,3 +82,29 @@ def test_the_store_gets_the_same_rows_from_slices_as_from_the_frame(detector, ba
     assert len(stores[0]["flagged"]) == summary.rows_flagged
     for table, frame in stores[0].items():
         pd.testing.assert_frame_equal(frame, stores[1][table])
+
+
+def test_id_parts_too_large_to_hold_are_split_and_find_the_same_repeats(
+    detector, tmp_path, monkeypatch
+):
+    data = generate_normal(3_000, seed=6)
+    # ids repeated within a chunk, across chunks, and three times
+    data.loc[[5, 40, 250, 1_499, 2_999], ID] = data[ID].iloc[[3, 3, 10, 2, 10]].to_numpy()
+    path = tmp_path / "repeated.parquet"
+    data.to_parquet(path)
+    whole = score_file(detector, path, tmp_path / "whole", chunk_rows=CHUNK_ROWS, batch_id="b")
+    # a part of more than 8 records (here about 47) is split by the next bits of the hash
+    monkeypatch.setattr(scoring._IdSpill, "HELD", 8)
+    split = score_file(detector, path, tmp_path / "split", chunk_rows=CHUNK_ROWS, batch_id="b")
+    # 5 and 40 repeat within chunk 0 (the chunk's checks), 250, 1499 and 2999 across chunks
+    assert split.rows_quarantined == whole.rows_quarantined == 5
+    skip = {"output", "quarantine_output", "explain_seconds"}
+    assert {k: v for k, v in split.to_dict().items() if k not in skip} == {
+        k: v for k, v in whole.to_dict().items() if k not in skip
+    }
+    pd.testing.assert_frame_equal(split.quarantined, whole.quarantined)
+    pd.testing.assert_frame_equal(split.flagged, whole.flagged)
+    pd.testing.assert_frame_equal(pd.read_parquet(split.output), pd.read_parquet(whole.output))
+    assert [p.name for p in (tmp_path / "split").iterdir()] == [
+        p.name for p in (tmp_path / "whole").iterdir()
+    ]
