@@ -581,9 +581,7 @@ def _flagged(
             rows = len(flagged) + np.arange(len(piece))
             flagged.add(piece)
             ll = piece["log_likelihood"].to_numpy()
-            if (
-                explain_rows and len(worst) == explain_rows
-            ):  # only a row below the last of them can enter
+            if explain_rows and len(worst) == explain_rows:  # only rows below the last enter
                 last = worst["log_likelihood"].to_numpy()[_lowest(worst, explain_rows)[-1]]
                 enter = ~np.isnan(ll) if np.isnan(last) else ll < last
                 piece, rows = piece.loc[enter], rows[enter]
@@ -592,7 +590,7 @@ def _flagged(
                 kept = np.sort(_lowest(worst, explain_rows))
                 worst, worst_rows = worst.iloc[kept], np.r_[worst_rows, rows][kept]
     start = time.perf_counter()
-    order = _lowest(worst, explain_rows)
+    order = _lowest(worst, explain_rows) if len(worst) else []
     if len(order):
         explained = explain(detector, worst.iloc[order].reset_index(drop=True))
         flagged.contributions = dict(zip(worst_rows[order].tolist(), explained, strict=True))
