@@ -97,8 +97,9 @@ class FlaggedRows:
     ``contributions``), held in an anonymous temporary file, one frame (pickled) per chunk, so
     that memory holds one chunk's rows, not the batch's.
 
-    ``len()`` and ``iloc[start:stop]`` (a frame of those rows) are what the store's batch write
-    reads, one slice after another; :meth:`frame` gives them all. The file has no name (it is
+    ``len()``, ``iloc[start:stop]`` or ``iloc[positions]`` (a frame of those rows) and
+    ``rows[column]`` (one column of all) are what the store's batch write reads, one slice
+    after another; :meth:`frame` gives them all. The file has no name (it is
     gone when this object is, or its process ends, even killed)."""
 
     def __init__(self, folder: Path | None, template: pd.DataFrame) -> None:
@@ -144,6 +145,36 @@ class FlaggedRows:
         """Every row as one frame (index 0 … n-1)."""
         return self.rows(0, len(self))
 
+    def __getitem__(self, column: str) -> pd.Series:
+        """One column of every row, as ``frame()[column]`` (only that column is held)."""
+        if column == "contributions" and self.contributions is not None:
+            values = [self.contributions.get(i, []) for i in range(len(self))]
+            return (
+                pd.Series(values, name=column, dtype=object) if values else self.rows(0, 0)[column]
+            )
+        pieces = [self._piece(k)[column] for k in range(len(self._offsets))]
+        return pd.concat([self._template[column], *pieces], ignore_index=True)
+
+    def take(self, positions: Any) -> pd.DataFrame:
+        """The rows at ``positions`` (0 … n-1), in that order, as ``frame().iloc[positions]``
+        gives them; each piece that holds any of them is read once."""
+        positions = np.asarray(positions, dtype=np.intp)
+        if len(positions) and (positions.min() < 0 or positions.max() >= len(self)):
+            msg = f"row positions must be in 0 … {len(self) - 1}"
+            raise IndexError(msg)
+        piece_of = np.searchsorted(self._starts, positions, side="right") - 1
+        found, asked = [self._template], [np.zeros(0, np.intp)]
+        for k in np.unique(piece_of).tolist():
+            mine = np.flatnonzero(piece_of == k)
+            found.append(self._piece(k).iloc[positions[mine] - self._starts[k]])
+            asked.append(mine)
+        out = pd.concat(found, ignore_index=True).iloc[np.argsort(np.concatenate(asked))]
+        out.index = pd.Index(positions)
+        if self.contributions is not None:
+            values = [self.contributions.get(i, []) for i in positions.tolist()]
+            out["contributions"] = pd.Series(values, out.index, object) if len(self) else values
+        return out
+
     def rows(self, start: int, stop: int) -> pd.DataFrame:
         """Rows ``start`` to ``stop`` (indexed so), reading only the pieces that hold them."""
         start, stop = max(0, min(start, len(self))), max(0, min(stop, len(self)))
@@ -173,11 +204,12 @@ class FlaggedRows:
 class _Slicer:
     rows: FlaggedRows
 
-    def __getitem__(self, span: slice) -> pd.DataFrame:
-        start, stop, step = span.indices(len(self.rows))
+    def __getitem__(self, rows: slice | Any) -> pd.DataFrame:
+        if not isinstance(rows, slice):
+            return self.rows.take(rows)
+        start, stop, step = rows.indices(len(self.rows))
         if step != 1:
-            msg = "FlaggedRows.iloc takes a slice of consecutive rows"
-            raise IndexError(msg)
+            return self.rows.take(np.arange(start, stop, step))
         return self.rows.rows(start, stop)
 
 

@@ -5,6 +5,7 @@ in slices; the slices give what the whole frame gives, in the store too."""
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 from test_scoring import make_config
@@ -63,6 +64,13 @@ def test_flagged_rows_are_read_in_slices_as_the_whole_frame(detector, batch, tmp
     assert len(whole) == len(rows)
     for start, stop in [(0, 1), (5, 250), (90, 91), (len(rows) - 3, len(rows) + 10), (7, 7)]:
         pd.testing.assert_frame_equal(rows.iloc[start:stop], whole.iloc[start:stop])
+    # in any order, as the store may read them (by score), and column by column
+    order = np.argsort(rows["log_likelihood"].to_numpy(), kind="stable")
+    for start in (0, 150, len(rows) - 40):
+        wanted = order[start : start + 200]
+        pd.testing.assert_frame_equal(rows.iloc[wanted], whole.iloc[wanted])
+    for column in whole.columns:
+        pd.testing.assert_series_equal(rows[column], whole[column])
     explained = whole["contributions"].map(len) > 0
     assert explained.sum() == EXPLAIN_ROWS
     worst = whole["log_likelihood"].nsmallest(EXPLAIN_ROWS).index
