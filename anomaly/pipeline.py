@@ -127,9 +127,12 @@ def process_batch(
             engine, batch_id_for(work), digest, work.suffix, shown(path, full=True), config.name
         )
         summary = _score(config, detector, version, work, batch_id, map_parts)
-        summary = dataclasses.replace(summary, source=shown(path, full=True), content_hash=digest)
+        # flagged=None keeps the flagged rows in their spill file (not read into one frame)
+        source = shown(path, full=True)
+        summary = dataclasses.replace(summary, source=source, content_hash=digest, flagged=None)
         empty = pd.DataFrame()
-        flagged = summary.flagged if summary.flagged is not None else empty
+        # read by the store in slices, one chunk's rows at a time from the spill file
+        flagged = summary.flagged_rows if summary.flagged_rows is not None else empty
         quarantined = summary.quarantined if summary.quarantined is not None else empty
         write_batch(
             engine, summary, config.name, flagged, quarantined, detector.preprocessor.features.id

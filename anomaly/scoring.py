@@ -1,25 +1,31 @@
 """Scoring a batch file in bounded memory: read by chunks, score, flag, write atomically.
 
 One pass scores each chunk and streams its rows to a temporary Parquet file (one row group a
-chunk), with their flags under the ``fpr`` rule; it keeps the rows that may be flagged and, only
-under ``fdr``, which needs the whole batch (Benjamini–Hochberg), each row's p-value (8 bytes).
-The ids go to hash-partitioned spill files, checked for ids repeated across chunks at the end,
-one part at a time, so memory does not grow with the batch. The temporary file is renamed into
-place, so a reader never sees a partial output; a second pass copies it first only when a row
-must go (a repeated id) or its flags come after the pass (``fdr``).
+chunk), with their flags under the ``fpr`` rule; it appends the rows that may be flagged to a
+spill file and keeps, only under ``fdr``, which needs the whole batch (Benjamini–Hochberg),
+each row's p-value (8 bytes). The ids go to hash-partitioned spill files, checked for ids
+repeated across chunks at the end, one part at a time, so memory does not grow with the batch.
+The flagged rows are then copied, one chunk's at a time, into a :class:`FlaggedRows` spill that
+the store reads in slices; only the ``explain_rows`` worst of them are held, to be explained.
+The temporary file is renamed into place, so a reader never sees a partial output; a second
+pass copies it first only when a row must go (a repeated id) or its flags come after the pass
+(``fdr``).
 """
 
 from __future__ import annotations
 
+import bisect
 import functools
 import hashlib
 import itertools
 import os
+import pickle
 import re
 import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field, fields
+from dataclasses import InitVar, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -59,13 +65,152 @@ class BatchSummary:
     error: str | None = None
     #: SHA-256 of the file's bytes: with its name, the batch's identity
     content_hash: str | None = None
-    #: raw values + scores of the flagged rows, and the quarantined raw rows + reason
-    flagged: pd.DataFrame | None = field(default=None, repr=False, compare=False)
+    #: raw values + scores (+ contributions) of the flagged rows as one frame, kept as
+    #: ``flagged_rows``; read back, ``flagged`` is that frame (the whole set, read into memory)
+    flagged: InitVar[pd.DataFrame | None] = None
+    #: the quarantined raw rows + reason
     quarantined: pd.DataFrame | None = field(default=None, repr=False, compare=False)
+    #: the flagged rows, read in slices: what the store's batch write takes (see FlaggedRows).
+    #: ``dataclasses.replace`` reads ``flagged`` unless given ``flagged=None``, which keeps them
+    flagged_rows: FlaggedRows | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self, flagged: pd.DataFrame | None) -> None:
+        if flagged is not None:
+            object.__setattr__(self, "flagged_rows", FlaggedRows.of(flagged))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form (the counts, not the rows)."""
         return {f.name: getattr(self, f.name) for f in fields(self) if f.repr}
+
+
+def _flagged_frame(summary: BatchSummary) -> pd.DataFrame | None:
+    """The flagged rows of a batch as one frame (all of them in memory; see FlaggedRows)."""
+    return None if summary.flagged_rows is None else summary.flagged_rows.frame()
+
+
+# set after the class is made, as ``flagged`` is also the name of its init argument
+BatchSummary.flagged = property(_flagged_frame)  # type: ignore[assignment,misc]
+
+
+class FlaggedRows:
+    """A batch's flagged rows (raw values, ``log_likelihood``, ``p_value``, ``reason``,
+    ``contributions``), held in an anonymous temporary file, one frame (pickled) per chunk, so
+    that memory holds one chunk's rows, not the batch's.
+
+    ``len()``, ``iloc[start:stop]`` or ``iloc[positions]`` (a frame of those rows) and
+    ``rows[column]`` (one column of all) are what the store's batch write reads, one slice
+    after another; :meth:`frame` gives them all. The file has no name (it is
+    gone when this object is, or its process ends, even killed)."""
+
+    def __init__(self, folder: Path | None, template: pd.DataFrame) -> None:
+        self._file = tempfile.TemporaryFile(dir=folder)  # noqa: SIM115 (held while rows are)
+        self._template = template  # no rows: the columns and their dtypes
+        self._offsets: list[int] = []  # where each piece starts in the file
+        self._starts = [0]  # the first row of each piece, then the number of rows
+        self._held: tuple[int, pd.DataFrame] | None = None  # the last piece read
+        #: contributions of the explained rows, by row (the others have none); None: the rows
+        #: hold their own column, if any
+        self.contributions: dict[int, list[dict[str, Any]]] | None = {}
+
+    @classmethod
+    def of(cls, frame: pd.DataFrame) -> FlaggedRows:
+        """A frame of flagged rows as a set; :meth:`frame` gives it back."""
+        rows = cls(None, frame.iloc[:0])
+        rows.add(frame)
+        rows.contributions = None
+        return rows
+
+    def add(self, piece: pd.DataFrame) -> None:
+        """Append rows (the template's columns and dtypes)."""
+        if not len(piece):
+            return
+        self._offsets.append(self._file.seek(0, os.SEEK_END))
+        pickle.dump(piece, self._file, protocol=pickle.HIGHEST_PROTOCOL)
+        self._starts.append(self._starts[-1] + len(piece))
+
+    def __len__(self) -> int:
+        return self._starts[-1]
+
+    @property
+    def pieces(self) -> list[int]:
+        """The number of rows of each stored piece (one a chunk that had flagged rows)."""
+        return np.diff(self._starts).tolist()
+
+    @property
+    def iloc(self) -> _Slicer:
+        """``rows.iloc[start:stop]``: the frame of those rows, as ``frame().iloc`` gives it."""
+        return _Slicer(self)
+
+    def frame(self) -> pd.DataFrame:
+        """Every row as one frame (index 0 … n-1)."""
+        return self.rows(0, len(self))
+
+    def __getitem__(self, column: str) -> pd.Series:
+        """One column of every row, as ``frame()[column]`` (only that column is held)."""
+        if column == "contributions" and self.contributions is not None:
+            values = [self.contributions.get(i, []) for i in range(len(self))]
+            return (
+                pd.Series(values, name=column, dtype=object) if values else self.rows(0, 0)[column]
+            )
+        pieces = [self._piece(k)[column] for k in range(len(self._offsets))]
+        return pd.concat([self._template[column], *pieces], ignore_index=True)
+
+    def take(self, positions: Any) -> pd.DataFrame:
+        """The rows at ``positions`` (0 … n-1), in that order, as ``frame().iloc[positions]``
+        gives them; each piece that holds any of them is read once."""
+        positions = np.asarray(positions, dtype=np.intp)
+        if len(positions) and (positions.min() < 0 or positions.max() >= len(self)):
+            msg = f"row positions must be in 0 … {len(self) - 1}"
+            raise IndexError(msg)
+        piece_of = np.searchsorted(self._starts, positions, side="right") - 1
+        found, asked = [self._template], [np.zeros(0, np.intp)]
+        for k in np.unique(piece_of).tolist():
+            mine = np.flatnonzero(piece_of == k)
+            found.append(self._piece(k).iloc[positions[mine] - self._starts[k]])
+            asked.append(mine)
+        out = pd.concat(found, ignore_index=True).iloc[np.argsort(np.concatenate(asked))]
+        out.index = pd.Index(positions)
+        if self.contributions is not None:
+            values = [self.contributions.get(i, []) for i in positions.tolist()]
+            out["contributions"] = pd.Series(values, out.index, object) if len(self) else values
+        return out
+
+    def rows(self, start: int, stop: int) -> pd.DataFrame:
+        """Rows ``start`` to ``stop`` (indexed so), reading only the pieces that hold them."""
+        start, stop = max(0, min(start, len(self))), max(0, min(stop, len(self)))
+        stop = max(start, stop)
+        found = [self._template]
+        k = bisect.bisect_right(self._starts, start) - 1
+        while k < len(self._offsets) and self._starts[k] < stop:
+            first = self._starts[k]
+            found.append(self._piece(k).iloc[max(start - first, 0) : stop - first])
+            k += 1
+        out = pd.concat(found, ignore_index=True)
+        out.index = pd.RangeIndex(start, start + len(out))
+        if self.contributions is not None:
+            values = [self.contributions.get(i, []) for i in range(start, stop)]
+            # as a slice of the whole frame has it (its lists make it object); none: as before
+            out["contributions"] = pd.Series(values, out.index, object) if len(self) else values
+        return out
+
+    def _piece(self, k: int) -> pd.DataFrame:
+        if self._held is None or self._held[0] != k:
+            self._file.seek(self._offsets[k])
+            self._held = (k, pickle.load(self._file))  # this object's own file
+        return self._held[1]
+
+
+@dataclass(frozen=True)
+class _Slicer:
+    rows: FlaggedRows
+
+    def __getitem__(self, rows: slice | Any) -> pd.DataFrame:
+        if not isinstance(rows, slice):
+            return self.rows.take(rows)
+        start, stop, step = rows.indices(len(self.rows))
+        if step != 1:
+            return self.rows.take(np.arange(start, stop, step))
+        return self.rows.rows(start, stop)
 
 
 def batch_id_for(path: Path) -> str:
@@ -102,15 +247,20 @@ class _IdSpill:
     Each chunk's scored ids are hashed (64 bits; a false duplicate needs a collision, odds
     about n² / 2⁶⁵) and appended with their row's place to one of :data:`PARTS` files under
     the batch's work folder, chosen by the hash's top bits. :func:`_repeated_ids` then reads
-    one file at a time (1/PARTS of the rows): memory is that of the largest part, not the
-    batch.
+    one file at a time (1/PARTS of the rows); a file of more than :data:`HELD` records is
+    first split by the hash's next bits, a block at a time: memory holds at most about
+    ``HELD`` records, however large the batch.
     """
 
-    PARTS = 64
+    BITS = 6
+    PARTS = 2**BITS
+    #: the most records read at once (6 MB); a 100M-row batch has 1.6M in each of its parts
+    HELD = 2**18
     RECORD = np.dtype([("hash", "<u8"), ("position", "<i8"), ("chunk", "<i4"), ("row", "<i4")])
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, used_bits: int = 0) -> None:
         folder.mkdir()
+        self.shift = np.uint64(64 - self.BITS - used_bits)  # the hash bits that pick a file
         self.paths = [folder / f"ids.{k:02d}" for k in range(self.PARTS)]
         self.files = [path.open("wb") for path in self.paths]
 
@@ -121,7 +271,11 @@ class _IdSpill:
         records["hash"] = pd.util.hash_pandas_object(ids.astype(str), index=False).to_numpy()
         records["position"] = position + np.arange(len(ids))
         records["chunk"], records["row"] = chunk, rows
-        part = (records["hash"] >> np.uint64(64 - 6)).astype(np.intp)  # 2⁶ = PARTS
+        self.write(records)
+
+    def write(self, records: np.ndarray) -> None:
+        """Append records, each to the file its hash picks."""
+        part = ((records["hash"] >> self.shift) & np.uint64(self.PARTS - 1)).astype(np.intp)
         order = np.argsort(part, kind="stable")
         bounds = np.searchsorted(part[order], np.arange(self.PARTS + 1))
         for k in np.flatnonzero(np.diff(bounds)):
@@ -138,40 +292,72 @@ def _repeated_ids(folders: list[Path], offsets: list[int]) -> np.ndarray:
     earlier chunk had, from the spill ``folders`` of a batch's parts in file order; a part's
     positions start at its ``offsets`` entry (the rows its earlier parts scored). The spill
     files are read one hash part at a time (over every folder), then deleted."""
-    found = []
+    found: list[np.ndarray] = []
     for k in range(_IdSpill.PARTS):
-        pieces = []
-        for folder, offset in zip(folders, offsets, strict=True):
-            path = folder / f"ids.{k:02d}"
-            records = np.fromfile(path, _IdSpill.RECORD)
-            path.unlink()
-            records["position"] += offset
-            pieces.append(records)
-        records = np.concatenate(pieces)
-        if not len(records):
-            continue
-        records = records[np.lexsort((records["position"], records["hash"]))]
-        group = np.r_[True, records["hash"][1:] != records["hash"][:-1]]
-        first_chunk = records["chunk"][group][np.cumsum(group) - 1]
-        found.append(records[records["chunk"] > first_chunk])
+        files = [
+            (folder / f"ids.{k:02d}", offset)
+            for folder, offset in zip(folders, offsets, strict=True)
+        ]
+        _repeated_in(files, 0, found)
     repeated = np.concatenate(found) if found else np.empty(0, _IdSpill.RECORD)
     return repeated[np.argsort(repeated["position"], kind="stable")]
+
+
+def _repeated_in(files: list[tuple[Path, int]], used_bits: int, found: list[np.ndarray]) -> None:
+    """Add to ``found`` the records of the spill ``files`` (with the offset of their positions)
+    of one hash part (its first ``used_bits`` bits are the same) whose id an earlier chunk had;
+    a part too large to hold is split by the next bits of the hash first. Deletes the files."""
+    size = _IdSpill.RECORD.itemsize
+    if sum(path.stat().st_size for path, _ in files) // size > _IdSpill.HELD and (
+        used_bits + 2 * _IdSpill.BITS <= 64
+    ):
+        used_bits += _IdSpill.BITS
+        spill = _IdSpill(files[0][0].with_name(f"{files[0][0].name}.split"), used_bits)
+        for path, offset in files:
+            for start in range(0, path.stat().st_size, _IdSpill.HELD * size):
+                records = np.fromfile(path, _IdSpill.RECORD, _IdSpill.HELD, offset=start)
+                records["position"] += offset
+                spill.write(records)
+            path.unlink()
+        spill.close()
+        for path in spill.paths:
+            _repeated_in([(path, 0)], used_bits, found)
+        spill.paths[0].parent.rmdir()
+        return
+    pieces = []
+    for path, offset in files:
+        records = np.fromfile(path, _IdSpill.RECORD)
+        path.unlink()
+        records["position"] += offset
+        pieces.append(records)
+    records = np.concatenate(pieces)
+    del pieces
+    if not len(records):
+        return
+    records = records[np.lexsort((records["position"], records["hash"]))]
+    group = np.r_[True, records["hash"][1:] != records["hash"][:-1]]
+    first_chunk = records["chunk"][group][np.cumsum(group) - 1]
+    found.append(records[records["chunk"] > first_chunk])
 
 
 @dataclass
 class Part:
     """What scoring one stretch of a batch file (:func:`score_part`) leaves for
     :func:`merge_parts`: its scored rows in ``output`` (one row group a chunk, flagged under
-    ``fpr``), its ids in the spill folder ``ids``, and what the merge needs in memory."""
+    ``fpr``), its ids in the spill folder ``ids``, the rows that may be flagged in the spill
+    file ``candidates`` (one pickled frame a chunk that has any), and what the merge needs in
+    memory."""
 
     rows: range | None  # None: the whole file
     output: Path
     ids: Path
+    candidates: Path
+    #: no rows: the columns and dtypes of the candidate frames of every chunk, concatenated
+    template: pd.DataFrame | None = None
     n_scored: int = 0
     chunk_sums: list[float] = field(default_factory=list)  # per chunk, sum of log-likelihoods
     p_values: list[np.ndarray] = field(default_factory=list)  # per chunk, only under fdr
     has_reason: list[np.ndarray] = field(default_factory=list)  # per chunk, only under fdr
-    candidates: list[pd.DataFrame] = field(default_factory=list)  # rows that may be flagged
     quarantined: list[list[pd.DataFrame]] = field(default_factory=list)  # per chunk
     error: str | None = None  # the batch's file or schema is unusable (it is rejected)
 
@@ -213,7 +399,7 @@ def score_part(
     folder = work / f"part-{first_chunk:09d}"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir()
-    part = Part(rows, folder / "scored.parquet", folder / "ids")
+    part = Part(rows, folder / "scored.parquet", folder / "ids", folder / "candidates.pickle")
     # the fpr rule flags a row by its own p-value, so each chunk's flags are final and are
     # written as the chunk is; fdr (Benjamini–Hochberg) needs the whole batch's p-values first
     per_row = detector.calibrator.rule == "fpr"
@@ -225,7 +411,10 @@ def score_part(
         columns = None if first is None else list(first[0].columns)
         copied = passthrough_columns(detector, passthrough, columns)
         schema = output_schema(detector, copied)
-        with pq.ParquetWriter(part.output, schema, **_WRITE_OPTIONS) as writer:
+        with (
+            pq.ParquetWriter(part.output, schema, **_WRITE_OPTIONS) as writer,
+            part.candidates.open("wb") as candidates,
+        ):
             for k, (chunk, unreadable) in enumerate(
                 itertools.chain([first] if first else [], chunks)
             ):
@@ -248,7 +437,12 @@ def score_part(
                     rows_kept[col] = scored[col].to_numpy()[maybe]
                 rows_kept[_POSITION] = n_before + np.flatnonzero(maybe)
                 rows_kept[_FLAG] = scored["is_anomaly"].to_numpy()[maybe]
-                part.candidates.append(rows_kept)
+                # the dtypes every chunk's rows get when put together (a CSV column may be read
+                # as integers in one chunk and as floats in another)
+                empty = rows_kept.iloc[:0]
+                part.template = empty if part.template is None else _joined([part.template, empty])
+                if len(rows_kept):
+                    pickle.dump(rows_kept, candidates, protocol=pickle.HIGHEST_PROTOCOL)
                 part.n_scored += len(scored)
                 part.chunk_sums.append(float(scored["log_likelihood"].sum()))
                 if len(result.quarantined):
@@ -354,31 +548,9 @@ def merge_parts(
         if quarantine_frame is None
         else write_parquet_atomic(quarantine_frame.astype(str), quarantine_path, work)
     )
-    candidates = []
-    for part, offset in zip(parts, offsets, strict=False):
-        for rows in part.candidates:
-            moved = rows[_POSITION] + offset
-            candidates.append(rows.assign(**{_POSITION: moved}) if offset else rows)
-    flagged = pd.concat(candidates, ignore_index=True) if candidates else pd.DataFrame()
-    explain_start = time.perf_counter()
-    if len(flagged):
-        position = flagged[_POSITION].to_numpy()
-        keep = ~np.isin(position, dropped)
-        new_position = position - np.searchsorted(dropped, position)  # after the dropped rows
-        if flags is None:
-            keep &= flagged[_FLAG].to_numpy(bool)
-        else:
-            keep &= flags[new_position.clip(0, max(len(flags) - 1, 0))] if len(flags) else False
-        flagged = flagged.loc[keep].drop(columns=[_POSITION, _FLAG])
-        flagged = flagged.reset_index(drop=True)
-        worst = np.argsort(flagged["log_likelihood"].to_numpy(), kind="stable")[:explain_rows]
-        contributions: list[list[dict[str, Any]]] = [[] for _ in range(len(flagged))]
-        if len(worst):
-            explained = explain(detector, flagged.iloc[worst].reset_index(drop=True))
-            for row, value in zip(worst.tolist(), explained, strict=True):
-                contributions[row] = value
-        flagged["contributions"] = contributions
-    explain_seconds = time.perf_counter() - explain_start
+    flagged, explain_seconds = _flagged(
+        detector, parts, offsets, dropped, flags, explain_rows, work
+    )
     n_scored = n_before - len(dropped)
     shift = detector.calibrator.shift_alarm(n_flagged, n_scored)
     n_quarantined = 0 if quarantine_frame is None else len(quarantine_frame)
@@ -402,9 +574,80 @@ def merge_parts(
         shift_alarm=shift.alarm,
         mean_log_likelihood=ll_sum / n_scored if n_scored else None,
         explain_seconds=explain_seconds,
-        flagged=flagged.reset_index(drop=True),
         quarantined=quarantine_frame,
+        flagged_rows=flagged,
     )
+
+
+def _flagged(
+    detector: Detector,
+    parts: list[Part],
+    offsets: list[int],
+    dropped: np.ndarray,
+    flags: np.ndarray | None,
+    explain_rows: int,
+    work: Path,
+) -> tuple[FlaggedRows, float]:
+    """The flagged rows of a batch from its parts' candidate spill files, one chunk's rows at a
+    time: without the ``dropped`` positions (repeated ids), flagged by their own flag (``fpr``)
+    or by ``flags`` (the kept rows', ``fdr``), into a :class:`FlaggedRows` spill. Only the
+    ``explain_rows`` rows of lowest log-likelihood (the earlier first among equals) are held,
+    then explained. Returns the rows and the seconds spent explaining."""
+    templates = [part.template for part in parts if part.template is not None]
+    template = _joined(templates) if templates else pd.DataFrame()
+    internal = [_POSITION, _FLAG]
+    flagged = FlaggedRows(work, template.drop(columns=internal, errors="ignore"))
+    worst = template.drop(columns=internal, errors="ignore")  # by row, the earlier first
+    worst_rows = np.zeros(0, np.int64)
+    for part, offset in zip(parts, offsets, strict=False):
+        for piece in _pieces(part.candidates):
+            piece = _joined([template, piece])
+            position = piece[_POSITION].to_numpy() + offset
+            keep = ~np.isin(position, dropped)
+            new_position = position - np.searchsorted(dropped, position)  # after the dropped
+            if flags is None:
+                keep &= piece[_FLAG].to_numpy(bool)
+            else:
+                keep &= flags[new_position.clip(0, max(len(flags) - 1, 0))] if len(flags) else False
+            piece = piece.loc[keep].drop(columns=internal)
+            rows = len(flagged) + np.arange(len(piece))
+            flagged.add(piece)
+            ll = piece["log_likelihood"].to_numpy()
+            if explain_rows and len(worst) == explain_rows:  # only rows below the last enter
+                last = worst["log_likelihood"].to_numpy()[_lowest(worst, explain_rows)[-1]]
+                enter = ~np.isnan(ll) if np.isnan(last) else ll < last
+                piece, rows = piece.loc[enter], rows[enter]
+            if len(piece) and explain_rows:
+                worst = _joined([worst, piece])
+                kept = np.sort(_lowest(worst, explain_rows))
+                worst, worst_rows = worst.iloc[kept], np.r_[worst_rows, rows][kept]
+    start = time.perf_counter()
+    order = _lowest(worst, explain_rows) if len(worst) else []
+    if len(order):
+        explained = explain(detector, worst.iloc[order].reset_index(drop=True))
+        flagged.contributions = dict(zip(worst_rows[order].tolist(), explained, strict=True))
+    return flagged, time.perf_counter() - start
+
+
+def _lowest(rows: pd.DataFrame, n: int) -> np.ndarray:
+    """Places of the ``n`` rows of lowest log-likelihood, lowest first (the earlier first
+    among equals; NaN last)."""
+    return np.argsort(rows["log_likelihood"].to_numpy(), kind="stable")[:n]
+
+
+def _joined(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """The frames as one (index 0 … n-1), each column of the dtype all of them share."""
+    return pd.concat(frames, ignore_index=True)
+
+
+def _pieces(path: Path) -> Iterator[pd.DataFrame]:
+    """The frames pickled one after another into a candidate spill file, in order."""
+    with path.open("rb") as file:
+        while True:
+            try:
+                yield pickle.load(file)  # score_part's, in the work folder
+            except EOFError:
+                return
 
 
 def _collect(parts: Iterable[Part], joined: Path | None) -> tuple[list[Part], bool]:

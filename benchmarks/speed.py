@@ -259,7 +259,7 @@ def child_e2e(
         if summary.status != "scored":
             msg = f"batch rejected: {summary.error}"
             raise RuntimeError(msg)
-        flagged = summary.flagged if summary.flagged is not None else pd.DataFrame()
+        flagged = summary.flagged_rows if summary.flagged_rows is not None else pd.DataFrame()
         quarantined = summary.quarantined if summary.quarantined is not None else pd.DataFrame()
         write_batch(engine, summary, "speed", flagged, quarantined, id_col)
         return summary
