@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from pandas.core.dtypes.cast import maybe_box_native
 from sqlalchemy import Connection, Table
 
 #: value types stored as they are (exact types: subclasses such as numpy's take the long way)
@@ -42,7 +43,7 @@ def json_texts(values: pd.Series) -> list[str]:
     """``json.dumps(json_value(v))`` of every value of a column: numbers, flags and plain text
     without a per-value Python call beyond the number's own ``repr``."""
     kind = values.dtype.kind if isinstance(values.dtype, np.dtype) else ""
-    items = values.tolist()  # Python scalars, as a frame's records hold them
+    items = values.tolist()
     if kind == "f":
         texts = list(map(float.__repr__, items))
         for i in np.flatnonzero(~np.isfinite(values.to_numpy())).tolist():
@@ -52,8 +53,12 @@ def json_texts(values: pd.Series) -> list[str]:
         return list(map(int.__repr__, items))
     if kind == "b":
         return ["true" if item else "false" for item in items]
+    # objects and extension types: each value as a frame's records give it (``to_dict`` boxes
+    # them with pandas' maybe_box_native: numpy scalars as Python ones, pd.NA as None)
     return [
-        encode_basestring_ascii(item) if type(item) is str else json.dumps(json_value(item))
+        encode_basestring_ascii(item)
+        if type(item) is str
+        else json.dumps(json_value(maybe_box_native(item)))
         for item in items
     ]
 
