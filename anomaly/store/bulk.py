@@ -40,8 +40,9 @@ def json_value(value: Any) -> Any:
 
 
 def json_texts(values: pd.Series) -> list[str]:
-    """``json.dumps(json_value(v))`` of every value of a column: numbers, flags and plain text
-    without a per-value Python call beyond the number's own ``repr``."""
+    """``json.dumps(json_value(v))`` of every value ``v`` of a column as ``to_dict("records")``
+    gives it: numbers, flags and plain text without a per-value call beyond a number's
+    ``repr``."""
     kind = values.dtype.kind if isinstance(values.dtype, np.dtype) else ""
     items = values.tolist()
     if kind == "f":
@@ -49,7 +50,7 @@ def json_texts(values: pd.Series) -> list[str]:
         for i in np.flatnonzero(~np.isfinite(values.to_numpy())).tolist():
             texts[i] = f'"{texts[i]}"'  # NaN/inf are stored as text: "nan", "inf", "-inf"
         return texts
-    if kind in "iu" and kind:
+    if kind and kind in "iu":
         return list(map(int.__repr__, items))
     if kind == "b":
         return ["true" if item else "false" for item in items]
