@@ -268,7 +268,7 @@ class _IdSpill:
         """Remember chunk ``chunk``'s scored ids; the first is scored row ``position`` of the
         batch, ``rows`` are their positions in the chunk."""
         records = np.empty(len(ids), self.RECORD)
-        records["hash"] = pd.util.hash_pandas_object(ids.astype(str), index=False).to_numpy()
+        records["hash"] = _id_hashes(ids)
         records["position"] = position + np.arange(len(ids))
         records["chunk"], records["row"] = chunk, rows
         self.write(records)
@@ -285,6 +285,54 @@ class _IdSpill:
         """Close the spill files (they go with the work folder)."""
         for file in self.files:
             file.close()
+
+
+def _id_hashes(ids: pd.Series) -> np.ndarray:
+    """64-bit hashes of the ids' text (``str`` of each; UTF-8), one per id: a function of the
+    text only, so an id read as a number in one chunk and as text in another hashes alike.
+    Integer ids become text in Arrow, not one Python string each."""
+    if isinstance(ids.dtype, np.dtype) and ids.dtype.kind in "iu":
+        text = pc.cast(pa.array(ids.to_numpy()), pa.string())
+    else:
+        text = pa.array(ids.astype(str), pa.string())  # pandas' Arrow text: may be chunked
+        text = text.combine_chunks() if isinstance(text, pa.ChunkedArray) else text
+    return _hash_bytes(text)
+
+
+#: multipliers of the 64-bit mix (splitmix64's finaliser) and of a text's length
+_MIX = (np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB), np.uint64(0x9E3779B97F4A7C15))
+
+
+def _mix(h: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser, a bijection of 64-bit words that spreads every input bit."""
+    h = (h ^ (h >> np.uint64(30))) * _MIX[0]
+    h = (h ^ (h >> np.uint64(27))) * _MIX[1]
+    return h ^ (h >> np.uint64(31))
+
+
+def _hash_bytes(text: pa.Array) -> np.ndarray:
+    """A 64-bit hash of each value of an Arrow string or binary array, vectorised over its
+    buffers: the value's length, then each 8-byte word of it (zero-padded), mixed in turn.
+    Values of one word count are hashed together, so memory stays that of the values."""
+    text = text.cast(pa.large_binary())  # 64-bit offsets, bytes as they are
+    n = len(text)
+    _, offsets_buf, data_buf = text.buffers()
+    offsets = np.frombuffer(offsets_buf, np.int64)[text.offset : text.offset + n + 1]
+    data = np.frombuffer(data_buf, np.uint8) if data_buf is not None else np.zeros(0, np.uint8)
+    lengths = np.diff(offsets)
+    hashes = _mix(lengths.astype(np.uint64) * _MIX[2])
+    words = (lengths + 7) // 8
+    for width in np.unique(words[words > 0]).tolist():
+        rows = np.flatnonzero(words == width)
+        padded = np.zeros((len(rows), width * 8), np.uint8)
+        column = np.arange(width * 8)
+        inside = column < lengths[rows, None]
+        padded[inside] = data[(offsets[rows, None] + column)[inside]]
+        h = hashes[rows]
+        for word in padded.view("<u8").T:
+            h = _mix(h ^ word)
+        hashes[rows] = h
+    return hashes
 
 
 def _repeated_ids(folders: list[Path], offsets: list[int]) -> np.ndarray:

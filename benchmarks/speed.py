@@ -28,7 +28,8 @@ warm-up:
     columns (pyarrow, one row group at a time), build the output columns (the id as text, the
     features, the four score columns as constants) and write them to a Parquet file. It runs
     in the process of (b), just before and just after it (the two are averaged), so both see
-    the same load; the end-to-end rate of every kind is reported as a fraction of it;
+    the same load; the end-to-end rate of every kind is reported as a fraction of it, and in
+    the CSV the same fraction by process CPU seconds (``e2e_over_io_cpu``: (e)'s CPU ÷ (b)'s);
 (d) the peer of the same family scoring the same rows as (a): ``gaussian`` → scikit-learn
     ``LedoitWolf.mahalanobis``, ``gmm`` → scikit-learn ``GaussianMixture.score_samples`` (as
     many components as the project's model chose), ``kde`` → PyOD ``KDE``, ``knn`` → PyOD
@@ -84,6 +85,9 @@ FIELDS = [
     "rows_flagged",
     "e2e_seconds",
     "error",
+    "e2e_cpu_seconds",
+    "io_cpu_seconds",
+    "e2e_over_io_cpu",
 ]
 
 
@@ -264,25 +268,28 @@ def child_e2e(
         write_batch(engine, summary, "speed", flagged, quarantined, id_col)
         return summary
 
-    def io_seconds() -> float:
-        start = time.perf_counter()
+    def io_seconds() -> tuple[float, float]:
+        start, cpu = time.perf_counter(), time.process_time()
         bare_io(data, work / "io.parquet")
-        return time.perf_counter() - start
+        return time.perf_counter() - start, time.process_time() - cpu
 
     run(warm)
     bare_io(warm, work / "io.parquet")
-    io_before = io_seconds() if io else np.nan
+    io_before, io_cpu_before = io_seconds() if io else (np.nan, np.nan)
     start, cpu = time.perf_counter(), time.process_time()
     summary = run(data)
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB → MiB on Linux
-    io_after = io_seconds() if io else np.nan
+    io_after, io_cpu_after = io_seconds() if io else (np.nan, np.nan)
     shutil.rmtree(work, ignore_errors=True)
     return {
         "io_rows_s": summary.rows_in / ((io_before + io_after) / 2),
         "e2e_rows_s": summary.rows_in / seconds,
         "e2e_seconds": seconds,
         "e2e_cpu_seconds": cpu,
+        # the same ratio by CPU seconds (process time), which a shared machine's load distorts less
+        "io_cpu_seconds": (io_cpu_before + io_cpu_after) / 2,
+        "e2e_over_io_cpu": (io_cpu_before + io_cpu_after) / 2 / cpu,
         "explain_seconds": summary.explain_seconds,
         "e2e_no_explain_rows_s": summary.rows_in / (seconds - summary.explain_seconds),
         "peak_rss_mb": peak,

@@ -9,16 +9,22 @@ content stored, so it never duplicates or loses records, and a reviewed record i
 
 from __future__ import annotations
 
+import json
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 from sqlalchemy import (
+    Column,
+    Connection,
+    Dialect,
     Engine,
     delete,
     func,
-    insert,
     select,
     update,
 )
@@ -26,6 +32,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from anomaly.schema import SCORE_COLUMNS, batch_values
+from anomaly.store.bulk import insert_rows, json_objects
 from anomaly.store.reviews import latest_entry, logged, restore_assignees
 from anomaly.store.tables import (
     Batch,
@@ -42,82 +49,99 @@ class BatchConflictError(RuntimeError):
     """A batch written over a stored batch of the same id but other content."""
 
 
-#: value types stored as they are (exact types: subclasses such as numpy's take the long way)
-_PLAIN = frozenset({str, int, bool, type(None)})
+#: rows per INSERT statement when storing a batch
+INSERT_ROWS = 5_000
+#: what an SQLite connection's page cache may hold while a batch is stored (KiB): the queue's
+#: indexes take the rows in score order, and with the default 2 MB each insert re-read pages
+_SQLITE_CACHE_KIB = 65_536
 
-
-def _json_values(values: dict[Any, Any]) -> dict[str, Any]:
-    """A record's values as JSON-safe scalars (NaN/inf become strings)."""
-    out: dict[str, Any] = {}
-    for key, value in values.items():
-        kind = type(value)
-        if kind in _PLAIN or (kind is float and math.isfinite(value)):  # most values: as they are
-            out[str(key)] = value
-            continue
-        if isinstance(value, float) and not math.isfinite(value):
-            value = str(value)
-        elif isinstance(value, pd.Timestamp):
-            value = value.isoformat()
-        elif hasattr(value, "item") and getattr(value, "size", 1) == 1:  # arrays: as text
-            value = value.item()
-        out[str(key)] = value if isinstance(value, str | int | float | bool | None) else str(value)
-    return out
+_FLAGGED_COLUMNS = (
+    "batch_id", "record_id", "model_name", "model_version", "log_likelihood", "p_value",
+    "reason", "values", "contributions", "scored_at",
+)  # fmt: skip
+_QUARANTINED_COLUMNS = ("batch_id", "row", "record_id", "reason", "values")
 
 
 def _missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
-#: rows per INSERT statement when storing a batch
-INSERT_ROWS = 5_000
+def _contributions_text(value: Any) -> str:
+    """The stored JSON of a row's contributions (missing: JSON ``null``, as the JSON column
+    stores None)."""
+    if type(value) is list and not value:
+        return "[]"
+    return json.dumps(None if _missing(value) else value)
 
 
 def _flagged_rows(
-    flagged: pd.DataFrame, summary: BatchSummary, model_name: str, id_column: str, now: datetime
-) -> list[dict[str, Any]]:
+    flagged: pd.DataFrame, summary: BatchSummary, model_name: str, id_column: str, scored_at: Any
+) -> list[tuple[Any, ...]]:
+    """The ``flagged`` table's rows (:data:`_FLAGGED_COLUMNS`) of a slice of flagged rows."""
     score_cols = {*SCORE_COLUMNS, "contributions"}
     value_cols = [c for c in flagged.columns if c not in score_cols]
     n = len(flagged)
     contributions = flagged["contributions"].tolist() if "contributions" in flagged else [None] * n
+    constant = (summary.batch_id, model_name, summary.model_version)
     return [
-        {
-            "batch_id": summary.batch_id,
-            "record_id": str(values[id_column]),
-            "model_name": model_name,
-            "model_version": summary.model_version,
-            "log_likelihood": float(ll),
-            "p_value": float(p),
-            "reason": str(reason),
-            "values": _json_values(values),
-            "contributions": None if _missing(contrib) else contrib,
-            "scored_at": now,
-        }
-        for values, ll, p, reason, contrib in zip(
-            flagged[value_cols].to_dict("records"),
+        (constant[0], str(record), *constant[1:], float(ll), float(p), str(reason), values,
+         _contributions_text(contrib), scored_at)
+        for record, ll, p, reason, values, contrib in zip(
+            flagged[id_column].tolist(),
             flagged["log_likelihood"].tolist(),
             flagged["p_value"].tolist(),
             flagged["reason"].tolist(),
+            json_objects(flagged, value_cols),
             contributions,
             strict=True,
         )
-    ]
+    ]  # fmt: skip
 
 
 def _quarantined_rows(
     quarantined: pd.DataFrame, summary: BatchSummary, id_column: str, first_row: int
-) -> list[dict[str, Any]]:
+) -> list[tuple[Any, ...]]:
+    """The ``quarantined`` table's rows (:data:`_QUARANTINED_COLUMNS`) of a slice."""
+    ids = quarantined[id_column].tolist() if id_column in quarantined else [None] * len(quarantined)
     return [
-        {
-            "batch_id": summary.batch_id,
-            "row": first_row + i,
-            "record_id": None
-            if pd.isna(values.get(id_column))
-            else str(values.get(id_column))[:300].replace("\x00", "?"),  # its column is 300 wide
-            "reason": str(values.pop("reason")),
-            "values": _json_values(values),
-        }
-        for i, values in enumerate(quarantined.to_dict("records"))
+        (
+            summary.batch_id,
+            first_row + i,
+            None if pd.isna(record) else str(record)[:300].replace("\x00", "?"),  # 300 wide
+            str(reason),
+            values,
+        )
+        for i, (record, reason, values) in enumerate(
+            zip(
+                ids,
+                quarantined["reason"].tolist(),
+                json_objects(quarantined, [c for c in quarantined.columns if c != "reason"]),
+                strict=True,
+            )
+        )
     ]
+
+
+def _bound(column: Column[Any], value: Any, dialect: Dialect) -> Any:
+    """``value`` as ``dialect``'s driver takes it for ``column`` (SQLite: a datetime as text)."""
+    process = column.type.dialect_impl(dialect).bind_processor(dialect)
+    return value if process is None else process(value)
+
+
+@contextmanager
+def _page_cache(connection: Connection) -> Iterator[None]:
+    """On SQLite, a page cache of :data:`_SQLITE_CACHE_KIB` for the block, then the one the
+    connection had (a connection setting: durability is unchanged)."""
+    if connection.dialect.name != "sqlite":
+        yield
+        return
+    raw = connection.connection.driver_connection
+    before = raw.execute("PRAGMA cache_size").fetchone()[0]
+    raw.execute(f"PRAGMA cache_size = -{_SQLITE_CACHE_KIB}")
+    try:
+        yield
+    finally:
+        raw.execute(f"PRAGMA cache_size = {int(before)}")
 
 
 #: how many hex digits of the content hash an id of a re-used name carries
@@ -218,19 +242,24 @@ def write_batch(
             session.scalars(select(Flagged.record_id).where(Flagged.batch_id == summary.batch_id))
         )
         session.merge(Batch(**batch_values(summary), model_name=model_name, scored_at=now))
-        # in slices, so memory holds one slice of row dicts, not the whole batch's; each slice
-        # is one executemany on the table (Core): the ORM's bulk insert spends as long again
-        # sorting out each row's columns as the database takes to store them
-        for start in range(0, len(flagged), INSERT_ROWS):
-            part = flagged.iloc[start : start + INSERT_ROWS]
-            rows = _flagged_rows(part, summary, model_name, id_column, now)
-            rows = [r for r in rows if r["record_id"] not in kept] if kept else rows
-            if rows:
-                session.execute(insert(Flagged.__table__), rows)
-        for start in range(0, len(quarantined), INSERT_ROWS):
-            part = quarantined.iloc[start : start + INSERT_ROWS]
-            rows = _quarantined_rows(part, summary, id_column, start)
-            session.execute(insert(Quarantined.__table__), rows)
+        # in slices, so memory holds one slice of rows; each slice is one INSERT of prepared
+        # tuples on the transaction's own DBAPI connection (bulk.insert_rows), in score order,
+        # so that the queue's indexes (by score) take the rows in order, a page at a time
+        connection = session.connection()
+        scored_at = _bound(Flagged.__table__.c.scored_at, now, connection.dialect)
+        order = (
+            np.argsort(flagged["log_likelihood"].to_numpy(), kind="stable") if len(flagged) else []
+        )
+        with _page_cache(connection):
+            for start in range(0, len(flagged), INSERT_ROWS):
+                part = flagged.iloc[order[start : start + INSERT_ROWS]]
+                rows = _flagged_rows(part, summary, model_name, id_column, scored_at)
+                rows = [r for r in rows if r[1] not in kept] if kept else rows
+                insert_rows(connection, Flagged.__table__, _FLAGGED_COLUMNS, rows)
+            for start in range(0, len(quarantined), INSERT_ROWS):
+                part = quarantined.iloc[start : start + INSERT_ROWS]
+                rows = _quarantined_rows(part, summary, id_column, start)
+                insert_rows(connection, Quarantined.__table__, _QUARANTINED_COLUMNS, rows)
         # rows inserted here whose record has reviews (a reviewed record is kept, so only data
         # from before migration 0003 has any); kept rows are not touched: on PostgreSQL this
         # statement would wait on a review's lock and then copy a label older than that review

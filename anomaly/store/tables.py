@@ -63,20 +63,22 @@ class Flagged(Base):
     batch_id: Mapped[str] = mapped_column(String(300), primary_key=True)
     record_id: Mapped[str] = mapped_column(String(300), primary_key=True)
     model_name: Mapped[str] = mapped_column(String(200))
-    model_version: Mapped[str] = mapped_column(String(50), index=True)
+    model_version: Mapped[str] = mapped_column(String(50))
     log_likelihood: Mapped[float] = mapped_column(Float)
     p_value: Mapped[float] = mapped_column(Float)
     reason: Mapped[str] = mapped_column(Text, default="")
     values: Mapped[dict[str, Any]] = mapped_column(JSON)
     #: top features as ``{"feature", "contribution" (nats), "value", "typical"}``; None if absent
     contributions: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
-    scored_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    scored_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     #: the latest review's label (a copy kept by :func:`add_review`); None: not reviewed
     label: Mapped[str | None] = mapped_column(String(20), nullable=True)
     #: the latest assignment's reviewer (a copy kept by :func:`assign`); None: unassigned
     assignee: Mapped[str | None] = mapped_column(String(200), nullable=True)
 
-    # the queue's orders: by score, optionally within one batch / model version / label
+    # the queue's orders: by score, optionally within one batch / model version / label; a
+    # lookup by model version or time uses the index that starts with it (no index of its own:
+    # each is one more B-tree every stored row updates, migration 0006)
     __table_args__ = (
         Index("ix_flagged_queue", "log_likelihood", "batch_id", "record_id"),
         Index("ix_flagged_batch_queue", "batch_id", "log_likelihood", "record_id"),
