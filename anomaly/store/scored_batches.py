@@ -242,17 +242,16 @@ def write_batch(
             session.scalars(select(Flagged.record_id).where(Flagged.batch_id == summary.batch_id))
         )
         session.merge(Batch(**batch_values(summary), model_name=model_name, scored_at=now))
-        # in slices, so memory holds one slice of rows; each slice is one INSERT of prepared
-        # tuples on the transaction's own DBAPI connection (bulk.insert_rows), in score order,
-        # so that the queue's indexes (by score) take the rows in order, a page at a time
+        # in slices of consecutive rows, so memory holds one slice (``flagged`` may be a
+        # scoring.FlaggedRows spill, read a slice at a time); each slice is one INSERT of
+        # prepared tuples on the transaction's own DBAPI connection (bulk.insert_rows), its rows
+        # in score order, so that the queue's indexes (by score) take them in runs
         connection = session.connection()
         scored_at = _bound(Flagged.__table__.c.scored_at, now, connection.dialect)
-        order = (
-            np.argsort(flagged["log_likelihood"].to_numpy(), kind="stable") if len(flagged) else []
-        )
         with _page_cache(connection):
             for start in range(0, len(flagged), INSERT_ROWS):
-                part = flagged.iloc[order[start : start + INSERT_ROWS]]
+                part = flagged.iloc[start : start + INSERT_ROWS]
+                part = part.iloc[np.argsort(part["log_likelihood"].to_numpy(), kind="stable")]
                 rows = _flagged_rows(part, summary, model_name, id_column, scored_at)
                 rows = [r for r in rows if r[1] not in kept] if kept else rows
                 insert_rows(connection, Flagged.__table__, _FLAGGED_COLUMNS, rows)
