@@ -446,14 +446,16 @@ class Autoregressive(TorchDensity):
     def _sample(
         self, n: int, rng: np.random.Generator, context: np.ndarray | None = None
     ) -> np.ndarray:
-        out = super()._sample(n, rng, context)
+        return self._on_lattice(super()._sample(n, rng, context))
+
+    def _on_lattice(self, values: np.ndarray) -> np.ndarray:
+        """Rows in X's units with the lattice features' values put back on their lattice
+        exactly (undoing the rounding error of the standardisation)."""
         widths = self._lattice_widths()
-        lattice = widths > 0  # back on the lattice exactly (undo the rounding of the scaling)
-        origins = self.cell_origins_[lattice]
-        out[:, lattice] = (
-            origins + np.round((out[:, lattice] - origins) / widths[lattice]) * (widths[lattice])
-        )
-        return out
+        lattice = widths > 0
+        origins, steps = self.cell_origins_[lattice], widths[lattice]
+        values[:, lattice] = origins + np.round((values[:, lattice] - origins) / steps) * steps
+        return values
 
     def _module_log_prob(
         self, module: nn.Module, Z: torch.Tensor, context: torch.Tensor | None
@@ -588,7 +590,7 @@ class Autoregressive(TorchDensity):
         if not observed:
             empty = np.zeros((0, n_blocks))
             return empty, empty, np.zeros((0, X.shape[1]))
-        values = torch.cat(modes).numpy() * self.scale_ + self.mean_
+        values = self._on_lattice(torch.cat(modes).numpy() * self.scale_ + self.mean_)
         log_scale = self._log_scale()
         return (
             torch.cat(observed).numpy() - log_scale,
