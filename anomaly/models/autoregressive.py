@@ -6,7 +6,13 @@ and the context columns, if any. Each numeric feature's conditional is a mixture
 ``components`` Gaussians in standardised units; each categorical feature (a one-hot block of the
 layout) gets a categorical distribution over its training categories, scaled by 1 − UNSEEN_PROB,
 and an all-zero block (a category not seen in training) gets probability UNSEEN_PROB (log ≈
-−20.7 nats), so every conditional sums/integrates to one.
+−20.7 nats), so every conditional sums/integrates to one. A numeric feature on a lattice
+(``Block.step`` > 0: a 0/1 column, a count) gets the mass of its value's cell
+[x − step/2, x + step/2] under its conditional mixture, the difference of the mixture's CDF
+at the cell's edges, and later features are conditioned on the value itself: the model is a
+mixed discrete/continuous autoregressive model, log p = Σ_continuous log p(x_b | x_<b) +
+Σ_lattice log P(cell_b | x_<b), exactly normalised, with no dequantisation (``exact_cells``;
+models saved before have ``cell_masses`` false and keep the base class's dequantised cells).
 
 Training is order-agnostic (Uria, Murray & Larochelle 2014, "A deep and tractable density
 estimator"; the same idea as MADE's mask resampling, Germain et al. 2015): per row a random
@@ -15,8 +21,10 @@ the loss is −D/(D−k) Σ_unobserved log p(x_j | x_observed), an unbiased esti
 log-likelihood averaged over all D! orders. With ``smoothing`` s > 0 the numeric training values
 are jittered by N(0, σ²) per batch, σ = s · n^(−1/(D+4)) standardised units (Scott's factor, the
 bandwidth rule of a kernel density estimate): the network then fits the data's density smoothed
-as a KDE with that bandwidth would, not the sharp peaks a few hundred rows allow. Early stopping
-still judges the unjittered held-out rows. Scoring is unaffected: the density is the network's.
+as a KDE with that bandwidth would, not the sharp peaks a few hundred rows allow. A lattice
+feature's jittered value is moved to its nearest lattice point (its pmf smoothed by a discrete
+Gaussian kernel, as ``kde`` smooths lattice columns). Early stopping still judges the
+unjittered held-out rows. Scoring is unaffected: the density is the network's.
 
 Scoring (``log_prob``): the exact log-density under ``orders`` fixed orders (the natural one
 first, then seeded random ones), combined by log-mean-exp: the mixture of the orders' densities,
@@ -295,7 +303,8 @@ class Autoregressive(TorchDensity):
     orders : int ≥ 1
         Feature orders whose densities ``log_prob`` averages (the natural one first).
     smoothing : float ≥ 0
-        Training jitter of the numeric columns in units of Scott's factor (0: none).
+        Training jitter of the numeric columns in units of Scott's factor (0: none); lattice
+        columns' jittered values are rounded to their lattice.
     **train
         The training parameters of :class:`~anomaly.models.torch_density.TorchDensity`
         (``seed``, ``max_epochs``, ``batch_size``, ``learning_rate``, ``patience``,
@@ -307,6 +316,9 @@ class Autoregressive(TorchDensity):
         The trained conditional network; also those of ``TorchDensity``.
     smoothing_std_ : float
         The jitter's standard deviation used (standardised units).
+    cell_masses_ : bool
+        Whether lattice columns get exact cell masses (True for every model fitted now; False
+        for models saved before, whose lattice columns are dequantised by the base class).
 
     Examples
     --------
