@@ -42,7 +42,8 @@ def autoregressive_log_prob(
     model: Autoregressive, X: np.ndarray, context: np.ndarray | None = None
 ) -> np.ndarray:
     """log p(x) as the mean over the orders of Π_t p(x_π(t) | x_π(<t)), each conditional from a
-    full forward pass with the blocks before it observed (no running sums)."""
+    full forward pass with the blocks before it observed (no running sums); a lattice feature's
+    term is its cell's mass."""
     module = model.module_
     Z = torch.from_numpy((X - model.mean_) / model.scale_).float()
     C = model._standard_context(context)
@@ -56,4 +57,5 @@ def autoregressive_log_prob(
                 mask[:, block] = 1.0
             per_order.append(total)
     lp = torch.logsumexp(torch.stack(per_order), dim=0) - math.log(len(per_order))
-    return lp.numpy() - np.log(model.scale_).sum()
+    continuous = model._lattice_widths() == 0  # a lattice feature's term is a mass: no Jacobian
+    return lp.numpy() - np.log(model.scale_[continuous]).sum()

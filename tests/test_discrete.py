@@ -213,3 +213,62 @@ def test_fit_in_a_forked_child_after_a_fit_in_the_parent_completes():
         [sys.executable, "-c", FORK_SCRIPT], capture_output=True, text=True, timeout=180
     )
     assert done.returncode == 0, done.stderr[-2_000:]
+
+
+# ---------------------------------------------------------------------- autoregressive masses
+def test_autoregressive_cell_mass_is_the_cdf_difference_even_in_far_tails():
+    from scipy.stats import norm
+
+    from anomaly.models.autoregressive import _mixture_log_cell
+
+    log_w = torch.log(torch.tensor([0.3, 0.7], dtype=torch.float64))
+    mean = torch.tensor([-1.0, 2.0], dtype=torch.float64)
+    log_std = torch.log(torch.tensor([0.5, 1.5], dtype=torch.float64))
+    x = torch.tensor([-3.0, -1.0, 0.4, 2.0, 5.0, 60.0, -80.0], dtype=torch.float64)
+    half = 0.25
+    got = _mixture_log_cell(x[:, None], torch.tensor(half), log_w, mean, log_std).numpy()
+    # scipy's survival/cdf logs, each component on the side where its cell is a tail
+    w, m, s = log_w.exp().numpy(), mean.numpy(), log_std.exp().numpy()
+    a = (x.numpy()[:, None] - half - m) / s
+    b = (x.numpy()[:, None] + half - m) / s
+    with np.errstate(divide="ignore"):  # each side is -inf where the other one is used
+        right = norm.logsf(a) + np.log1p(-np.exp(norm.logsf(b) - norm.logsf(a)))
+        left = norm.logcdf(b) + np.log1p(-np.exp(norm.logcdf(a) - norm.logcdf(b)))
+    per_component = np.where(a + b > 0, right, left)
+    expected = np.logaddexp.reduce(np.log(w) + per_component, axis=1)
+    np.testing.assert_allclose(got, expected, rtol=1e-9)
+    assert np.isfinite(got).all()
+    assert got[-2] < -700  # 39 standard deviations out
+
+
+def test_autoregressive_masses_of_binary_features_sum_to_one(tmp_path):
+    """Two dependent 0/1 columns and a continuous one: Σ over the lattice of the masses times
+    ∫ the density of x is 1 (the lattice taken wide: smoothing puts a little mass next to 0/1);
+    samples, modes and saved models stay on the lattice."""
+    rng = np.random.default_rng(0)
+    b1 = rng.random(1_000) < 0.3
+    b2 = rng.random(1_000) < np.where(b1, 0.8, 0.1)
+    X = np.column_stack([b1, b2, rng.normal(2.0 * b2, 1.0)]).astype(float)
+    layout = lattice_layout(X)
+    assert [block.step for block in layout] == [1.0, 1.0, 0.0]
+    model = make("autoregressive").fit(X, layout=layout)
+    xs = np.linspace(-12, 14, 1_301)
+    total = 0.0
+    for v1 in range(-3, 5):
+        for v2 in range(-3, 5):
+            grid = np.column_stack([np.full_like(xs, v1), np.full_like(xs, v2), xs])
+            total += np.exp(model.log_prob(grid)).sum() * (xs[1] - xs[0])
+    assert total == pytest.approx(1.0, abs=0.01)
+    # P(b2 = 1 | b1) learnt: the column is a Bernoulli, not a spike
+    rows = np.array([[1.0, 1.0, 2.0], [0.0, 1.0, 2.0]])
+    assert model.log_prob(rows)[0] > model.log_prob(rows)[1]
+    samples = model.sample(500, seed=3)
+    assert set(np.unique(samples[:, :2])) <= {-1.0, 0.0, 1.0, 2.0}
+    assert abs(samples[:, 1].mean() - X[:, 1].mean()) < 0.08
+    _, _, modes = model.conditional_modes(X[:20])
+    assert (modes[:, :2] == np.round(modes[:, :2])).all()
+    gains, _ = model.best_replacements(X[:20], layout)
+    assert (gains >= 0).all()
+    directory = model.save(tmp_path / "m")
+    assert json.loads((directory / "config.json").read_text())["fitted"]["cell_masses"] is True
+    np.testing.assert_array_equal(models.load(directory).log_prob(X), model.log_prob(X))

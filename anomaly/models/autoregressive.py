@@ -6,7 +6,13 @@ and the context columns, if any. Each numeric feature's conditional is a mixture
 ``components`` Gaussians in standardised units; each categorical feature (a one-hot block of the
 layout) gets a categorical distribution over its training categories, scaled by 1 − UNSEEN_PROB,
 and an all-zero block (a category not seen in training) gets probability UNSEEN_PROB (log ≈
-−20.7 nats), so every conditional sums/integrates to one.
+−20.7 nats), so every conditional sums/integrates to one. A numeric feature on a lattice
+(``Block.step`` > 0: a 0/1 column, a count) gets the mass of its value's cell
+[x − step/2, x + step/2] under its conditional mixture, the difference of the mixture's CDF
+at the cell's edges, and later features are conditioned on the value itself: the model is a
+mixed discrete/continuous autoregressive model, log p = Σ_continuous log p(x_b | x_<b) +
+Σ_lattice log P(cell_b | x_<b), exactly normalised, with no dequantisation (``exact_cells``;
+models saved before have ``cell_masses`` false and keep the base class's dequantised cells).
 
 Training is order-agnostic (Uria, Murray & Larochelle 2014, "A deep and tractable density
 estimator"; the same idea as MADE's mask resampling, Germain et al. 2015): per row a random
@@ -15,8 +21,10 @@ the loss is −D/(D−k) Σ_unobserved log p(x_j | x_observed), an unbiased esti
 log-likelihood averaged over all D! orders. With ``smoothing`` s > 0 the numeric training values
 are jittered by N(0, σ²) per batch, σ = s · n^(−1/(D+4)) standardised units (Scott's factor, the
 bandwidth rule of a kernel density estimate): the network then fits the data's density smoothed
-as a KDE with that bandwidth would, not the sharp peaks a few hundred rows allow. Early stopping
-still judges the unjittered held-out rows. Scoring is unaffected: the density is the network's.
+as a KDE with that bandwidth would, not the sharp peaks a few hundred rows allow. A lattice
+feature's jittered value is moved to its nearest lattice point (its pmf smoothed by a discrete
+Gaussian kernel, as ``kde`` smooths lattice columns). Early stopping still judges the
+unjittered held-out rows. Scoring is unaffected: the density is the network's.
 
 Scoring (``log_prob``): the exact log-density under ``orders`` fixed orders (the natural one
 first, then seeded random ones), combined by log-mean-exp: the mixture of the orders' densities,
@@ -66,6 +74,40 @@ def _split_mixture(params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, to
     return log_w, params[..., 1, :], params[..., 2, :].clamp(*LOG_STD_RANGE)
 
 
+def _log1mexp(x: torch.Tensor) -> torch.Tensor:
+    """log(1 − exp(x)) for x < 0, accurate at both ends (Mächler 2012); finite gradients."""
+    near = x > -math.log(2)
+    return torch.where(
+        near,
+        torch.log(-torch.expm1(torch.where(near, x, -1.0))),
+        torch.log1p(-torch.exp(torch.where(near, -1.0, x))),
+    )
+
+
+def _mixture_log_cell(
+    x: torch.Tensor,
+    half: torch.Tensor,
+    log_w: torch.Tensor,
+    mean: torch.Tensor,
+    log_std: torch.Tensor,
+) -> torch.Tensor:
+    """log of the mixture's mass on [x − half, x + half] (float64; components on the last axis):
+    per component log(Φ(b) − Φ(a)), taken on the side of the mean where both ends are in the
+    left tail (log_ndtr stays accurate there), and never below the width times the smaller
+    end's density (a lower bound that keeps far cells finite)."""
+    x, half = x.double(), half.double()
+    log_w, mean, log_std = log_w.double(), mean.double(), log_std.double()
+    a = (x - half - mean) / log_std.exp()
+    b = (x + half - mean) / log_std.exp()
+    flip = a + b > 0  # Φ(b) − Φ(a) = Φ(−a) − Φ(−b)
+    lo, hi = torch.where(flip, -b, a), torch.where(flip, -a, b)
+    log_hi = torch.special.log_ndtr(hi)
+    gap = (torch.special.log_ndtr(lo) - log_hi).clamp(max=-1e-300)
+    exact = log_hi + _log1mexp(gap)
+    bound = torch.log(hi - lo) - 0.5 * lo**2 - 0.5 * LOG_2PI
+    return torch.logsumexp(log_w + torch.maximum(exact, bound), dim=-1)
+
+
 def _mixture_log_pdf(
     x: torch.Tensor, log_w: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor
 ) -> torch.Tensor:
@@ -84,12 +126,23 @@ class ARModule(nn.Module):
         hidden: tuple[int, ...],
         components: int,
         orders: torch.Tensor,
+        steps: torch.Tensor | None = None,
+        origins: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
         self.n_blocks = len(layout)
         self.components = components
         self.numeric = [b.start for b in layout if not b.categorical]
         self.numeric_blocks = [i for i, b in enumerate(layout) if not b.categorical]
+        # lattice (discrete) numeric features get the mass of their cell: their positions
+        # among the numeric ones, their cell widths and a lattice point (standardised units)
+        steps = torch.zeros(len(self.numeric)) if steps is None else steps
+        origins = torch.zeros(len(self.numeric)) if origins is None else origins
+        self.lattice = [j for j in range(len(self.numeric)) if steps[j] > 0]
+        self.smooth = [j for j in range(len(self.numeric)) if steps[j] <= 0]
+        self.lattice_columns = [self.numeric[j] for j in self.lattice]
+        self.register_buffer("steps", steps.double(), persistent=False)
+        self.register_buffer("origins", origins.double(), persistent=False)
         # the numeric blocks' hidden states as a view when they are consecutive (no copy)
         first = self.numeric_blocks[0] if self.numeric_blocks else 0
         consecutive = self.numeric_blocks == list(range(first, first + len(self.numeric)))
@@ -190,14 +243,33 @@ class ARModule(nn.Module):
         numeric terms are densities in standardised units). Scoring uses float64, so values
         astronomically far from the data keep a finite log-density; training uses float32."""
         out = torch.empty(raw.shape[0], self.n_blocks, dtype=dtype)
-        if self.numeric:
+        if self.numeric and not self.lattice:
             z = Z[:, self.numeric].to(dtype)[..., None]
             out[:, self.numeric_blocks] = _mixture_log_pdf(z, *self._mixture(raw, dtype))
+        elif self.numeric:  # densities of the continuous features, masses of the lattice ones
+            z = Z[:, self.numeric].to(dtype)[..., None]
+            mixture = self._mixture(raw, dtype)
+            smooth, lattice = self.smooth, self.lattice
+            blocks = torch.tensor(self.numeric_blocks)
+            if smooth:
+                out[:, blocks[smooth]] = _mixture_log_pdf(
+                    z[:, smooth], *(p[:, smooth] for p in mixture)
+                )
+            half = self.steps[lattice][:, None] / 2
+            cell = _mixture_log_cell(z[:, lattice], half, *(p[:, lattice] for p in mixture))
+            out[:, blocks[lattice]] = cell.to(dtype)
         for (i, start, stop), logits in zip(
             self.categorical, self._category_logits(raw, dtype), strict=True
         ):
             out[:, i] = _category_log_prob(logits, Z[:, start:stop])
         return out
+
+    def snap(self, values: torch.Tensor) -> torch.Tensor:
+        """Values of the lattice features (rows × lattice features, standardised) moved to
+        their nearest lattice point."""
+        step, origin = self.steps[self.lattice], self.origins[self.lattice]
+        snapped = origin + torch.round((values.double() - origin) / step) * step
+        return snapped.to(values.dtype)
 
     def sample_blocks(self, raw: torch.Tensor) -> torch.Tensor:
         """One draw of every feature from its conditional (rows × columns, standardised)."""
@@ -209,6 +281,8 @@ class ARModule(nn.Module):
             eps = torch.randn(mean.shape[:2], dtype=torch.float64)
             chosen_mean = mean.gather(-1, pick)[..., 0]
             out[:, self.numeric] = chosen_mean + log_std.gather(-1, pick)[..., 0].exp() * eps
+            # a lattice feature's cell drawn by its mass: the draw's nearest lattice point
+            out[:, self.lattice_columns] = self.snap(out[:, self.lattice_columns])
         for (_, start, _stop), logits in zip(
             self.categorical, self._category_logits(raw), strict=True
         ):
@@ -229,7 +303,8 @@ class Autoregressive(TorchDensity):
     orders : int ≥ 1
         Feature orders whose densities ``log_prob`` averages (the natural one first).
     smoothing : float ≥ 0
-        Training jitter of the numeric columns in units of Scott's factor (0: none).
+        Training jitter of the numeric columns in units of Scott's factor (0: none); lattice
+        columns' jittered values are rounded to their lattice.
     **train
         The training parameters of :class:`~anomaly.models.torch_density.TorchDensity`
         (``seed``, ``max_epochs``, ``batch_size``, ``learning_rate``, ``patience``,
@@ -241,6 +316,9 @@ class Autoregressive(TorchDensity):
         The trained conditional network; also those of ``TorchDensity``.
     smoothing_std_ : float
         The jitter's standard deviation used (standardised units).
+    cell_masses_ : bool
+        Whether lattice columns get exact cell masses (True for every model fitted now; False
+        for models saved before, whose lattice columns are dequantised by the base class).
 
     Examples
     --------
@@ -302,18 +380,38 @@ class Autoregressive(TorchDensity):
                 mean[block.start : block.stop], scale[block.start : block.stop] = 0.0, 1.0
         return mean, scale
 
+    @property
+    def exact_cells(self) -> bool:  # type: ignore[override]
+        """Whether lattice features get exact cell masses (every model fitted since issue 16,
+        item 2) rather than the base class's dequantisation (models saved before)."""
+        return getattr(self, "cell_masses_", True)
+
     def _fit(self, X: np.ndarray, context: np.ndarray | None = None) -> None:
         # Scott's factor n^(−1/(d+4)) in standard deviations, as for a kernel density estimate
         scott = X.shape[0] ** (-1.0 / (len(self.layout_) + 4))
         self.smoothing_std_ = float(self.smoothing * scott)
+        self.cell_masses_ = True
         super()._fit(X, context)
 
     def _fitted_json(self) -> dict[str, Any]:
-        return {**super()._fitted_json(), "smoothing_std": self.smoothing_std_}
+        return {
+            **super()._fitted_json(),
+            "smoothing_std": self.smoothing_std_,
+            "cell_masses": self.cell_masses_,
+        }
 
     def _load_state(self, state: dict[str, np.ndarray], fitted: dict[str, Any]) -> None:
+        # absent before exact cell masses: lattice columns were dequantised
+        self.cell_masses_ = fitted.get("cell_masses", False)
         super()._load_state(state, fitted)
         self.smoothing_std_ = fitted.get("smoothing_std", 0.0)  # absent before smoothing
+
+    def _lattice_widths(self) -> np.ndarray:
+        """Per column, the cell width the network gives a mass (0: a density or a category)."""
+        widths = getattr(self, "cell_widths_", None)
+        if widths is None or not self.cell_masses_:
+            return np.zeros(self.n_features_in_)
+        return widths
 
     def _build(self, dim: int) -> nn.Module:
         n_blocks = len(self.layout_)
@@ -321,8 +419,17 @@ class Autoregressive(TorchDensity):
         orders = [torch.arange(n_blocks)] + [
             torch.randperm(n_blocks, generator=generator) for _ in range(self.orders - 1)
         ]
+        numeric = [b.start for b in self.layout_ if not b.categorical]
+        steps = (self._lattice_widths() / self.scale_)[numeric]
+        origins = ((getattr(self, "cell_origins_", 0.0) - self.mean_) / self.scale_)[numeric]
         return ARModule(
-            self.layout_, self.n_context_, tuple(self.hidden), self.components, torch.stack(orders)
+            self.layout_,
+            self.n_context_,
+            tuple(self.hidden),
+            self.components,
+            torch.stack(orders),
+            torch.from_numpy(steps),
+            torch.from_numpy(np.where(steps > 0, origins, 0.0)),
         )
 
     def _loss(
@@ -332,12 +439,35 @@ class Autoregressive(TorchDensity):
         if self.smoothing_std_ > 0:  # fit the density smoothed by N(0, std²) on numeric columns
             batch = batch.clone()
             batch[:, module.numeric] += self.smoothing_std_ * torch.randn(n, len(module.numeric))
+            # on a lattice feature, the jittered value's nearest lattice point: the pmf
+            # smoothed by a discrete Gaussian kernel, as `kde` smooths lattice columns
+            batch[:, module.lattice_columns] = module.snap(batch[:, module.lattice_columns])
         k = torch.randint(0, blocks, (n, 1))  # features observed in this row's random order
         rank = torch.rand(n, blocks).argsort(dim=1).argsort(dim=1)
         mask = (rank < k).float()
         lp = module.block_log_probs(module(batch, mask, context), batch, torch.float32)
         per_row = ((1 - mask) * lp).sum(dim=1) * blocks / (blocks - k[:, 0])
         return -per_row.mean()
+
+    def _log_prob(self, X: np.ndarray, context: np.ndarray | None = None) -> np.ndarray:
+        # a lattice feature's term is a mass: no standardisation Jacobian (the base subtracts
+        # log scale for every column)
+        widths = self._lattice_widths()
+        return super()._log_prob(X, context) + np.log(self.scale_[widths > 0]).sum()
+
+    def _sample(
+        self, n: int, rng: np.random.Generator, context: np.ndarray | None = None
+    ) -> np.ndarray:
+        return self._on_lattice(super()._sample(n, rng, context))
+
+    def _on_lattice(self, values: np.ndarray) -> np.ndarray:
+        """Rows in X's units with the lattice features' values put back on their lattice
+        exactly (undoing the rounding error of the standardisation)."""
+        widths = self._lattice_widths()
+        lattice = widths > 0
+        origins, steps = self.cell_origins_[lattice], widths[lattice]
+        values[:, lattice] = origins + np.round((values[:, lattice] - origins) / steps) * steps
+        return values
 
     def _module_log_prob(
         self, module: nn.Module, Z: torch.Tensor, context: torch.Tensor | None
@@ -412,8 +542,12 @@ class Autoregressive(TorchDensity):
         return lp - self._log_scale()
 
     def _log_scale(self) -> np.ndarray:
-        """log of each block's standardisation scale (0 for a one-hot block)."""
-        return np.array([np.log(self.scale_[b.start]) for b in self.layout_])
+        """log of each block's standardisation scale (0 for a one-hot block and a lattice
+        feature's mass)."""
+        widths = self._lattice_widths()
+        return np.array(
+            [0.0 if widths[b.start] > 0 else np.log(self.scale_[b.start]) for b in self.layout_]
+        )
 
     def conditional_modes(
         self, X: np.ndarray, context: np.ndarray | None = None
@@ -443,6 +577,20 @@ class Autoregressive(TorchDensity):
                     lp, k = at_means.max(dim=-1)
                     top[:, module.numeric_blocks] = lp
                     mode[:, module.numeric] = mean.gather(-1, k[..., None])[..., 0]
+                    if module.lattice:  # the masses of the means' cells, the best of them
+                        lattice = module.lattice
+                        points = module.snap(mean[:, lattice].transpose(1, 2)).transpose(1, 2)
+                        masses = _mixture_log_cell(
+                            points[..., None],
+                            module.steps[lattice][:, None, None] / 2,
+                            log_w[:, lattice, None, :],
+                            mean[:, lattice, None, :],
+                            log_std[:, lattice, None, :],
+                        )
+                        lp, k = masses.max(dim=-1)
+                        blocks = [module.numeric_blocks[j] for j in lattice]
+                        top[:, blocks] = lp
+                        mode[:, module.lattice_columns] = points.gather(-1, k[..., None])[..., 0]
                 for i, start, stop in module.categorical:
                     logits = raw[:, module.block_slices[i]].to(torch.float64)
                     lp, code = logits.log_softmax(-1).max(dim=-1)
@@ -454,7 +602,7 @@ class Autoregressive(TorchDensity):
         if not observed:
             empty = np.zeros((0, n_blocks))
             return empty, empty, np.zeros((0, X.shape[1]))
-        values = torch.cat(modes).numpy() * self.scale_ + self.mean_
+        values = self._on_lattice(torch.cat(modes).numpy() * self.scale_ + self.mean_)
         log_scale = self._log_scale()
         return (
             torch.cat(observed).numpy() - log_scale,
