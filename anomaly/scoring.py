@@ -19,7 +19,6 @@ import functools
 import hashlib
 import itertools
 import os
-import pickle
 import re
 import shutil
 import tempfile
@@ -27,7 +26,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import InitVar, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 import numpy as np
 import pandas as pd
@@ -94,8 +93,9 @@ BatchSummary.flagged = property(_flagged_frame)  # type: ignore[assignment,misc]
 
 class FlaggedRows:
     """A batch's flagged rows (raw values, ``log_likelihood``, ``p_value``, ``reason``,
-    ``contributions``), held in an anonymous temporary file, one frame (pickled) per chunk, so
-    that memory holds one chunk's rows, not the batch's.
+    ``contributions``), held in an anonymous temporary file, one Arrow IPC frame per chunk
+    (:func:`append_frame`), so that memory holds one chunk's rows, not the batch's. A set made
+    :meth:`of` a frame keeps that frame in memory, as it was given.
 
     ``len()``, ``iloc[start:stop]`` or ``iloc[positions]`` (a frame of those rows) and
     ``rows[column]`` (one column of all) are what the store's batch write reads, one slice
@@ -116,7 +116,10 @@ class FlaggedRows:
     def of(cls, frame: pd.DataFrame) -> FlaggedRows:
         """A frame of flagged rows as a set; :meth:`frame` gives it back."""
         rows = cls(None, frame.iloc[:0])
-        rows.add(frame)
+        if len(frame):
+            rows._offsets.append(-1)
+            rows._starts.append(len(frame))
+            rows._held = (0, frame)  # never replaced: it is the only piece
         rows.contributions = None
         return rows
 
@@ -125,7 +128,7 @@ class FlaggedRows:
         if not len(piece):
             return
         self._offsets.append(self._file.seek(0, os.SEEK_END))
-        pickle.dump(piece, self._file, protocol=pickle.HIGHEST_PROTOCOL)
+        append_frame(self._file, piece)
         self._starts.append(self._starts[-1] + len(piece))
 
     def __len__(self) -> int:
@@ -196,7 +199,7 @@ class FlaggedRows:
     def _piece(self, k: int) -> pd.DataFrame:
         if self._held is None or self._held[0] != k:
             self._file.seek(self._offsets[k])
-            self._held = (k, pickle.load(self._file))  # this object's own file
+            self._held = (k, read_frame(self._file))
         return self._held[1]
 
 
@@ -393,7 +396,7 @@ class Part:
     """What scoring one stretch of a batch file (:func:`score_part`) leaves for
     :func:`merge_parts`: its scored rows in ``output`` (one row group a chunk, flagged under
     ``fpr``), its ids in the spill folder ``ids``, the rows that may be flagged in the spill
-    file ``candidates`` (one pickled frame a chunk that has any), and what the merge needs in
+    file ``candidates`` (one Arrow IPC frame a chunk that has any), and what the merge needs in
     memory."""
 
     rows: range | None  # None: the whole file
@@ -447,7 +450,7 @@ def score_part(
     folder = work / f"part-{first_chunk:09d}"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir()
-    part = Part(rows, folder / "scored.parquet", folder / "ids", folder / "candidates.pickle")
+    part = Part(rows, folder / "scored.parquet", folder / "ids", folder / "candidates.arrows")
     # the fpr rule flags a row by its own p-value, so each chunk's flags are final and are
     # written as the chunk is; fdr (Benjamini–Hochberg) needs the whole batch's p-values first
     per_row = detector.calibrator.rule == "fpr"
@@ -490,7 +493,7 @@ def score_part(
                 empty = rows_kept.iloc[:0]
                 part.template = empty if part.template is None else _joined([part.template, empty])
                 if len(rows_kept):
-                    pickle.dump(rows_kept, candidates, protocol=pickle.HIGHEST_PROTOCOL)
+                    append_frame(candidates, rows_kept)
                 part.n_scored += len(scored)
                 part.chunk_sums.append(float(scored["log_likelihood"].sum()))
                 if len(result.quarantined):
@@ -689,13 +692,32 @@ def _joined(frames: list[pd.DataFrame]) -> pd.DataFrame:
 
 
 def _pieces(path: Path) -> Iterator[pd.DataFrame]:
-    """The frames pickled one after another into a candidate spill file, in order."""
+    """The frames of a candidate spill file, in order."""
     with path.open("rb") as file:
-        while True:
-            try:
-                yield pickle.load(file)  # score_part's, in the work folder
-            except EOFError:
-                return
+        while (frame := read_frame(file)) is not None:
+            yield frame
+
+
+def append_frame(file: BinaryIO, frame: pd.DataFrame) -> None:
+    """Append a frame to a spill file: its length in bytes (8, little-endian), then the frame
+    as one Arrow IPC stream, with pandas' metadata so that its dtypes come back. Data, not
+    code: reading it back runs nothing (unlike a pickle)."""
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    data = sink.getvalue()
+    file.write(data.size.to_bytes(8, "little"))
+    file.write(memoryview(data))
+
+
+def read_frame(file: BinaryIO) -> pd.DataFrame | None:
+    """The next frame :func:`append_frame` wrote to ``file`` (None at its end)."""
+    head = file.read(8)
+    if len(head) < 8:
+        return None
+    data = file.read(int.from_bytes(head, "little"))
+    return pa.ipc.open_stream(pa.py_buffer(data)).read_all().to_pandas()
 
 
 def _collect(parts: Iterable[Part], joined: Path | None) -> tuple[list[Part], bool]:
