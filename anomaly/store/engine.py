@@ -9,6 +9,7 @@ The schema is created and upgraded by the Alembic migrations in :mod:`anomaly.mi
 from __future__ import annotations
 
 import functools
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +18,7 @@ from sqlalchemy import (
     create_engine,
     event,
 )
+from sqlalchemy.exc import OperationalError
 
 if TYPE_CHECKING:
     from anomaly.config import Config
@@ -26,6 +28,10 @@ def default_url(home: Path) -> str:
     """SQLite file under ``home``."""
     home.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{home / 'review.db'}"
+
+
+#: tries at migrating a SQLite file that another connection holds
+MIGRATE_ATTEMPTS = 5
 
 
 def connect(url: str) -> Engine:
@@ -44,7 +50,17 @@ def connect(url: str) -> Engine:
             dbapi_connection.execute("PRAGMA journal_mode=WAL")
             dbapi_connection.execute("PRAGMA busy_timeout=30000")
 
-    upgrade(engine)
+    for attempt in range(MIGRATE_ATTEMPTS):
+        try:
+            upgrade(engine)
+            break
+        except OperationalError as exc:
+            # a new SQLite file: another process's or thread's first connection may hold the
+            # file (turning it to WAL, migrating) past the busy handler; the migration is one
+            # transaction under a file lock and checks the revision first, so trying again is safe
+            if not is_sqlite or "locked" not in str(exc) or attempt == MIGRATE_ATTEMPTS - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
     return engine
 
 
