@@ -265,10 +265,13 @@ def train(config: ConfigOption) -> None:
         table.add_row(key, f"{value:.6g}")
     out.print(table)
     if result["selection"]:  # kind auto: what it chose, and why
-        scores = result["selection"]["candidates"]
+        scores, weights = result["selection"]["candidates"], result["selection"]["weights"]
+        mix = ", ".join(f"{k} {w:.3g}" for k, w in weights.items()) if len(weights) > 1 else ""
         out.print(
-            f"auto chose {result['selection']['chosen']}; held-out log-likelihood per "
-            "candidate: " + ", ".join(f"{k} {v:.6g}" for k, v in scores.items())
+            f"auto chose {result['selection']['chosen']}"
+            + (f" (weights: {mix})" if mix else "")
+            + "; held-out log-likelihood per candidate: "
+            + ", ".join(f"{k} {v:.6g}" for k, v in scores.items())
         )
 
 

@@ -850,6 +850,25 @@ def test_auto_on_a_single_gaussian():
     assert stack.selection_["weights"].get("gaussian", 0.0) > 0.5
 
 
+def test_auto_default_is_the_consensus_of_every_family():
+    """The default gives a parametric, two kernel and a neural kind an equal say: its log
+    ranks rows as the mean of their log-likelihoods standardised on the held-out rows."""
+    X = DATASETS["mix1d"].train()
+    model = models.create("auto", candidate_params={"flow": SMALL["flow"]}).fit(X)
+    assert model.selection_["rule"] == "consensus"
+    assert list(model.selection_["weights"]) == ["gmm", "kde", "knn", "flow"]
+    held = X[np.random.default_rng(0).permutation(len(X))[: round(0.2 * len(X))]]
+    test = DATASETS["mix1d"].heldout()[:300]
+    z = []
+    for m in model.components_:
+        q1, q2, q3 = np.percentile(m.log_prob(held), [25, 50, 75])
+        z.append((m.log_prob(test) - q2) / (q3 - q1))
+    mean_z = np.mean(z, axis=0)
+    slope, intercept = np.polyfit(mean_z, model.log_prob(test), 1)
+    assert slope > 0
+    np.testing.assert_allclose(model.log_prob(test), slope * mean_z + intercept, atol=1e-8)
+
+
 # ---------------------------------------------------------------------- production defaults
 @pytest.mark.slow
 @pytest.mark.parametrize(

@@ -396,6 +396,14 @@ class DensityModel(abc.ABC):
             out = np.where(widths > 0, snapped, out)
         return out
 
+    def candidate_sample(
+        self, n: int, seed: int = 0, context: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Draws whose marginal quantiles place the explanation search's candidate values
+        (``anomaly/models/replacement.py``): :meth:`sample`; a kind whose sampling is costly
+        may give cheaper draws with the same support."""
+        return self.sample(n, seed=seed, context=context)
+
     def get_params(self) -> dict[str, Any]:
         """Constructor arguments (of this class and its bases), as stored by ``__init__``."""
         return {name: getattr(self, name) for name in self._parameter_names()}

@@ -73,10 +73,10 @@ def search(
     if n == 0:
         return contributions, typical
     if context is None:
-        reference = model.sample(REFERENCE_SAMPLES, seed=seed)
+        reference = model.candidate_sample(REFERENCE_SAMPLES, seed=seed)
     else:  # samples given the explained rows' own contexts
         rows = np.random.default_rng(seed).integers(0, n, REFERENCE_SAMPLES)
-        reference = model.sample(REFERENCE_SAMPLES, seed=seed, context=context[rows])
+        reference = model.candidate_sample(REFERENCE_SAMPLES, seed=seed, context=context[rows])
     base = model.log_prob(X, context)
     levels = (np.arange(grid) + 0.5) / grid
     for i, b in enumerate(layout):
