@@ -99,11 +99,13 @@ class FlaggedRows:
 
     ``len()``, ``iloc[start:stop]`` or ``iloc[positions]`` (a frame of those rows) and
     ``rows[column]`` (one column of all) are what the store's batch write reads, one slice
-    after another; :meth:`frame` gives them all. The file has no name (it is
-    gone when this object is, or its process ends, even killed)."""
+    after another; :meth:`frame` gives them all. The file is made in ``folder`` by the first
+    :meth:`add` of any rows (none without them); it has no name (it is gone when this object
+    is, or its process ends, even killed)."""
 
     def __init__(self, folder: Path | None, template: pd.DataFrame) -> None:
-        self._file = tempfile.TemporaryFile(dir=folder)  # noqa: SIM115 (held while rows are)
+        self._folder = folder
+        self._file: BinaryIO | None = None  # made by the first add of rows
         self._template = template  # no rows: the columns and their dtypes
         self._offsets: list[int] = []  # where each piece starts in the file
         self._starts = [0]  # the first row of each piece, then the number of rows
@@ -127,6 +129,8 @@ class FlaggedRows:
         """Append rows (the template's columns and dtypes)."""
         if not len(piece):
             return
+        if self._file is None:  # held while the rows are, so not in a with block
+            self._file = tempfile.TemporaryFile(dir=self._folder)  # noqa: SIM115
         self._offsets.append(self._file.seek(0, os.SEEK_END))
         append_frame(self._file, piece)
         self._starts.append(self._starts[-1] + len(piece))

@@ -5,6 +5,9 @@ in slices; the slices give what the whole frame gives, in the store too."""
 
 from __future__ import annotations
 
+import gc
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -117,3 +120,34 @@ def test_id_parts_too_large_to_hold_are_split_and_find_the_same_repeats(
     assert [p.name for p in (tmp_path / "split").iterdir()] == [
         p.name for p in (tmp_path / "whole").iterdir()
     ]
+
+
+def _open_files() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts /proc/self/fd")
+def test_the_spill_file_is_made_by_the_first_rows_added_and_closed_with_the_set(tmp_path):
+    frame = pd.DataFrame({"x": [1.0, 2.0, 3.0], "reason": ["", "a", ""]})
+    before = _open_files()
+    given = FlaggedRows.of(frame)  # held in memory: no file
+    empty = FlaggedRows(tmp_path / "not-made", frame.iloc[:0])  # the folder is never used
+    empty.add(frame.iloc[:0])
+    assert _open_files() == before
+    pd.testing.assert_frame_equal(given.frame(), frame)
+    pd.testing.assert_frame_equal(empty.frame().drop(columns="contributions"), frame.iloc[:0])
+    with pytest.raises(FileNotFoundError):  # the first rows make the file, in that folder
+        empty.add(frame)
+    spilled = FlaggedRows(tmp_path, frame.iloc[:0])
+    spilled.contributions = None  # the rows' own (none here)
+    spilled.add(frame.iloc[:2])
+    spilled.add(frame.iloc[2:])
+    assert _open_files() == before + 1
+    assert list(tmp_path.iterdir()) == []  # it has no name
+    pd.testing.assert_frame_equal(spilled.frame(), frame)
+    pd.testing.assert_frame_equal(spilled.iloc[1:3], frame.iloc[1:3])
+    pd.testing.assert_frame_equal(spilled.iloc[[2, 0]], frame.iloc[[2, 0]])
+    pd.testing.assert_series_equal(spilled["reason"], frame["reason"])
+    del spilled
+    gc.collect()
+    assert _open_files() == before
