@@ -24,7 +24,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import InitVar, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
@@ -64,31 +64,15 @@ class BatchSummary:
     error: str | None = None
     #: SHA-256 of the file's bytes: with its name, the batch's identity
     content_hash: str | None = None
-    #: raw values + scores (+ contributions) of the flagged rows as one frame, kept as
-    #: ``flagged_rows``; read back, ``flagged`` is that frame (the whole set, read into memory)
-    flagged: InitVar[pd.DataFrame | None] = None
     #: the quarantined raw rows + reason
     quarantined: pd.DataFrame | None = field(default=None, repr=False, compare=False)
-    #: the flagged rows, read in slices: what the store's batch write takes (see FlaggedRows).
-    #: ``dataclasses.replace`` reads ``flagged`` unless given ``flagged=None``, which keeps them
+    #: raw values + scores (+ contributions) of the flagged rows, read in slices (what the
+    #: store's batch write takes) or as one frame by ``flagged_rows.frame()``; see FlaggedRows
     flagged_rows: FlaggedRows | None = field(default=None, repr=False, compare=False)
-
-    def __post_init__(self, flagged: pd.DataFrame | None) -> None:
-        if flagged is not None:
-            object.__setattr__(self, "flagged_rows", FlaggedRows.of(flagged))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form (the counts, not the rows)."""
         return {f.name: getattr(self, f.name) for f in fields(self) if f.repr}
-
-
-def _flagged_frame(summary: BatchSummary) -> pd.DataFrame | None:
-    """The flagged rows of a batch as one frame (all of them in memory; see FlaggedRows)."""
-    return None if summary.flagged_rows is None else summary.flagged_rows.frame()
-
-
-# set after the class is made, as ``flagged`` is also the name of its init argument
-BatchSummary.flagged = property(_flagged_frame)  # type: ignore[assignment,misc]
 
 
 class FlaggedRows:

@@ -63,7 +63,7 @@ def test_flagged_rows_are_read_in_slices_as_the_whole_frame(detector, batch, tmp
     assert len(rows) == summary.rows_flagged > 400
     assert len(rows.pieces) == 2_000 // CHUNK_ROWS
     assert max(rows.pieces) <= CHUNK_ROWS
-    whole = summary.flagged
+    whole = rows.frame()
     assert len(whole) == len(rows)
     for start, stop in [(0, 1), (5, 250), (90, 91), (len(rows) - 3, len(rows) + 10), (7, 7)]:
         pd.testing.assert_frame_equal(rows.iloc[start:stop], whole.iloc[start:stop])
@@ -85,7 +85,10 @@ def test_flagged_rows_are_read_in_slices_as_the_whole_frame(detector, batch, tmp
 def test_the_store_gets_the_same_rows_from_slices_as_from_the_frame(detector, batch, tmp_path):
     summary = score_file(detector, batch, tmp_path / "out", chunk_rows=CHUNK_ROWS)
     stores = []
-    for name, flagged in (("slices", summary.flagged_rows), ("frame", summary.flagged)):
+    for name, flagged in (
+        ("slices", summary.flagged_rows),
+        ("frame", summary.flagged_rows.frame()),
+    ):
         url = f"sqlite:///{tmp_path / f'{name}.db'}"
         engine = connect(url)
         write_batch(engine, summary, "m", flagged, pd.DataFrame(), ID)
@@ -115,7 +118,7 @@ def test_id_parts_too_large_to_hold_are_split_and_find_the_same_repeats(
         k: v for k, v in whole.to_dict().items() if k not in skip
     }
     pd.testing.assert_frame_equal(split.quarantined, whole.quarantined)
-    pd.testing.assert_frame_equal(split.flagged, whole.flagged)
+    pd.testing.assert_frame_equal(split.flagged_rows.frame(), whole.flagged_rows.frame())
     pd.testing.assert_frame_equal(pd.read_parquet(split.output), pd.read_parquet(whole.output))
     assert [p.name for p in (tmp_path / "split").iterdir()] == [
         p.name for p in (tmp_path / "whole").iterdir()
