@@ -127,9 +127,8 @@ def process_batch(
             engine, batch_id_for(work), digest, work.suffix, shown(path, full=True), config.name
         )
         summary = _score(config, detector, version, work, batch_id, map_parts)
-        # flagged=None keeps the flagged rows in their spill file (not read into one frame)
         source = shown(path, full=True)
-        summary = dataclasses.replace(summary, source=source, content_hash=digest, flagged=None)
+        summary = dataclasses.replace(summary, source=source, content_hash=digest)
         empty = pd.DataFrame()
         # read by the store in slices, one chunk's rows at a time from the spill file
         flagged = summary.flagged_rows if summary.flagged_rows is not None else empty

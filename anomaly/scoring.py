@@ -24,7 +24,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import InitVar, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
@@ -64,31 +64,15 @@ class BatchSummary:
     error: str | None = None
     #: SHA-256 of the file's bytes: with its name, the batch's identity
     content_hash: str | None = None
-    #: raw values + scores (+ contributions) of the flagged rows as one frame, kept as
-    #: ``flagged_rows``; read back, ``flagged`` is that frame (the whole set, read into memory)
-    flagged: InitVar[pd.DataFrame | None] = None
     #: the quarantined raw rows + reason
     quarantined: pd.DataFrame | None = field(default=None, repr=False, compare=False)
-    #: the flagged rows, read in slices: what the store's batch write takes (see FlaggedRows).
-    #: ``dataclasses.replace`` reads ``flagged`` unless given ``flagged=None``, which keeps them
+    #: raw values + scores (+ contributions) of the flagged rows, read in slices (what the
+    #: store's batch write takes) or as one frame by ``flagged_rows.frame()``; see FlaggedRows
     flagged_rows: FlaggedRows | None = field(default=None, repr=False, compare=False)
-
-    def __post_init__(self, flagged: pd.DataFrame | None) -> None:
-        if flagged is not None:
-            object.__setattr__(self, "flagged_rows", FlaggedRows.of(flagged))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form (the counts, not the rows)."""
         return {f.name: getattr(self, f.name) for f in fields(self) if f.repr}
-
-
-def _flagged_frame(summary: BatchSummary) -> pd.DataFrame | None:
-    """The flagged rows of a batch as one frame (all of them in memory; see FlaggedRows)."""
-    return None if summary.flagged_rows is None else summary.flagged_rows.frame()
-
-
-# set after the class is made, as ``flagged`` is also the name of its init argument
-BatchSummary.flagged = property(_flagged_frame)  # type: ignore[assignment,misc]
 
 
 class FlaggedRows:
@@ -99,11 +83,13 @@ class FlaggedRows:
 
     ``len()``, ``iloc[start:stop]`` or ``iloc[positions]`` (a frame of those rows) and
     ``rows[column]`` (one column of all) are what the store's batch write reads, one slice
-    after another; :meth:`frame` gives them all. The file has no name (it is
-    gone when this object is, or its process ends, even killed)."""
+    after another; :meth:`frame` gives them all. The file is made in ``folder`` by the first
+    :meth:`add` of any rows (none without them); it has no name (it is gone when this object
+    is, or its process ends, even killed)."""
 
     def __init__(self, folder: Path | None, template: pd.DataFrame) -> None:
-        self._file = tempfile.TemporaryFile(dir=folder)  # noqa: SIM115 (held while rows are)
+        self._folder = folder
+        self._file: BinaryIO | None = None  # made by the first add of rows
         self._template = template  # no rows: the columns and their dtypes
         self._offsets: list[int] = []  # where each piece starts in the file
         self._starts = [0]  # the first row of each piece, then the number of rows
@@ -127,6 +113,8 @@ class FlaggedRows:
         """Append rows (the template's columns and dtypes)."""
         if not len(piece):
             return
+        if self._file is None:  # held while the rows are, so not in a with block
+            self._file = tempfile.TemporaryFile(dir=self._folder)  # noqa: SIM115
         self._offsets.append(self._file.seek(0, os.SEEK_END))
         append_frame(self._file, piece)
         self._starts.append(self._starts[-1] + len(piece))

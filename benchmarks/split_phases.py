@@ -89,7 +89,7 @@ def main() -> None:
         engine = connect(f"sqlite:///{db}")
         empty = pd.DataFrame()
         quarantined = empty if summary.quarantined is None else summary.quarantined
-        write_batch(engine, summary, "m", summary.flagged, quarantined, id_col)
+        write_batch(engine, summary, "m", summary.flagged_rows.frame(), quarantined, id_col)
         engine.dispose()
 
     rows = []

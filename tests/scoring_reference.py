@@ -32,6 +32,7 @@ from anomaly.preprocessing import (
 from anomaly.scoring import (
     _POSITION,
     BatchSummary,
+    FlaggedRows,
     _numeric_columns,
     _work_dir,
     batch_id_for,
@@ -234,8 +235,8 @@ def score_file_reference(
         shift_alarm=shift.alarm,
         mean_log_likelihood=ll_sum / n_scored if n_scored else None,
         explain_seconds=explain_seconds,
-        flagged=flagged.reset_index(drop=True),
         quarantined=quarantine_frame,
+        flagged_rows=FlaggedRows.of(flagged.reset_index(drop=True)),
     )
 
 

@@ -147,7 +147,7 @@ def reviews_while_scoring(base, store_url: str, name: str) -> None:
     detector, version = registry.load_detector(config)
     inbox = root / "inbox"
     first = process_batch(config, detector, version, inbox / "batch_1.parquet", engine)
-    records = first.flagged[config.features.id].tolist()
+    records = first.flagged_rows.frame()[config.features.id].tolist()
     assert len(records) >= 5
     stop, errors, posted = threading.Event(), [], []
     labels = ("confirmed", "false_positive", "unsure")

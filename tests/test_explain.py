@@ -376,7 +376,7 @@ def test_scored_batch_stores_contributions(detector, tmp_path):
     summary = score_file(detector, path, tmp_path / "out")
     assert summary.rows_flagged >= 3
     engine = connect(f"sqlite:///{tmp_path / 'review.db'}")
-    write_batch(engine, summary, "explain-test", summary.flagged, pd.DataFrame(), ID)
+    write_batch(engine, summary, "explain-test", summary.flagged_rows.frame(), pd.DataFrame(), ID)
     from sqlalchemy.orm import Session
 
     with Session(engine) as session:
@@ -394,7 +394,7 @@ def test_score_file_explains_only_the_worst_explain_rows(detector, tmp_path):
     path = tmp_path / "batch.parquet"
     df.to_parquet(path)
     summary = score_file(detector, path, tmp_path / "out", explain_rows=2)
-    flagged = summary.flagged
+    flagged = summary.flagged_rows.frame()
     assert summary.rows_flagged >= 3
     explained = flagged["contributions"].map(len) > 0
     assert explained.sum() == 2
@@ -402,7 +402,7 @@ def test_score_file_explains_only_the_worst_explain_rows(detector, tmp_path):
     worst = flagged["log_likelihood"].nsmallest(2).index
     assert set(flagged.index[explained]) == set(worst)
     none = score_file(detector, path, tmp_path / "none", explain_rows=0)
-    assert (none.flagged["contributions"].map(len) == 0).all()
+    assert (none.flagged_rows.frame()["contributions"].map(len) == 0).all()
     assert summary.explain_seconds > 0
 
 

@@ -72,7 +72,7 @@ def test_train_folds_in_reviewed_false_positives_and_confirmed_anomalies(tmp_pat
     first = train_and_store(config)
     assert "eval_rows" not in first.result.metrics  # nothing labelled yet
     (summary,) = score_batches(config, [Path(config.data.inbox) / "b1.parquet"])
-    flagged = summary.flagged["transaction_id"].astype(str).tolist()
+    flagged = summary.flagged_rows.frame()["transaction_id"].astype(str).tolist()
     assert len(flagged) >= 3
     engine = store_engine(config)
     add_review(engine, summary.batch_id, flagged[0], "false_positive", "ann")
@@ -104,7 +104,7 @@ def test_the_gate_decides_reports_and_moves_aliases(tmp_path):
     assert same.decision.reasons == [f"v{first.version} is already the champion"]
 
     (summary,) = score_batches(config, [Path(config.data.inbox) / "b1.parquet"])
-    ids = summary.flagged["transaction_id"].astype(str).tolist()
+    ids = summary.flagged_rows.frame()["transaction_id"].astype(str).tolist()
     engine = store_engine(config)
     add_review(engine, summary.batch_id, ids[0], "confirmed", "ann")
     add_review(engine, summary.batch_id, ids[1], "false_positive", "ann")

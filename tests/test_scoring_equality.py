@@ -93,10 +93,10 @@ def scored_equal(detector: Detector, path: Path, tmp: Path, chunk_rows: int) -> 
         if a is not None:
             assert Path(a).name == Path(b).name
             pd.testing.assert_frame_equal(pd.read_parquet(a), pd.read_parquet(b))
-    if old.flagged is None or not len(old.flagged):
-        assert new.flagged is None or not len(new.flagged)
+    if old.flagged_rows is None or not len(old.flagged_rows):
+        assert new.flagged_rows is None or not len(new.flagged_rows)
     else:
-        pd.testing.assert_frame_equal(new.flagged, old.flagged)
+        pd.testing.assert_frame_equal(new.flagged_rows.frame(), old.flagged_rows.frame())
     if old.quarantined is None:
         assert new.quarantined is None
     else:
@@ -107,7 +107,8 @@ def scored_equal(detector: Detector, path: Path, tmp: Path, chunk_rows: int) -> 
     for name, summary in (("new", new), ("old", old)):
         url = f"sqlite:///{tmp / f'{name}.db'}"
         engine = connect(url)
-        flagged = summary.flagged if summary.flagged is not None else pd.DataFrame()
+        rows = summary.flagged_rows
+        flagged = rows.frame() if rows is not None else pd.DataFrame()
         quarantined = summary.quarantined if summary.quarantined is not None else pd.DataFrame()
         write_batch(engine, summary, "m", flagged, quarantined, ID)
         engine.dispose()

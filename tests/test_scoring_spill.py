@@ -5,6 +5,9 @@ in slices; the slices give what the whole frame gives, in the store too."""
 
 from __future__ import annotations
 
+import gc
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -60,7 +63,7 @@ def test_flagged_rows_are_read_in_slices_as_the_whole_frame(detector, batch, tmp
     assert len(rows) == summary.rows_flagged > 400
     assert len(rows.pieces) == 2_000 // CHUNK_ROWS
     assert max(rows.pieces) <= CHUNK_ROWS
-    whole = summary.flagged
+    whole = rows.frame()
     assert len(whole) == len(rows)
     for start, stop in [(0, 1), (5, 250), (90, 91), (len(rows) - 3, len(rows) + 10), (7, 7)]:
         pd.testing.assert_frame_equal(rows.iloc[start:stop], whole.iloc[start:stop])
@@ -82,7 +85,10 @@ def test_flagged_rows_are_read_in_slices_as_the_whole_frame(detector, batch, tmp
 def test_the_store_gets_the_same_rows_from_slices_as_from_the_frame(detector, batch, tmp_path):
     summary = score_file(detector, batch, tmp_path / "out", chunk_rows=CHUNK_ROWS)
     stores = []
-    for name, flagged in (("slices", summary.flagged_rows), ("frame", summary.flagged)):
+    for name, flagged in (
+        ("slices", summary.flagged_rows),
+        ("frame", summary.flagged_rows.frame()),
+    ):
         url = f"sqlite:///{tmp_path / f'{name}.db'}"
         engine = connect(url)
         write_batch(engine, summary, "m", flagged, pd.DataFrame(), ID)
@@ -112,8 +118,39 @@ def test_id_parts_too_large_to_hold_are_split_and_find_the_same_repeats(
         k: v for k, v in whole.to_dict().items() if k not in skip
     }
     pd.testing.assert_frame_equal(split.quarantined, whole.quarantined)
-    pd.testing.assert_frame_equal(split.flagged, whole.flagged)
+    pd.testing.assert_frame_equal(split.flagged_rows.frame(), whole.flagged_rows.frame())
     pd.testing.assert_frame_equal(pd.read_parquet(split.output), pd.read_parquet(whole.output))
     assert [p.name for p in (tmp_path / "split").iterdir()] == [
         p.name for p in (tmp_path / "whole").iterdir()
     ]
+
+
+def _open_files() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts /proc/self/fd")
+def test_the_spill_file_is_made_by_the_first_rows_added_and_closed_with_the_set(tmp_path):
+    frame = pd.DataFrame({"x": [1.0, 2.0, 3.0], "reason": ["", "a", ""]})
+    before = _open_files()
+    given = FlaggedRows.of(frame)  # held in memory: no file
+    empty = FlaggedRows(tmp_path / "not-made", frame.iloc[:0])  # the folder is never used
+    empty.add(frame.iloc[:0])
+    assert _open_files() == before
+    pd.testing.assert_frame_equal(given.frame(), frame)
+    pd.testing.assert_frame_equal(empty.frame().drop(columns="contributions"), frame.iloc[:0])
+    with pytest.raises(FileNotFoundError):  # the first rows make the file, in that folder
+        empty.add(frame)
+    spilled = FlaggedRows(tmp_path, frame.iloc[:0])
+    spilled.contributions = None  # the rows' own (none here)
+    spilled.add(frame.iloc[:2])
+    spilled.add(frame.iloc[2:])
+    assert _open_files() == before + 1
+    assert list(tmp_path.iterdir()) == []  # it has no name
+    pd.testing.assert_frame_equal(spilled.frame(), frame)
+    pd.testing.assert_frame_equal(spilled.iloc[1:3], frame.iloc[1:3])
+    pd.testing.assert_frame_equal(spilled.iloc[[2, 0]], frame.iloc[[2, 0]])
+    pd.testing.assert_series_equal(spilled["reason"], frame["reason"])
+    del spilled
+    gc.collect()
+    assert _open_files() == before

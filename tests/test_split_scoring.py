@@ -49,6 +49,12 @@ def messy_batch(folder: Path) -> Path:
     return path
 
 
+def frames(summary: BatchSummary) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
+    """The flagged and the quarantined rows of a batch, each as one frame (or None)."""
+    rows = summary.flagged_rows
+    return None if rows is None else rows.frame(), summary.quarantined
+
+
 def same_result(split: BatchSummary, whole: BatchSummary, tmp: Path) -> None:
     """Everything two runs leave is equal (but the output folder and the explaining time)."""
     skip = {"output", "quarantine_output", "explain_seconds"}
@@ -61,8 +67,7 @@ def same_result(split: BatchSummary, whole: BatchSummary, tmp: Path) -> None:
         if a is not None:
             assert Path(a).name == Path(b).name
             pd.testing.assert_frame_equal(pd.read_parquet(a), pd.read_parquet(b))
-    for attr in ("flagged", "quarantined"):
-        a, b = getattr(split, attr), getattr(whole, attr)
+    for a, b in zip(frames(split), frames(whole), strict=True):
         assert (a is None) == (b is None)
         if a is not None:
             pd.testing.assert_frame_equal(a, b)
@@ -72,7 +77,7 @@ def same_result(split: BatchSummary, whole: BatchSummary, tmp: Path) -> None:
     for name, summary in (("split", split), ("whole", whole)):
         url = f"sqlite:///{tmp / f'{name}.db'}"
         engine = connect(url)
-        write_batch(engine, summary, "m", summary.flagged, summary.quarantined, ID)
+        write_batch(engine, summary, "m", summary.flagged_rows.frame(), summary.quarantined, ID)
         engine.dispose()
         stores.append(store_rows(url))
     for table, frame in stores[1].items():

@@ -84,6 +84,11 @@ def _log1mexp(x: torch.Tensor) -> torch.Tensor:
     )
 
 
+#: a cell whose nearer edge is more than FAR_TAIL standard deviations out gets its mass from
+#: log_ndtr (Φ there is below 1e-197, and underflows past about 38)
+FAR_TAIL = 30.0
+
+
 def _mixture_log_cell(
     x: torch.Tensor,
     half: torch.Tensor,
@@ -92,20 +97,35 @@ def _mixture_log_cell(
     log_std: torch.Tensor,
 ) -> torch.Tensor:
     """log of the mixture's mass on [x − half, x + half] (float64; components on the last axis):
-    per component log(Φ(b) − Φ(a)), taken on the side of the mean where both ends are in the
-    left tail (log_ndtr stays accurate there), and never below the width times the smaller
-    end's density (a lower bound that keeps far cells finite)."""
+    per component log(Φ(b) − Φ(a)), taken on the side of the mean where the cell's middle is
+    at or below it (Φ(b) − Φ(a) = Φ(−a) − Φ(−b)), so the smaller Φ is a left tail, where
+    Φ(t) = erfc(−t/√2)/2 keeps its relative accuracy (torch's ``ndtr`` does not: 1 + erf).
+    Cells beyond FAR_TAIL, or whose difference underflows, take :func:`_log_tail_cell`."""
     x, half = x.double(), half.double()
     log_w, mean, log_std = log_w.double(), mean.double(), log_std.double()
     a = (x - half - mean) / log_std.exp()
     b = (x + half - mean) / log_std.exp()
-    flip = a + b > 0  # Φ(b) − Φ(a) = Φ(−a) − Φ(−b)
+    flip = a + b > 0
     lo, hi = torch.where(flip, -b, a), torch.where(flip, -a, b)
+    mass = 0.5 * (
+        torch.special.erfc(-hi * math.sqrt(0.5)) - torch.special.erfc(-lo * math.sqrt(0.5))
+    )
+    far = (hi < -FAR_TAIL) | ~(mass > 1e-290)  # (NaN included)
+    log_mass = torch.log(torch.where(far, 1.0, mass))  # no inf in the unused branch's gradient
+    if far.any():
+        log_mass = log_mass.masked_scatter(far, _log_tail_cell(lo[far], hi[far]))
+    return torch.logsumexp(log_w + log_mass, dim=-1)
+
+
+def _log_tail_cell(lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """log(Φ(hi) − Φ(lo)) for lo ≤ hi, lo + hi ≤ 0 (the cell in the left tail) from log_ndtr,
+    accurate however far out, and never below the width times the density at lo (a lower
+    bound that keeps cells astronomically far finite)."""
     log_hi = torch.special.log_ndtr(hi)
     gap = (torch.special.log_ndtr(lo) - log_hi).clamp(max=-1e-300)
     exact = log_hi + _log1mexp(gap)
     bound = torch.log(hi - lo) - 0.5 * lo**2 - 0.5 * LOG_2PI
-    return torch.logsumexp(log_w + torch.maximum(exact, bound), dim=-1)
+    return torch.maximum(exact, bound)
 
 
 def _mixture_log_pdf(
