@@ -308,6 +308,11 @@ class DensityModel(abc.ABC):
         origins = np.where(widths > 0, X[0], 0.0)
         return widths, origins
 
+    def _lattice(self, j: int) -> tuple[float, float]:
+        """Column j's lattice, (its spacing, one of its points); (0, 0) on a continuous column
+        (a kind whose discrete columns are not cells of ``cell_widths_`` overrides this)."""
+        return float(self.cell_widths_[j]), float(self.cell_origins_[j])
+
     def _dequantised(self) -> bool:
         widths = getattr(self, "cell_widths_", None)
         return not self.exact_cells and widths is not None and bool((widths > 0).any())

@@ -139,6 +139,13 @@ class GMM(DensityModel):
             if b.categorical or (b.step > 0 and self.cell_widths_[b.start] == 0)
         ]
 
+    def _lattice(self, j: int) -> tuple[float, float]:
+        """The base class's, and a lattice feature's own lattice (it has no cell width)."""
+        for f, block in enumerate(getattr(self, "blocks_", ())):
+            if block.start == j and not block.categorical:
+                return float(self.steps_[f]), float(self.origins_[f])
+        return super()._lattice(j)
+
     def has_discrete(self) -> bool:
         """Whether the model has discrete features (pmfs) besides its Gaussians."""
         return len(getattr(self, "discrete_", ())) > 0
@@ -204,7 +211,7 @@ class GMM(DensityModel):
         self.means_ = best.means_ * scale + loc
         self.covariances_ = best.covariances_ * np.outer(scale, scale)
         self.continuous_ = np.arange(X.shape[1])
-        self.discrete_ = np.zeros(0, int)  # none (also after a refit)
+        self.discrete_, self.blocks_ = np.zeros(0, int), []  # none (also after a refit)
         self._factorise()
 
     def _warn(self, not_converged: list[int]) -> None:
