@@ -141,10 +141,8 @@ class GMM(DensityModel):
 
     def _lattice(self, j: int) -> tuple[float, float]:
         """The base class's, and a lattice feature's own lattice (it has no cell width)."""
-        for f, block in enumerate(getattr(self, "blocks_", ())):
-            if block.start == j and not block.categorical:
-                return float(self.steps_[f]), float(self.origins_[f])
-        return super()._lattice(j)
+        own = getattr(self, "lattices_", {})
+        return own[j] if j in own else super()._lattice(j)
 
     def has_discrete(self) -> bool:
         """Whether the model has discrete features (pmfs) besides its Gaussians."""
@@ -211,7 +209,7 @@ class GMM(DensityModel):
         self.means_ = best.means_ * scale + loc
         self.covariances_ = best.covariances_ * np.outer(scale, scale)
         self.continuous_ = np.arange(X.shape[1])
-        self.discrete_, self.blocks_ = np.zeros(0, int), []  # none (also after a refit)
+        self.discrete_, self.lattices_ = np.zeros(0, int), {}  # none (also after a refit)
         self._factorise()
 
     def _warn(self, not_converged: list[int]) -> None:
@@ -313,6 +311,11 @@ class GMM(DensityModel):
             [self.levels_[self.level_features_ == f][0] for f in range(len(self.discrete_))]
         )
         self.steps_ = np.array([0.0 if b.categorical else b.step for b in self.blocks_])
+        self.lattices_ = {
+            b.start: (float(step), float(origin))
+            for b, step, origin in zip(self.blocks_, self.steps_, self.origins_, strict=True)
+            if not b.categorical
+        }
 
     def _lattice_index(self, f: int, values: np.ndarray) -> np.ndarray:
         """Each value's nearest lattice point of discrete feature f, as an integer offset."""
