@@ -304,7 +304,8 @@ class GMM(DensityModel):
 
     # ------------------------------------------------------------------ discrete terms
     def _index_levels(self) -> None:
-        """Lattice index of each level of a lattice feature (derived state: rebuilt on load)."""
+        """Each discrete feature's block, and a lattice feature's spacing and first level
+        (derived state: rebuilt on load)."""
         blocks = {b.start: b for b in self.layout_}
         self.blocks_ = [blocks[int(s)] for s in self.discrete_]
         self.origins_ = np.array(
