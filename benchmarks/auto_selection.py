@@ -22,7 +22,7 @@ each unlabelled rule yields:
   held-out log-likelihoods), which ranks as the mean of the standardised log-likelihoods;
 - ``oracle``: the best kind by test AUROC (not a rule: the ceiling).
 
-``--cache DIR`` keeps each kind's held-out and test log-likelihoods in
+``--cache DIR`` keeps each kind's held-out, calibration and test log-likelihoods in
 ``DIR/<dataset>_<seed>_<kind>.npz`` and reuses them on the next run, so a new rule is measured
 in seconds (the big datasets take minutes per kind on one thread).
 """
@@ -57,7 +57,8 @@ def log_probs(
     ``path`` when given)."""
     if path is not None and path.is_file():
         with np.load(path) as saved:
-            return {part: saved[part] for part in rows}
+            if set(rows) <= set(saved.files):
+                return {part: saved[part] for part in rows}
     params = {"progress": False, "n_threads": 1} if kind in ("flow", "vae") else {}
     model = create(kind, seed=seed, **params).fit(fit, layout=layout)
     out = {part: model.log_prob(X) for part, X in rows.items()}
@@ -102,7 +103,12 @@ def main() -> None:
         for kind in kinds:
             path = Path(args.cache) / f"{name}_{args.seed}_{kind}.npz" if args.cache else None
             lp = log_probs(
-                kind, args.seed, fit, layout, {"held": held, "test": parts["test"]}, path
+                kind,
+                args.seed,
+                fit,
+                layout,
+                {"held": held, "cal": parts["cal"], "test": parts["test"]},
+                path,
             )
             held_lp[kind], test_lp[kind] = lp["held"], lp["test"]
             auroc[kind] = roc_auc_score(parts["y_test"], -test_lp[kind])

@@ -19,11 +19,12 @@ import pandas as pd
 import pytest
 import torch
 from scipy.stats import poisson
+from sklearn.metrics import roc_auc_score
 
 from anomaly import models
 from anomaly.config import Features
 from anomaly.models import KINDS
-from anomaly.models.base import Block, lattice_layout, lattice_step
+from anomaly.models.base import UNSEEN_PROB, Block, lattice_layout, lattice_step
 from anomaly.preprocessing import Preprocessor
 
 _TORCH = {"max_epochs": 40, "batch_size": 64, "learning_rate": 1e-2, "progress": False}
@@ -301,3 +302,127 @@ def test_autoregressive_masses_of_binary_features_sum_to_one(tmp_path):
     directory = model.save(tmp_path / "m")
     assert json.loads((directory / "config.json").read_text())["fitted"]["cell_masses"] is True
     np.testing.assert_array_equal(models.load(directory).log_prob(X), model.log_prob(X))
+
+
+# ---------------------------------------------------------------------- gmm: latent classes
+def binary_mixed(n: int, seed: int) -> np.ndarray:
+    """Two dependent 0/1 columns and a continuous one that depends on the second."""
+    rng = np.random.default_rng(seed)
+    b1 = rng.random(n) < 0.3
+    b2 = rng.random(n) < np.where(b1, 0.8, 0.1)
+    return np.column_stack([b1, b2, rng.normal(2.0 * b2, 1.0)]).astype(float)
+
+
+def test_gmm_pmfs_of_binary_features_sum_to_one_exactly(tmp_path):
+    """The 0/1 columns get per-component pmfs: Σ over every lattice value (seen or not) of the
+    mass times ∫ the density of x is 1, to the x grid's precision; samples are 0/1 with the
+    training frequencies; saved and loaded, the model scores identically."""
+    X = binary_mixed(1_000, 0)
+    layout = lattice_layout(X)
+    model = make("gmm").fit(X, layout=layout)
+    assert model.has_discrete()
+    assert not model._dequantised()
+    np.testing.assert_array_equal(model.continuous_, [2])
+    xs = np.linspace(-12, 14, 1_301)
+    total = 0.0
+    for v1 in range(-3, 5):
+        for v2 in range(-3, 5):
+            grid = np.column_stack([np.full_like(xs, v1), np.full_like(xs, v2), xs])
+            total += np.exp(model.log_prob(grid)).sum() * (xs[1] - xs[0])
+    assert total == pytest.approx(1.0, abs=1e-3)
+    # the dependence is learnt, and a value off the lattice is its nearest lattice point's cell
+    rows = np.array([[1.0, 1.0, 2.0], [0.0, 1.0, 2.0], [0.2, 1.1, 2.0], [3.0, 1.0, 2.0]])
+    lp = model.log_prob(rows)
+    assert lp[0] > lp[1] == lp[2] > lp[3] + 15  # 3 was never seen: a share of UNSEEN_PROB
+    samples = model.sample(2_000, seed=3)
+    assert set(np.unique(samples[:, :2])) == {0.0, 1.0}
+    np.testing.assert_allclose(samples[:, :2].mean(axis=0), X[:, :2].mean(axis=0), atol=0.04)
+    directory = model.save(tmp_path / "m")
+    loaded = models.load(directory)
+    np.testing.assert_array_equal(loaded.log_prob(rows), lp)
+    np.testing.assert_array_equal(loaded.sample(50, seed=1), model.sample(50, seed=1))
+    # a refit without discrete features leaves none behind
+    assert not model.fit(X[:, 2:]).has_discrete()
+
+
+def test_gmm_categorical_block_and_count_are_exact_pmfs():
+    """A one-hot block and a count with few levels: the probabilities over every category
+    (and the unseen all-zero pattern) and every count sum to 1, however far the count goes."""
+    rng = np.random.default_rng(1)
+    c = rng.integers(0, 3, 600)
+    k = rng.poisson(1.0 + 2.0 * c)
+    X = np.column_stack([k, np.eye(3)[c]]).astype(float)
+    layout = [Block("k", 0, 1, step=1.0), Block("c", 1, 4, categorical=True)]
+    model = make("gmm").fit(X, layout=layout)
+    assert model.has_discrete()
+    assert len(model.continuous_) == 0
+    patterns = [*np.eye(3), np.zeros(3)]
+    grid = np.array([[kk, *p] for kk in range(-30, 200) for p in patterns])
+    assert np.exp(model.log_prob(grid)).sum() == pytest.approx(1.0, abs=1e-6)
+    # a count never seen in training is improbable but possible
+    unseen = model.log_prob(np.array([[k.max() + 3.0, 0, 0, 1]]))[0]
+    assert np.log(1e-20) < unseen < np.log(UNSEEN_PROB)
+    samples = model.sample(400, seed=0)
+    assert (samples[:, 1:].sum(axis=1) == 1).all()
+    assert set(np.unique(samples[:, 0])) <= set(np.unique(k))
+
+
+def test_gmm_ranks_a_rare_pattern_of_binary_features_as_anomalous():
+    """Twelve 0/1 columns from two latent classes (all mostly 1 or all mostly 0): rows mixing
+    the classes are rare, and the latent-class mixture finds them."""
+    d = 12
+
+    def rows(n: int, rng: np.random.Generator, mixed: bool = False) -> np.ndarray:
+        if mixed:  # the first half from one class, the second from the other
+            p = np.broadcast_to(np.where(np.arange(d) < d // 2, 0.9, 0.1), (n, d))
+        else:
+            p = np.where(rng.random((n, 1)) < 0.5, 0.9, 0.1) * np.ones((1, d))
+        return np.column_stack([rng.random((n, d)) < p, rng.normal(size=n)]).astype(float)
+
+    rng = np.random.default_rng(0)
+    X = rows(1_000, rng)
+    test = np.vstack([rows(300, rng), rows(30, rng, mixed=True)])
+    model = make("gmm").fit(X, layout=lattice_layout(X))
+    assert model.n_components_ == 2
+    np.testing.assert_allclose(np.sort(np.exp(model.log_pmfs_[:, 1])), [0.1, 0.9], atol=0.04)
+    scores = -model.log_prob(test)
+    assert roc_auc_score(np.r_[np.zeros(300), np.ones(30)], scores) > 0.99
+
+
+def test_gmm_saved_without_discrete_features_loads_unchanged(tmp_path):
+    """A gmm saved before discrete features had pmfs (its count dequantised, no ``max_levels``
+    in its parameters, no pmfs in its weights) loads and scores exactly as it was saved."""
+    rng = np.random.default_rng(2)
+    X = np.column_stack([rng.normal(size=300), rng.poisson(3.0, 300)]).astype(float)
+    layout = lattice_layout(X)
+    old = models.create("gmm", seed=0, max_components=3, max_levels=0).fit(
+        X, layout=layout
+    )  # the old path exactly
+    assert old._dequantised()
+    assert not old.has_discrete()
+    directory = old.save(tmp_path / "m")
+    config = json.loads((directory / "config.json").read_text())
+    for name in ("max_levels", "alpha"):
+        del config["params"][name]
+    (directory / "config.json").write_text(json.dumps(config))
+    with np.load(directory / "weights.npz") as weights:
+        assert sorted(weights.files) == ["covariances", "means", "weights"]
+    loaded = models.load(directory)
+    assert loaded.max_levels == 16
+    assert not loaded.has_discrete()
+    np.testing.assert_array_equal(loaded.log_prob(X), old.log_prob(X))
+    # and a fresh fit gives the count pmfs
+    assert make("gmm").fit(X, layout=layout).has_discrete()
+
+
+def test_gmm_with_discrete_features_explains_by_the_search():
+    X = binary_mixed(600, 4)
+    layout = lattice_layout(X)
+    model = make("gmm").fit(X, layout=layout)
+    assert model.explanation_for(layout) == "replacement"
+    planted = X[:10].copy()
+    planted[:, 2] += 8.0  # x far from its class
+    gains, typical = model.best_replacements(planted, layout)
+    assert (gains >= 0).all()
+    assert (gains.argmax(axis=1) == 2).all()
+    assert set(np.unique(typical[:, :2])) <= {0.0, 1.0}

@@ -60,7 +60,11 @@ SMALL: dict[str, dict[str, Any]] = {
 # A new kind must add its own entries (test_every_kind_has_invalid_parameter_cases).
 BAD_PARAMS: dict[str, list[tuple[dict[str, Any], str]]] = {
     "gaussian": [({"shrinkage": 1.5}, "shrinkage"), ({"shrinkage": -0.1}, "shrinkage")],
-    "gmm": [({"max_components": 0}, "max_components")],
+    "gmm": [
+        ({"max_components": 0}, "max_components"),
+        ({"max_levels": -1}, "max_levels"),
+        ({"alpha": 0.0}, "alpha"),
+    ],
     "kde": [({"bandwidth": 0.0}, "bandwidth"), ({"bandwidth": -1.0}, "bandwidth")],
     "knn": [({"k": 0}, "k must"), ({"alpha": -0.5}, "alpha must")],
     "flow": [

@@ -26,7 +26,9 @@ points of the cell: an unbiased estimate of the mass whose log is a lower bound 
 (Jensen), so it never claims more than the model holds. Every kind's number is then the
 log-probability of the same event and the kinds compare in nats. Kinds that compute cell
 masses themselves set ``exact_cells`` (``kde``/``knn``: exact discrete Gaussian kernels;
-``auto`` delegates to its candidates).
+``auto`` delegates to its candidates); ``gmm`` gives one-hot blocks and lattice columns with
+few levels a pmf per component, so it leaves them out of ``cell_widths_`` (names their
+lattice in ``_lattice``) and dequantises only the lattice columns with many levels.
 
 Saved form (no pickle anywhere): ``config.json`` (kind, constructor arguments, fitted shape,
 layout, context width) plus ``weights.npz`` (numpy arrays, loaded with ``allow_pickle=False``).
@@ -307,6 +309,11 @@ class DensityModel(abc.ABC):
                 widths[block.start] = block.step
         origins = np.where(widths > 0, X[0], 0.0)
         return widths, origins
+
+    def _lattice(self, j: int) -> tuple[float, float]:
+        """Column j's lattice, (its spacing, one of its points); (0, 0) on a continuous column
+        (a kind whose discrete columns are not cells of ``cell_widths_`` overrides this)."""
+        return float(self.cell_widths_[j]), float(self.cell_origins_[j])
 
     def _dequantised(self) -> bool:
         widths = getattr(self, "cell_widths_", None)

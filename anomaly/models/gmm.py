@@ -1,4 +1,11 @@
-"""Gaussian mixture with full covariances; the number of components is chosen by BIC."""
+"""Gaussian mixture with full covariances; the number of components is chosen by BIC.
+
+With discrete features (one-hot blocks, and lattice columns with at most ``max_levels``
+distinct training values) it is the latent-class mixture for mixed data (AutoClass; Cheeseman
+& Stutz 1996): p(x) = Σ_k w_k N(x_C; μ_k, Σ_k) Π_{j∈D} q_kj(x_j), exactly normalised over the
+discrete values, fitted by EM here (``_fit_mixed``). Without them, scikit-learn's
+``GaussianMixture`` as before.
+"""
 
 from __future__ import annotations
 
@@ -7,18 +14,30 @@ from numbers import Integral, Real
 from typing import Any, ClassVar
 
 import numpy as np
-from scipy.special import logsumexp
+from scipy import sparse
+from scipy.special import log_ndtr, logsumexp
+from sklearn.cluster import KMeans
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
 
-from anomaly.models.base import LOG_2PI, DensityModel, nonzero_scale
+from anomaly.models.base import (
+    LOG_2PI,
+    UNSEEN_PROB,
+    Block,
+    DensityModel,
+    category_codes,
+    nonzero_scale,
+)
 from anomaly.models.constraints import Interval, Table
 from anomaly.models.gaussian import gaussian_log_pdf, sample_gaussian
 
+#: EM stops when the mean log-likelihood per row improves by less than this (scikit-learn's)
+TOL = 1e-3
+
 
 class GMM(DensityModel):
-    """Mixture of full-covariance Gaussians fitted by EM (scikit-learn's ``GaussianMixture``);
-    the component count minimising BIC wins.
+    """Mixture of full-covariance Gaussians fitted by EM; the component count minimising BIC
+    wins. Discrete features get a probability mass function per component (module docstring).
 
     If EM stops at ``max_iter`` before converging for some component counts, ``fit`` warns once
     (``sklearn.exceptions.ConvergenceWarning``) naming them.
@@ -34,6 +53,12 @@ class GMM(DensityModel):
         component cannot collapse onto repeated (discrete) values.
     max_iter : int ≥ 1
         EM iterations per component count.
+    max_levels : int ≥ 0
+        A lattice column (a numeric block with a ``step``) with at most this many distinct
+        values in training gets a pmf per component over them; one with more is dequantised
+        (as are all of them with 0). One-hot blocks always get a pmf over their categories.
+    alpha : float > 0
+        Added to every level's expected count in each component's pmf (Dirichlet smoothing).
 
     Attributes
     ----------
@@ -42,8 +67,20 @@ class GMM(DensityModel):
     bic_ : dict of int to float
         BIC of each component count tried (lower is better).
     weights_ : ndarray of shape (n_components_,)
-    means_ : ndarray of shape (n_components_, n_features)
-    covariances_ : ndarray of shape (n_components_, n_features, n_features)
+    means_ : ndarray of shape (n_components_, n_continuous)
+    covariances_ : ndarray of shape (n_components_, n_continuous, n_continuous)
+        Of the continuous columns (all columns unless the model has discrete features).
+    continuous_ : ndarray of shape (n_continuous,)
+        The columns the Gaussians are over.
+    discrete_ : ndarray of shape (n_discrete,)
+        First column of each discrete feature's block.
+    levels_ : ndarray of shape (n_levels,)
+        Each discrete feature's levels, feature after feature: a lattice column's values seen
+        in training, a one-hot block's category indices.
+    level_features_ : ndarray of shape (n_levels,)
+        Which discrete feature (index into ``discrete_``) each level belongs to.
+    log_pmfs_ : ndarray of shape (n_components_, n_levels)
+        log q_kj of each level, UNSEEN_PROB already taken out (see :meth:`_discrete_terms`).
 
     Examples
     --------
@@ -58,10 +95,13 @@ class GMM(DensityModel):
 
     kind = "gmm"
     explanation = "mixture"
+    native_categories = True
     parameter_constraints: ClassVar[Table] = {
         "max_components": [Interval(Integral, 1, None)],
         "reg_covar": [Interval(Real, 0, None)],
         "max_iter": [Interval(Integral, 1, None)],
+        "max_levels": [Interval(Integral, 0, None)],
+        "alpha": [Interval(Real, 0, None, closed="neither")],
     }
 
     def __init__(
@@ -70,13 +110,77 @@ class GMM(DensityModel):
         max_components: int = 8,
         reg_covar: float = 1e-3,
         max_iter: int = 200,
+        max_levels: int = 16,
+        alpha: float = 0.5,
     ) -> None:
         super().__init__(seed)
         self.max_components = max_components
         self.reg_covar = reg_covar
         self.max_iter = max_iter
+        self.max_levels = max_levels
+        self.alpha = alpha
 
+    # ------------------------------------------------------------------ which columns
+    def _cells(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The base class's cells, less the lattice columns with few levels (they get pmfs)."""
+        widths, origins = super()._cells(X)
+        for block in self.layout_:
+            column = block.start
+            few = len(np.unique(X[:, column])) <= self.max_levels
+            if not block.categorical and block.step > 0 and few:
+                widths[column] = 0.0
+        return widths, np.where(widths > 0, origins, 0.0)
+
+    def _discrete_blocks(self) -> list[Block]:
+        """The blocks modelled by pmfs: one-hot blocks and lattice columns not dequantised."""
+        return [
+            b
+            for b in self.layout_
+            if b.categorical or (b.step > 0 and self.cell_widths_[b.start] == 0)
+        ]
+
+    def _lattice(self, j: int) -> tuple[float, float]:
+        """The base class's, and a lattice feature's own lattice (it has no cell width)."""
+        own = getattr(self, "lattices_", {})
+        return own[j] if j in own else super()._lattice(j)
+
+    def has_discrete(self) -> bool:
+        """Whether the model has discrete features (pmfs) besides its Gaussians."""
+        return len(getattr(self, "discrete_", ())) > 0
+
+    # ------------------------------------------------------------------ fit
     def _fit(self, X: np.ndarray) -> None:
+        blocks = self._discrete_blocks()
+        if not blocks:
+            self._fit_gaussian(X)
+            return
+        in_blocks = {j for b in blocks for j in range(b.start, b.stop)}
+        self.continuous_ = np.array([j for j in range(X.shape[1]) if j not in in_blocks], int)
+        self.discrete_ = np.array([b.start for b in blocks], int)
+        levels, features = [], []
+        for f, block in enumerate(blocks):
+            values = (
+                np.arange(block.stop - block.start, dtype=float)
+                if block.categorical
+                else np.unique(X[:, block.start])
+            )
+            levels.append(values)
+            features.append(np.full(len(values), f))
+        self.levels_ = np.concatenate(levels)
+        self.level_features_ = np.concatenate(features)
+        self._index_levels()
+        # the spread of a lattice feature's training values, for the mass of unseen values
+        self.lattice_means_ = np.array(
+            [0.0 if b.categorical else X[:, b.start].mean() for b in blocks]
+        )
+        self.lattice_stds_ = np.array(
+            [0.0 if b.categorical else X[:, b.start].std() for b in blocks]
+        )
+        self._unseen_norms()
+        self._fit_mixed(X)
+
+    def _fit_gaussian(self, X: np.ndarray) -> None:
+        """No discrete features: scikit-learn's GaussianMixture for each component count."""
         # fit in standardised units so reg_covar means the same for any units of X, then
         # map the parameters back (an exact change of variables)
         loc, scale = X.mean(axis=0), X.std(axis=0)
@@ -100,6 +204,15 @@ class GMM(DensityModel):
             if best is None or self.bic_[k] < self.bic_[best.n_components]:
                 best = gm
         self.n_components_ = best.n_components
+        self._warn(not_converged)
+        self.weights_ = best.weights_
+        self.means_ = best.means_ * scale + loc
+        self.covariances_ = best.covariances_ * np.outer(scale, scale)
+        self.continuous_ = np.arange(X.shape[1])
+        self.discrete_, self.lattices_ = np.zeros(0, int), {}  # none (also after a refit)
+        self._factorise()
+
+    def _warn(self, not_converged: list[int]) -> None:
         if not_converged:
             chosen = "did not" if self.n_components_ in not_converged else "did"
             msg = (
@@ -107,36 +220,200 @@ class GMM(DensityModel):
                 f"{not_converged} component(s) (the chosen {self.n_components_} {chosen}), so "
                 "their BIC may be too high; raise max_iter, or reg_covar for degenerate data"
             )
-            warnings.warn(msg, ConvergenceWarning, stacklevel=3)
-        self.weights_ = best.weights_
-        self.means_ = best.means_ * scale + loc
-        self.covariances_ = best.covariances_ * np.outer(scale, scale)
+            warnings.warn(msg, ConvergenceWarning, stacklevel=5)
+
+    def _fit_mixed(self, X: np.ndarray) -> None:
+        """EM of the mixed mixture for each component count, initialised by k-means on the
+        standardised columns; BIC counts the pmfs' free parameters too."""
+        n = X.shape[0]
+        loc = X[:, self.continuous_].mean(axis=0)
+        scale = nonzero_scale(X[:, self.continuous_].std(axis=0))
+        Z = (X[:, self.continuous_] - loc) / scale
+        H, constant = self._indicators(X)
+        standardised = (X - X.mean(axis=0)) / nonzero_scale(X.std(axis=0))
+        n_levels = np.bincount(self.level_features_)
+        distinct = len(np.unique(standardised, axis=0))  # more components than rows cannot help
+        best, self.bic_, not_converged = None, {}, []
+        for k in range(1, min(self.max_components, distinct) + 1):
+            labels = KMeans(k, n_init=1, random_state=self.seed).fit(standardised).labels_
+            resp = np.eye(k)[labels]
+            params = self._m_step(Z, H, resp)
+            previous, converged = -np.inf, False
+            for _ in range(self.max_iter):
+                log_joint = self._joint(Z, H, *params)
+                total = logsumexp(log_joint, axis=1)
+                resp = np.exp(log_joint - total[:, None])
+                params = self._m_step(Z, H, resp)
+                current = total.mean()
+                if abs(current - previous) < TOL:
+                    converged = True
+                    break
+                previous = current
+            if not converged:
+                not_converged.append(k)
+            log_lik = logsumexp(self._joint(Z, H, *params), axis=1).sum() + constant.sum()
+            dc = Z.shape[1]
+            free = (k - 1) + k * (dc + dc * (dc + 1) // 2) + k * int((n_levels - 1).sum())
+            self.bic_[k] = float(-2 * log_lik + free * np.log(n))
+            if best is None or self.bic_[k] < self.bic_[best[0]]:
+                best = (k, params)
+        self.n_components_, (weights, means, covariances, log_pmfs) = best
+        self._warn(not_converged)
+        self.weights_ = weights
+        self.means_ = means * scale + loc
+        self.covariances_ = covariances * np.outer(scale, scale)
+        self.log_pmfs_ = log_pmfs
         self._factorise()
 
+    def _m_step(
+        self, Z: np.ndarray, H: sparse.csr_matrix, resp: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Weights, means, covariances (standardised units) and smoothed log pmfs."""
+        nk = resp.sum(axis=0) + 10 * np.finfo(float).eps
+        weights = nk / nk.sum()
+        means = resp.T @ Z / nk[:, None]
+        dc = Z.shape[1]
+        covariances = np.empty((len(nk), dc, dc))
+        for k in range(len(nk)):
+            diff = Z - means[k]
+            covariances[k] = (resp[:, k, None] * diff).T @ diff / nk[k]
+            covariances[k].flat[:: dc + 1] += self.reg_covar
+        counts = np.asarray((H.T @ resp).T) + self.alpha  # components × levels
+        totals = np.zeros((len(nk), self.level_features_.max() + 1))
+        np.add.at(totals.T, self.level_features_, counts.T)
+        log_pmfs = np.log(counts) - np.log(totals[:, self.level_features_]) + np.log1p(-UNSEEN_PROB)
+        return weights, means, covariances, log_pmfs
+
+    @staticmethod
+    def _joint(
+        Z: np.ndarray,
+        H: sparse.csr_matrix,
+        weights: np.ndarray,
+        means: np.ndarray,
+        covariances: np.ndarray,
+        log_pmfs: np.ndarray,
+    ) -> np.ndarray:
+        """log w_k + log N(z; μ_k, Σ_k) + Σ_j log q_kj(x_j): rows × components."""
+        out = np.log(weights) + np.asarray(H @ log_pmfs.T)
+        if Z.shape[1]:
+            chols = np.linalg.cholesky(covariances)
+            out += np.stack(
+                [gaussian_log_pdf(Z, m, c) for m, c in zip(means, chols, strict=True)], 1
+            )
+        return out
+
+    # ------------------------------------------------------------------ discrete terms
+    def _index_levels(self) -> None:
+        """Each discrete feature's block, and a lattice feature's spacing and first level
+        (derived state: rebuilt on load)."""
+        blocks = {b.start: b for b in self.layout_}
+        self.blocks_ = [blocks[int(s)] for s in self.discrete_]
+        self.origins_ = np.array(
+            [self.levels_[self.level_features_ == f][0] for f in range(len(self.discrete_))]
+        )
+        self.steps_ = np.array([0.0 if b.categorical else b.step for b in self.blocks_])
+        self.lattices_ = {
+            b.start: (float(step), float(origin))
+            for b, step, origin in zip(self.blocks_, self.steps_, self.origins_, strict=True)
+            if not b.categorical
+        }
+
+    def _lattice_index(self, f: int, values: np.ndarray) -> np.ndarray:
+        """Each value's nearest lattice point of discrete feature f, as an integer offset."""
+        return np.round((values - self.origins_[f]) / self.steps_[f]).astype(np.int64)
+
+    def _unseen_norms(self) -> None:
+        """Per lattice feature: log of the mass the discretised N(mean, max(std, step)²) gives
+        to the lattice points not seen in training (unseen values share UNSEEN_PROB by it)."""
+        self.unseen_norms_ = np.zeros(len(self.discrete_))
+        for f, block in enumerate(self.blocks_):
+            if block.categorical:
+                continue
+            seen = self.levels_[self.level_features_ == f]
+            seen_mass = np.exp(self._log_cells(f, seen)).sum()
+            self.unseen_norms_[f] = np.log(max(1.0 - seen_mass, 1e-300))
+
+    def _log_cells(self, f: int, values: np.ndarray) -> np.ndarray:
+        """log of the cell masses [v ± step/2] of lattice points v under feature f's
+        discretised Gaussian (computed in the far tail's favour: the upper tail mirrored)."""
+        sd = max(self.lattice_stds_[f], self.steps_[f])
+        z = (values - self.lattice_means_[f]) / sd
+        half = self.steps_[f] / (2 * sd)
+        z = -np.abs(z)  # the Gaussian is symmetric: compute in the lower tail
+        hi, lo = log_ndtr(z + half), log_ndtr(z - half)
+        with np.errstate(divide="ignore"):
+            return hi + np.log(-np.expm1(np.minimum(lo - hi, -1e-300)))
+
+    def _indicators(self, X: np.ndarray) -> tuple[sparse.csr_matrix, np.ndarray]:
+        """The rows' levels as a sparse indicator matrix (rows × levels) and, per row, the log
+        probability of its unseen values (categories not seen, lattice points not seen, which
+        every component gives the same mass)."""
+        n = X.shape[0]
+        rows, cols = [], []
+        constant = np.zeros(n)
+        first = np.searchsorted(self.level_features_, np.arange(len(self.discrete_)))
+        for f, block in enumerate(self.blocks_):
+            if block.categorical:
+                codes = category_codes(X[:, block.start : block.stop])
+                seen = codes >= 0
+                constant[~seen] += np.log(UNSEEN_PROB)
+            else:
+                index = self._lattice_index(f, X[:, block.start])
+                mine = self.levels_[self.level_features_ == f]
+                known = self._lattice_index(f, mine)
+                position = np.clip(np.searchsorted(known, index), 0, len(known) - 1)
+                seen = known[position] == index
+                codes = position
+                unseen = ~seen
+                if unseen.any():
+                    points = self.origins_[f] + index[unseen] * self.steps_[f]
+                    constant[unseen] += (
+                        np.log(UNSEEN_PROB) + self._log_cells(f, points) - self.unseen_norms_[f]
+                    )
+            rows.append(np.flatnonzero(seen))
+            cols.append(first[f] + codes[seen])
+        rows, cols = np.concatenate(rows), np.concatenate(cols)
+        H = sparse.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(n, len(self.levels_)))
+        return H, constant
+
+    # ------------------------------------------------------------------ scoring
     def _factorise(self) -> None:
         self.chols_ = np.linalg.cholesky(self.covariances_)
         self.precisions_ = np.linalg.inv(self.covariances_)
 
     def _components(self, X: np.ndarray) -> np.ndarray:
-        """log w_k + log N(x; μ_k, Σ_k): components × rows."""
-        return np.stack(
-            [
-                np.log(w) + gaussian_log_pdf(X, m, c)
-                for w, m, c in zip(self.weights_, self.means_, self.chols_, strict=True)
-            ]
-        )
+        """log w_k + log N(x_C; μ_k, Σ_k) + Σ_j log q_kj(x_j): components × rows."""
+        Xc = X[:, self.continuous_]
+        out = np.log(self.weights_)[:, None] + np.zeros((1, X.shape[0]))
+        if Xc.shape[1]:
+            out = np.stack(
+                [
+                    np.log(w) + gaussian_log_pdf(Xc, m, c)
+                    for w, m, c in zip(self.weights_, self.means_, self.chols_, strict=True)
+                ]
+            )
+        if self.has_discrete():
+            H, constant = self._indicators(X)
+            out += np.asarray(H @ self.log_pmfs_.T).T + constant
+        return out
 
     def _log_prob(self, X: np.ndarray) -> np.ndarray:
         return logsumexp(self._components(X), axis=0)
+
+    def explanation_for(self, layout: list[Block]) -> str:
+        """``mixture`` (Gaussian conditionals), or the generic search for a model with discrete
+        features."""
+        return "replacement" if self.has_discrete() else super().explanation_for(layout)
 
     def _conditional_mixtures(
         self, X: np.ndarray, columns: list[int]
     ) -> list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
         """x_j given x_-j, per column j: a mixture of the components' 1-D conditionals
         N(x_j − r_kj/P_kj, 1/P_kj), r_k = P_k (x − μ_k), weighted by w_k N(x_-j; μ_k, Σ_k) =
-        w_k N(x; μ_k, Σ_k) / N(x_j; its conditional), O(K·d²) a row. With discrete columns,
+        w_k N(x; μ_k, Σ_k) / N(x_j; its conditional), O(K·d²) a row. With dequantised columns,
         ``log_prob`` is the mean of the density over fixed points x + o_s of the cell, so the
-        mixture has a component per point and component (x_j's own offset moves its mean)."""
+        mixture has a component per point and component (x_j's own offset moves its mean).
+        Only for a model without discrete features (see :meth:`explanation_for`)."""
         offsets = self._cell_offsets() if self._dequantised() else np.zeros((1, X.shape[1]))
         parts = []
         for offset in offsets:
@@ -158,16 +435,45 @@ class GMM(DensityModel):
         return out
 
     def _sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
-        counts = rng.multinomial(n, self.weights_ / self.weights_.sum())
-        rows = [
-            sample_gaussian(c, m, ch, rng)
-            for c, m, ch in zip(counts, self.means_, self.chols_, strict=True)
+        labels = np.repeat(
+            np.arange(len(self.weights_)), rng.multinomial(n, self.weights_ / self.weights_.sum())
+        )
+        out = np.zeros((n, self.n_features_in_))
+        continuous = [
+            sample_gaussian(int((labels == k).sum()), m, ch, rng)
+            for k, (m, ch) in enumerate(zip(self.means_, self.chols_, strict=True))
         ]
-        out = np.concatenate(rows)
+        out[:, self.continuous_] = np.concatenate(continuous)
+        if self.has_discrete():
+            # each discrete feature from its component's pmf over the levels seen in training
+            # (the UNSEEN_PROB left to unseen values is not drawn)
+            for f, block in enumerate(self.blocks_):
+                mine = self.level_features_ == f
+                cdf = np.cumsum(np.exp(self.log_pmfs_[:, mine]), axis=1)
+                cdf /= cdf[:, -1:]
+                codes = (rng.random(n)[:, None] > cdf[labels]).sum(axis=1)
+                codes = np.minimum(codes, mine.sum() - 1)
+                if block.categorical:
+                    out[np.arange(n), block.start + codes] = 1.0
+                else:
+                    out[:, block.start] = self.levels_[mine][codes]
         return out[rng.permutation(n)]
 
+    # ------------------------------------------------------------------ storage
     def _state(self) -> dict[str, np.ndarray]:
-        return {"weights": self.weights_, "means": self.means_, "covariances": self.covariances_}
+        state = {"weights": self.weights_, "means": self.means_, "covariances": self.covariances_}
+        if self.has_discrete():
+            state |= {
+                "continuous": self.continuous_,
+                "discrete": self.discrete_,
+                "levels": self.levels_,
+                "level_features": self.level_features_,
+                "log_pmfs": self.log_pmfs_,
+                "lattice_means": self.lattice_means_,
+                "lattice_stds": self.lattice_stds_,
+                "unseen_norms": self.unseen_norms_,
+            }
+        return state
 
     def _fitted_json(self) -> dict[str, Any]:
         return {"n_components": self.n_components_, "bic": self.bic_}
@@ -178,4 +484,15 @@ class GMM(DensityModel):
         self.covariances_ = state["covariances"]
         self.n_components_ = fitted["n_components"]
         self.bic_ = {int(k): v for k, v in fitted["bic"].items()}
+        # models saved without discrete features (all before them): Gaussians over every column
+        self.continuous_ = state.get("continuous", np.arange(self.n_features_in_))
+        if "discrete" in state:
+            self.discrete_ = state["discrete"]
+            self.levels_ = state["levels"]
+            self.level_features_ = state["level_features"]
+            self.log_pmfs_ = state["log_pmfs"]
+            self.lattice_means_ = state["lattice_means"]
+            self.lattice_stds_ = state["lattice_stds"]
+            self.unseen_norms_ = state["unseen_norms"]
+            self._index_levels()
         self._factorise()

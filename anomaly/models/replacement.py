@@ -20,7 +20,7 @@ find v*:
   to 1e-6 nats (:func:`columnwise` puts the columns together).
 
 A categorical block is maximised exactly over its categories. A lattice column (the model's
-``cell_widths_`` > 0, e.g. an integer count) only takes values on its lattice: the search's
+``_lattice`` step > 0, e.g. an integer count) only takes values on its lattice: the search's
 candidates are snapped to it, and a mode's two lattice neighbours compete.
 """
 
@@ -247,16 +247,14 @@ def row_batches(n: int, size: int) -> Iterator[slice]:
 
 
 def _step(model: DensityModel, j: int) -> float:
-    widths = getattr(model, "cell_widths_", None)
-    return 0.0 if widths is None else float(widths[j])
+    return model._lattice(j)[0]
 
 
 def _on_lattice(model: DensityModel, j: int, values: np.ndarray) -> np.ndarray:
     """``values`` of column j moved to the nearest point of its lattice (if it has one)."""
-    step = _step(model, j)
+    step, origin = model._lattice(j)
     if step == 0:
         return values
-    origin = model.cell_origins_[j]
     return origin + np.round((values - origin) / step) * step
 
 
