@@ -816,6 +816,48 @@ def test_auto_geometric_mixture_is_normalised(data, rule, tmp_path):
     np.testing.assert_array_equal(loaded.log_prob(X), model.log_prob(X))
 
 
+def test_geometric_mixture_samples_past_its_rejection_budget(monkeypatch, caplog):
+    """With too few proposals for rejection alone, the rest of the rows come from importance
+    resampling of the rejected ones: still n distinct rows that follow the density, and a
+    warning says they are approximate."""
+    from anomaly.models import auto
+
+    train = DATASETS["mix1d"].train()
+    model = make("auto", rule="consensus").fit(train)
+    monkeypatch.setattr(auto, "PROPOSALS_PER_ROW", 0)  # the budget: Z_SAMPLES proposals
+    n = 3 * auto.Z_SAMPLES
+    with caplog.at_level("WARNING", logger="anomaly.models.auto"):
+        samples = model.sample(n, seed=2)
+    assert samples.shape == (n, 1)
+    assert np.isfinite(samples).all()
+    assert "importance resampling" in caplog.text
+    heldout = DATASETS["mix1d"].heldout()
+    problems = sample_problems(model, samples, heldout, model.log_prob(heldout).mean())
+    assert not problems, problems
+    # explanations place their candidates with the arithmetic mixture's draws, no rejection
+    draws = model.candidate_sample(500, seed=0)
+    assert draws.shape == (500, 1)
+    assert np.isfinite(draws).all()
+
+
+def test_torch_sampling_redraws_rows_that_overflow(monkeypatch):
+    model = make("flow").fit(DATASETS["gauss2d"].train())
+    module_sample = type(model)._module_sample
+    calls = []
+
+    def overflowing_once(self, module, n, context):
+        out = module_sample(self, module, n, context)
+        if not calls:
+            out[:3] = torch.inf
+        calls.append(n)
+        return out
+
+    monkeypatch.setattr(type(model), "_module_sample", overflowing_once)
+    samples = model.sample(100, seed=0)
+    assert np.isfinite(samples).all()
+    assert calls == [100, 3]
+
+
 @pytest.mark.parametrize("rule", ["mean", "tail"])
 def test_auto_selection_rules_pick_one_kind(rule, tmp_path):
     X = DATASETS["mix1d"].train()

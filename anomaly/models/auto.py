@@ -67,7 +67,7 @@ GEOMETRIC = ("product", "consensus")
 Z_SAMPLES = 4_096
 #: a geometric mixture's ``sample`` draws at most this many proposals per row (and at least
 #: ``Z_SAMPLES``) for exact rejection; rows still missing then are drawn by importance
-#: resampling of the rejected proposals
+#: resampling of all the proposals (weights ∝ the ratio; approximate, logged)
 PROPOSALS_PER_ROW = 16
 #: share of the held-out rows the ``tail`` rule scores on
 TAIL_FRACTION = 0.1
@@ -278,7 +278,7 @@ class Auto(DensityModel):
             return self._mixture_sample(n, rng)
         # rejection from the arithmetic mixture (acceptance rate Z), within a budget of draws
         kept: list[np.ndarray] = []
-        pool: list[tuple[np.ndarray, np.ndarray]] = []  # rejected draws and their log ratios
+        pool: list[tuple[np.ndarray, np.ndarray]] = []  # every draw and its log ratio
         have, budget = 0, max(PROPOSALS_PER_ROW * n, Z_SAMPLES)
         while have < n and budget > 0:
             m = min(budget, int(np.ceil(1.2 * (n - have) / np.exp(self.log_z_))))
@@ -286,15 +286,13 @@ class Auto(DensityModel):
             log_ratio = self._log_ratio(draws)
             accept = np.log(rng.random(m)) < log_ratio
             kept.append(draws[accept])
-            pool.append((draws[~accept], log_ratio[~accept]))
+            pool.append((draws, log_ratio))
             have, budget = have + int(accept.sum()), budget - m
-        if have < n:  # the rest by importance resampling of the rejected draws
+        if have < n:  # the rest by importance resampling (with replacement) of every draw
             draws = np.concatenate([d for d, _ in pool])
             log_ratio = np.concatenate([r for _, r in pool])
             p = np.exp(log_ratio - log_ratio.max())
-            distinct = int((p > 0).sum()) >= n - have  # without repeats where there are enough
-            rows = rng.choice(len(draws), n - have, replace=not distinct, p=p / p.sum())
-            kept.append(draws[rows])
+            kept.append(draws[rng.choice(len(draws), n - have, p=p / p.sum())])
             logger.warning(
                 "auto: acceptance rate %.2g; %d of %d samples drawn by importance resampling "
                 "(approximate)",
