@@ -125,20 +125,26 @@ def test_the_gate_decides_reports_and_moves_aliases(tmp_path):
     assert tags["promotion.decision"] == result.decision.summary()
 
 
-def test_auto_says_what_it_chose(tmp_path):
-    params = {"candidates": ["gaussian", "kde"]}
+@pytest.mark.parametrize("rule", ["mean", "consensus"])
+def test_auto_says_what_it_chose(rule, tmp_path):
+    params = {"candidates": ["gaussian", "kde"], "rule": rule}
     config = make_config(tmp_path, model={"kind": "auto", "params": params})
     trained = train_and_store(config)
     selection = trained.result.selection
-    assert selection["chosen"] in ("gaussian", "kde")
     scores = selection["candidates"]
     assert set(scores) == {"gaussian", "kde"}
-    assert selection["chosen"] == max(scores, key=scores.__getitem__)
+    if rule == "mean":
+        assert selection["chosen"] == max(scores, key=scores.__getitem__)
+    else:  # the default rule: both kinds, weighted
+        assert selection["chosen"] == "consensus of gaussian + kde"
+        assert set(selection["weights"]) == {"gaussian", "kde"}
     run = MlflowClient(tracking_uri(config)).get_run(trained.run_id)
     assert run.data.params["auto.chosen"] == selection["chosen"]
     assert run.data.tags["auto.chosen"] == selection["chosen"]
     for kind, value in scores.items():
         assert run.data.metrics[auto_metric(kind)] == pytest.approx(value)
+    for kind, weight in selection["weights"].items():
+        assert run.data.metrics[f"auto.{kind}.weight"] == pytest.approx(weight)
     (version,) = model_overview(config).versions
     assert version.auto_chosen == selection["chosen"]
     assert version.auto_candidates == pytest.approx(scores)
