@@ -281,7 +281,7 @@ class Auto(DensityModel):
         pool: list[tuple[np.ndarray, np.ndarray]] = []  # every draw and its log ratio
         have, budget = 0, max(PROPOSALS_PER_ROW * n, Z_SAMPLES)
         while have < n and budget > 0:
-            m = min(budget, int(np.ceil(1.2 * (n - have) / np.exp(self.log_z_))))
+            m = int(min(budget, np.ceil(1.2 * (n - have) * np.exp(min(-self.log_z_, 700.0)))))
             draws = self._mixture_sample(m, rng)
             log_ratio = self._log_ratio(draws)
             accept = np.log(rng.random(m)) < log_ratio
