@@ -353,6 +353,7 @@ class Autoregressive(TorchDensity):
     kind = "autoregressive"
     explanation = "conditional"
     supports_context = True
+    sequential_sampling = True
     native_categories = True
     parameter_constraints: ClassVar[Table] = {
         "hidden": [SequenceOf(Interval(Integral, 1, None))],

@@ -184,6 +184,9 @@ class DensityModel(abc.ABC):
     native_categories: ClassVar[bool] = False
     #: whether the kind reports cell masses of discrete columns itself (no dequantisation here)
     exact_cells: ClassVar[bool] = False
+    #: whether ``sample`` is sequential over the columns (one network pass per column, so a
+    #: draw costs ∝ d² where the others' cost ∝ d); ``auto`` proposes from such kinds less
+    sequential_sampling: ClassVar[bool] = False
     #: how explanations find each feature's most likely value given the others
     #: (:meth:`best_replacements`): ``replacement``, the generic search; a kind with closed-form
     #: conditionals names its own way (``closed_form``, ``mixture``: :meth:`_best_replacements`;

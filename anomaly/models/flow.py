@@ -54,6 +54,7 @@ class Flow(TorchDensity):
 
     kind = "flow"
     supports_context = True
+    sequential_sampling = True  # MAF and NSF invert one autoregressive pass per column
     parameter_constraints: ClassVar[Table] = {
         "flow_type": [Options(*FLOWS)],
         "transforms": [Interval(Integral, 1, None)],
