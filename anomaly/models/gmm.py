@@ -343,34 +343,14 @@ class GMM(DensityModel):
 
     def _chow_liu(self, gram: _Gram, r: np.ndarray, raw: np.ndarray) -> np.ndarray:
         """The parents (−1: a root) of the maximum spanning forest over the pairs of discrete
-        features whose weighted information N·I(x_i; x_j) pays for their parameters (BIC).
-
-        The weighted counts of every pair of levels are the Gram matrix of the indicators;
-        the levels left out of ``gram`` (each feature's most frequent) follow from the
-        margins: c(a, ρ_j) = c(a) − Σ_b∈j c(a, b), c(ρ_i, ρ_j) = N − c(i) − c(j) + c(i, j)
-        (rows with a value unseen in one feature count there as its left-out level).
-        N·I = Σ c log c − Σ c(a) log c(a) − Σ c(b) log c(b) + N log N over the pair's table.
-        """
+        features whose weighted information N·I(x_i; x_j) (rows weighted by ``r``; ``raw``
+        the weighted count of each level) pays for their parameters (BIC)."""
         n_features = len(self.discrete_)
-        total = r.sum()
-        ind = gram.indicators
-        if sparse.issparse(ind):
-            pairs = (ind.T @ ind.multiply(r[:, None]).tocsr()).toarray()
-        else:
-            pairs = ind.T @ (ind * r[:, None])
-        kept = raw[gram.kept]  # counts of the levels in ``gram``
-        by_feature = gram.by_feature(pairs, 1)  # level a × feature j: Σ_b∈j c(a, b)
-        both = gram.by_feature(by_feature, 0)  # c(i, j) over the kept levels of both
-        mass = gram.by_feature(kept, 0)  # c(i) over the kept levels of i
-        kept_kept = gram.by_feature(gram.by_feature(_xlogx(pairs), 1), 0)
-        kept_left = gram.by_feature(_xlogx(kept[:, None] - by_feature), 0)  # cells (a, ρ_j)
-        left_left = _xlogx(total - mass[:, None] - mass[None, :] + both)
-        info = kept_kept + kept_left + kept_left.T + left_left
-        margins = np.bincount(self.level_features_, _xlogx(raw), minlength=n_features)
-        info += _xlogx(np.asarray(total)) - margins[:, None] - margins[None, :]
-        free = self.level_counts_ - 1
-        gain = np.triu(info - np.outer(free, free) * gram.log_n / 2, 1)
+        gain = gram.information(r, raw)
+        gain -= gram.cost
         rows, cols = np.nonzero(gain > 0)
+        upper = rows < cols
+        rows, cols = rows[upper], cols[upper]
         graph = sparse.csr_matrix((-gain[rows, cols], (rows, cols)), (n_features, n_features))
         return _orient(minimum_spanning_tree(graph))
 
@@ -650,8 +630,9 @@ class GMM(DensityModel):
 
 
 def _xlogx(x: np.ndarray) -> np.ndarray:
-    """x log x elementwise, 0 at 0 (and at rounding errors below 0)."""
-    return -entr(np.maximum(x, 0.0))
+    """x log x elementwise, 0 at 0 (and at rounding errors below 0); overwrites x."""
+    x = np.maximum(x, 0.0, out=x)
+    return np.negative(entr(x, out=x), out=x)
 
 
 def _orient(forest: sparse.spmatrix) -> np.ndarray:
@@ -684,13 +665,15 @@ def _depths(parents: np.ndarray) -> np.ndarray:
 @dataclass(frozen=True)
 class _Gram:
     """What every M-step's Chow–Liu fit needs of the training rows: their level indicators
-    less each feature's most frequent level (sparse, or dense when not sparse), which of the
-    levels those are, where each feature's kept levels start, and log n."""
+    less each feature's most frequent level (sparse, or dense when not sparse), which levels
+    are kept, each level's feature, each feature's level count, and each edge's BIC cost,
+    (m_i − 1)(m_j − 1)·log(n)/2 for features of m_i and m_j levels."""
 
     indicators: sparse.csr_matrix | np.ndarray
     kept: np.ndarray
+    level_features: np.ndarray
     sizes: np.ndarray
-    log_n: float
+    cost: np.ndarray
 
     @classmethod
     def of(cls, H: sparse.csr_matrix, level_features: np.ndarray, n: int) -> _Gram:
@@ -701,7 +684,43 @@ class _Gram:
         indicators = H[:, kept].tocsr()
         if indicators.nnz > 0.05 * np.prod(indicators.shape):
             indicators = indicators.toarray()
-        return cls(indicators, kept, sizes, float(np.log(n)))
+        cost = np.outer(sizes - 1, sizes - 1) * np.log(n) / 2  # BIC's, of an edge's table
+        return cls(indicators, kept, level_features, sizes, cost)
+
+    def information(self, r: np.ndarray, raw: np.ndarray) -> np.ndarray:
+        """N·I(x_i; x_j) of every pair of features, rows weighted by ``r`` (N = Σ r; ``raw``:
+        each level's weighted count), features × features (the diagonal is meaningless).
+
+        The weighted counts of every pair of kept levels are the Gram matrix of the
+        indicators; the left-out levels ρ follow from the margins: c(a, ρ_j) = c(a) −
+        Σ_b∈j c(a, b), c(ρ_i, ρ_j) = N − c(i) − c(j) + c(i, j), with c(i) the count of i's
+        kept levels (a row whose value of j was not seen in training counts as ρ_j there).
+        Then N·I = Σ c log c − Σ_a c(a) log c(a) − Σ_b c(b) log c(b) + N log N over the
+        pair's table.
+        """
+        total = r.sum()
+        if sparse.issparse(self.indicators):
+            weighted = self.indicators.multiply(r[:, None]).tocsr()
+            pairs = (self.indicators.T @ weighted).toarray()
+        else:
+            pairs = self.indicators.T @ (self.indicators * r[:, None])
+        kept = raw[self.kept]
+        by_feature = self.by_feature(pairs, 1)  # kept level a × feature j: Σ_b∈j c(a, b)
+        both = self.by_feature(by_feature, 0)  # c(i, j) over the kept levels of both
+        mass = self.by_feature(kept, 0)  # c(i)
+        # in place where the arrays are large (by_feature and both may be pairs itself)
+        info = np.subtract.outer(total - mass, mass)
+        info += both
+        info = _xlogx(info)  # the cells (ρ_i, ρ_j)
+        kept_left = self.by_feature(_xlogx(kept[:, None] - by_feature), 0)  # cells (a, ρ_j)
+        info += kept_left
+        info += kept_left.T
+        info += self.by_feature(self.by_feature(_xlogx(pairs), 1), 0)  # cells (a, b)
+        margins = np.bincount(self.level_features, _xlogx(raw.copy()), minlength=len(self.sizes))
+        info -= margins[:, None]
+        info -= margins[None, :]
+        info += _xlogx(np.asarray(total))
+        return info
 
     def by_feature(self, values: np.ndarray, axis: int) -> np.ndarray:
         """Sums of ``values`` along ``axis`` (the kept levels) over each feature's kept
