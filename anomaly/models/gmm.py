@@ -334,7 +334,7 @@ class GMM(DensityModel):
         counts = np.full(forest.size, self.alpha)
         for k in range(len(nk)):
             entries, both = forest.entries(codes, k)
-            weight = np.broadcast_to(resp[:, k, None], entries.shape)[both]
+            weight = np.broadcast_to(resp[:, k], entries.shape)[both]
             counts += np.bincount(entries[both], weight, minlength=forest.size)
         columns = np.bincount(forest.entry_column, counts)
         log_conditionals = np.log(counts) - np.log(columns[forest.entry_column])
@@ -394,8 +394,8 @@ class GMM(DensityModel):
         out = np.zeros((n_components, codes.shape[0]))
         for k in range(n_components):
             entries, both = forest.entries(codes, k)
-            if entries.shape[1]:
-                out[k] = np.where(both, deltas[np.where(both, entries, 0)], 0.0).sum(axis=1)
+            if len(entries):
+                out[k] = np.where(both, deltas[np.where(both, entries, 0)], 0.0).sum(axis=0)
         return out
 
     # ------------------------------------------------------------------ discrete terms
@@ -448,7 +448,7 @@ class GMM(DensityModel):
         training), and per row the log probability of its unseen values (categories not
         seen, lattice points not seen, which every component gives the same mass)."""
         n = X.shape[0]
-        codes = np.empty((n, len(self.discrete_)), np.int64)
+        codes = np.empty((n, len(self.discrete_)), np.int64, order="F")  # by column
         constant = np.zeros(n)
         for f, block in enumerate(self.blocks_):
             if block.categorical:
@@ -781,8 +781,10 @@ class _Forest:
         return len(self.entry_edge)
 
     def entries(self, codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Per row and edge of component k: the entry of the row's (child, parent) levels,
-        and whether both values were seen in training (rows × edges each)."""
+        """Per edge of component k and row: the entry of the row's (child, parent) levels,
+        and whether both values were seen in training (edges × rows each)."""
         edges = slice(*np.searchsorted(self.component, [k, k + 1]))
-        a, b = codes[:, self.child[edges]], codes[:, self.parent[edges]]
-        return self.offset[edges] + a * self.n_parent_levels[edges] + b, (a >= 0) & (b >= 0)
+        codes = codes.T  # features × rows: a row of it is contiguous if codes is F-ordered
+        a, b = codes[self.child[edges]], codes[self.parent[edges]]
+        step = self.n_parent_levels[edges, None]
+        return self.offset[edges, None] + a * step + b, (a >= 0) & (b >= 0)
