@@ -19,6 +19,7 @@ from scipy import sparse
 from sklearn.metrics import roc_auc_score
 
 from anomaly import models
+from anomaly.models import gmm
 from anomaly.models.base import Block, lattice_layout
 from anomaly.models.gmm import _Gram
 
@@ -78,12 +79,16 @@ def test_forest_pmf_sums_to_one_over_every_value(fitted_mixed):
 def test_pair_information_equals_the_weighted_tables_counted_directly(fitted_mixed, storage):
     """N·I of every pair of features from the Gram matrix of the indicators less each
     feature's most frequent level equals Σ c log(c N / c(a) c(b)) over the pair's table of
-    weighted counts, for one-hot, count and 0/1 features."""
+    weighted counts, for one-hot, count and 0/1 features; a category not seen in training
+    (an all-zero row of the one-hot block) counts as the block's most frequent level."""
     model = fitted_mixed
     X, _ = mixed(700, 1)
+    X[:20, :3] = 0.0
     H, _, codes = model._indicators(X)
     r = np.random.default_rng(0).random(len(X))
     gram = _Gram.of(H, model.level_features_, len(X))
+    assert (codes[:20, 0] == -1).all()
+    codes[:20, 0] = np.argmax(np.asarray(H.sum(axis=0)).ravel()[:3])
     convert = sparse.csr_matrix if storage == "sparse" else np.asarray
     gram = dataclasses.replace(gram, indicators=convert(gram.indicators))
     info = gram.information(r, np.asarray(H.T @ r).ravel())
@@ -93,6 +98,27 @@ def test_pair_information_equals_the_weighted_tables_counted_directly(fitted_mix
         np.add.at(table, (codes[:, i], codes[:, j]), r)
         expected = table * np.log(table * r.sum() / np.outer(table.sum(1), table.sum(0)))
         assert info[i, j] == pytest.approx(expected.sum(), rel=1e-9, abs=1e-9)
+
+
+def test_scoring_in_blocks_of_rows_changes_nothing(fitted_mixed, monkeypatch):
+    X, _ = mixed(500, 7)
+    whole = fitted_mixed.log_prob(X)
+    monkeypatch.setattr(gmm, "TREE_CELLS", 7)  # a few rows a block
+    np.testing.assert_array_equal(fitted_mixed.log_prob(X), whole)
+
+
+def test_a_constant_feature_and_unseen_training_values_get_no_spurious_edge():
+    """A one-hot block of one category (always on) carries no information, also when the
+    other block has rows of no category (all zero) in training; a copy of a 0/1 column is
+    its neighbour in the tree."""
+    X, layout = mixed(1_500, 0)
+    X[:30, :3] = 0.0
+    X = np.column_stack([X, np.ones(len(X)), X[:, 4]])
+    layout = [*layout, Block("one", 6, 7, categorical=True), Block("copy", 7, 8, step=1.0)]
+    model = make().fit(X, layout=layout)
+    assert (model.parents_[:, 4] == -1).all()
+    assert (model.parents_ == 4).sum() == 0
+    assert ((model.parents_[:, 5] == 2) | (model.parents_[:, 2] == 5)).all()
 
 
 def test_a_single_discrete_feature_gets_no_edge():

@@ -38,6 +38,8 @@ from anomaly.models.gaussian import gaussian_log_pdf, sample_gaussian
 
 #: EM stops when the mean log-likelihood per row improves by less than this (scikit-learn's)
 TOL = 1e-3
+#: (row, tree edge) pairs scored at once (:meth:`GMM._tree_terms`; about 50 bytes each)
+TREE_CELLS = 2**22
 
 
 class GMM(DensityModel):
@@ -389,13 +391,18 @@ class GMM(DensityModel):
     @staticmethod
     def _tree_terms(codes: np.ndarray, forest: _Forest, deltas: np.ndarray) -> np.ndarray:
         """Σ over each component's edges of the rows' deltas (0 where the child's or the
-        parent's value was not seen): components × rows."""
-        n_components = forest.n_components
-        out = np.zeros((n_components, codes.shape[0]))
-        for k in range(n_components):
-            entries, both = forest.entries(codes, k)
-            if len(entries):
-                out[k] = np.where(both, deltas[np.where(both, entries, 0)], 0.0).sum(axis=0)
+        parent's value was not seen): components × rows. In blocks of rows of about
+        ``TREE_CELLS`` (row, edge) pairs, so memory stays bounded on wide data."""
+        n = codes.shape[0]
+        out = np.zeros((forest.n_components, n))
+        step = max(1, TREE_CELLS // max(len(forest.child), 1))
+        for start in range(0, n, step):
+            rows = slice(start, start + step)
+            for k in range(forest.n_components):
+                entries, both = forest.entries(codes[rows], k)
+                if len(entries):
+                    gathered = deltas[np.where(both, entries, 0)]
+                    out[k, rows] = np.where(both, gathered, 0.0).sum(axis=0)
         return out
 
     # ------------------------------------------------------------------ discrete terms
@@ -692,11 +699,11 @@ class _Gram:
         each level's weighted count), features × features (the diagonal is meaningless).
 
         The weighted counts of every pair of kept levels are the Gram matrix of the
-        indicators; the left-out levels ρ follow from the margins: c(a, ρ_j) = c(a) −
-        Σ_b∈j c(a, b), c(ρ_i, ρ_j) = N − c(i) − c(j) + c(i, j), with c(i) the count of i's
-        kept levels (a row whose value of j was not seen in training counts as ρ_j there).
-        Then N·I = Σ c log c − Σ_a c(a) log c(a) − Σ_b c(b) log c(b) + N log N over the
-        pair's table.
+        indicators; the left-out levels ρ follow from the margins: c(ρ_i) = N − c(i),
+        c(a, ρ_j) = c(a) − Σ_b∈j c(a, b), c(ρ_i, ρ_j) = N − c(i) − c(j) + c(i, j), with c(i)
+        the count of i's kept levels (so a row whose value of j was not seen in training
+        counts as ρ_j, in the pair's table and in j's margin alike). Then N·I = Σ c log c −
+        Σ_a c(a) log c(a) − Σ_b c(b) log c(b) + N log N over the pair's table.
         """
         total = r.sum()
         if sparse.issparse(self.indicators):
@@ -716,7 +723,7 @@ class _Gram:
         info += kept_left
         info += kept_left.T
         info += self.by_feature(self.by_feature(_xlogx(pairs), 1), 0)  # cells (a, b)
-        margins = np.bincount(self.level_features, _xlogx(raw.copy()), minlength=len(self.sizes))
+        margins = self.by_feature(_xlogx(kept.copy()), 0) + _xlogx(total - mass)
         info -= margins[:, None]
         info -= margins[None, :]
         info += _xlogx(np.asarray(total))
