@@ -1,10 +1,11 @@
 """``gmm``'s discrete features as a mixture of Chow–Liu forests (``tree=True``, the default).
 
-The pmf stays exactly normalised over every discrete value (seen or not, with unseen parents);
-a dependent chain of 0/1 columns is learnt (held-out likelihood, anomalies that break the chain,
-samples that follow it) where independent pmfs see nothing; on independent columns the edges
-are pruned, so the forest is no worse than the product; save/load is exact, and a model saved
-before the trees loads and scores as it did.
+The pmf stays exactly normalised over every discrete value (seen or not, with unseen parents),
+with one component or several, each with its own forest; the pair information equals the
+tables counted directly; dependent pairs of 0/1 columns are learnt (held-out likelihood,
+anomalies that break the pairs, samples that keep them) where naive Bayes sees nothing; on
+independent columns the edges are pruned, so the forest is no worse than the product;
+save/load is exact, and a model saved before the trees loads and scores as it did.
 """
 
 from __future__ import annotations
@@ -73,6 +74,37 @@ def test_forest_pmf_sums_to_one_over_every_value(fitted_mixed):
         [[*p, k, b1, b2] for p, k, b1, b2 in itertools.product(patterns, counts, binary, binary)]
     )
     assert np.exp(model.log_prob(grid)).sum() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_each_component_has_its_own_forest_and_the_mixture_sums_to_one(tmp_path):
+    """Two latent classes of six 0/1 columns, columns 0–1 dependent in one class and 2–3 in
+    the other: two components, each with its edge; Σ over {−1, 0, 1, 2}⁶ of the pmf is 1;
+    samples keep each class's pair and repeat after save/load."""
+    rng = np.random.default_rng(0)
+    z = rng.random(3_000) < 0.5
+    X = (rng.random((3_000, 6)) < np.where(z, 0.15, 0.85)[:, None]).astype(float)
+    X[~z, 1] = np.logical_xor(X[~z, 0], rng.random((~z).sum()) < 0.05)
+    X[z, 3] = np.logical_xor(X[z, 2], rng.random(z.sum()) < 0.05)
+    model = make().fit(X, layout=lattice_layout(X))
+    assert model.n_components_ == 2
+    ones = int(np.argmax(model.log_pmfs_[:, 1]))  # the component of mostly ones (level 1)
+
+    def joined(k: int, i: int, j: int) -> bool:
+        return model.parents_[k, i] == j or model.parents_[k, j] == i
+
+    assert joined(ones, 0, 1)
+    assert not joined(ones, 2, 3)
+    assert joined(1 - ones, 2, 3)
+    assert not joined(1 - ones, 0, 1)
+    grid = np.array(list(itertools.product(range(-1, 3), repeat=6)), dtype=float)
+    assert np.exp(model.log_prob(grid)).sum() == pytest.approx(1.0, abs=1e-6)
+    samples = model.sample(4_000, seed=2)
+    high = samples.mean(axis=1) > 0.5  # the class of mostly ones, where 0 and 1 agree
+    assert np.mean(samples[high, 0] != samples[high, 1]) < 0.1
+    assert np.mean(samples[~high, 2] != samples[~high, 3]) < 0.1
+    loaded = models.load(model.save(tmp_path / "m"))
+    np.testing.assert_array_equal(loaded.sample(300, seed=2), model.sample(300, seed=2))
+    np.testing.assert_array_equal(loaded.log_prob(grid), model.log_prob(grid))
 
 
 @pytest.mark.parametrize("storage", ["sparse", "dense"])
