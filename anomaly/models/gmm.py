@@ -13,6 +13,7 @@ discrete features, scikit-learn's ``GaussianMixture`` as before.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from numbers import Integral, Real
 from typing import Any, ClassVar
@@ -38,7 +39,7 @@ from anomaly.models.gaussian import gaussian_log_pdf, sample_gaussian
 
 #: EM stops when the mean log-likelihood per row improves by less than this (scikit-learn's)
 TOL = 1e-3
-#: (row, tree edge) pairs scored at once (:meth:`GMM._tree_terms`; about 50 bytes each)
+#: (tree edge, row) pairs handled at once (:meth:`_Forest.blocks`; about 50 bytes each)
 TREE_CELLS = 2**22
 
 
@@ -335,9 +336,9 @@ class GMM(DensityModel):
         forest = _Forest.of(parents, self.level_counts_)
         counts = np.full(forest.size, self.alpha)
         for k in range(len(nk)):
-            entries, both = forest.entries(codes, k)
-            weight = np.broadcast_to(resp[:, k], entries.shape)[both]
-            counts += np.bincount(entries[both], weight, minlength=forest.size)
+            for rows, entries, both in forest.blocks(codes, k):
+                weight = np.broadcast_to(resp[rows, k], entries.shape)[both]
+                counts += np.bincount(entries[both], weight, minlength=forest.size)
         columns = np.bincount(forest.entry_column, counts)
         log_conditionals = np.log(counts) - np.log(columns[forest.entry_column])
         log_conditionals += np.log1p(-UNSEEN_PROB)
@@ -391,18 +392,12 @@ class GMM(DensityModel):
     @staticmethod
     def _tree_terms(codes: np.ndarray, forest: _Forest, deltas: np.ndarray) -> np.ndarray:
         """Σ over each component's edges of the rows' deltas (0 where the child's or the
-        parent's value was not seen): components × rows. In blocks of rows of about
-        ``TREE_CELLS`` (row, edge) pairs, so memory stays bounded on wide data."""
-        n = codes.shape[0]
-        out = np.zeros((forest.n_components, n))
-        step = max(1, TREE_CELLS // max(len(forest.child), 1))
-        for start in range(0, n, step):
-            rows = slice(start, start + step)
-            for k in range(forest.n_components):
-                entries, both = forest.entries(codes[rows], k)
-                if len(entries):
-                    gathered = deltas[np.where(both, entries, 0)]
-                    out[k, rows] = np.where(both, gathered, 0.0).sum(axis=0)
+        parent's value was not seen): components × rows."""
+        out = np.zeros((forest.n_components, codes.shape[0]))
+        for k in range(forest.n_components):
+            for rows, entries, both in forest.blocks(codes, k):
+                gathered = deltas[np.where(both, entries, 0)]
+                out[k, rows] = np.where(both, gathered, 0.0).sum(axis=0)
         return out
 
     # ------------------------------------------------------------------ discrete terms
@@ -787,11 +782,19 @@ class _Forest:
     def size(self) -> int:
         return len(self.entry_edge)
 
-    def entries(self, codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Per edge of component k and row: the entry of the row's (child, parent) levels,
-        and whether both values were seen in training (edges × rows each)."""
+    def blocks(self, codes: np.ndarray, k: int) -> Iterator[tuple[slice, np.ndarray, np.ndarray]]:
+        """Per block of rows (about ``TREE_CELLS`` (edge, row) pairs, so memory stays bounded
+        on wide data), per edge of component k and row: the entry of the row's (child,
+        parent) levels, and whether both values were seen in training (edges × rows each).
+        Nothing for a component without edges."""
         edges = slice(*np.searchsorted(self.component, [k, k + 1]))
+        n_edges = edges.stop - edges.start
+        if n_edges == 0:
+            return
         codes = codes.T  # features × rows: a row of it is contiguous if codes is F-ordered
-        a, b = codes[self.child[edges]], codes[self.parent[edges]]
-        step = self.n_parent_levels[edges, None]
-        return self.offset[edges, None] + a * step + b, (a >= 0) & (b >= 0)
+        step = max(1, TREE_CELLS // n_edges)
+        for start in range(0, codes.shape[1], step):
+            rows = slice(start, start + step)
+            a, b = codes[self.child[edges], rows], codes[self.parent[edges], rows]
+            entries = self.offset[edges, None] + a * self.n_parent_levels[edges, None] + b
+            yield rows, entries, (a >= 0) & (b >= 0)
