@@ -657,23 +657,24 @@ def _orient(forest: sparse.spmatrix) -> np.ndarray:
 def _depths(parents: np.ndarray) -> np.ndarray:
     """Each node's depth in a forest given as parents (−1: a root)."""
     depths = np.zeros(len(parents), np.int64)
-    while True:
+    for _ in range(len(parents) + 1):
         deeper = np.where(parents >= 0, depths[parents] + 1, 0)
         if np.array_equal(deeper, depths):
             return depths
         depths = deeper
+    msg = "gmm: the saved parents do not form a forest (a cycle); refit the model"
+    raise ValueError(msg)
 
 
 @dataclass(frozen=True)
 class _Gram:
     """What every M-step's Chow–Liu fit needs of the training rows: their level indicators
     less each feature's most frequent level (sparse, or dense when not sparse), which levels
-    are kept, each level's feature, each feature's level count, and each edge's BIC cost,
+    are kept, each feature's level count, and each edge's BIC cost,
     (m_i − 1)(m_j − 1)·log(n)/2 for features of m_i and m_j levels."""
 
     indicators: sparse.csr_matrix | np.ndarray
     kept: np.ndarray
-    level_features: np.ndarray
     sizes: np.ndarray
     cost: np.ndarray
 
@@ -687,7 +688,7 @@ class _Gram:
         if indicators.nnz > 0.05 * np.prod(indicators.shape):
             indicators = indicators.toarray()
         cost = np.outer(sizes - 1, sizes - 1) * np.log(n) / 2  # BIC's, of an edge's table
-        return cls(indicators, kept, level_features, sizes, cost)
+        return cls(indicators, kept, sizes, cost)
 
     def information(self, r: np.ndarray, raw: np.ndarray) -> np.ndarray:
         """N·I(x_i; x_j) of every pair of features, rows weighted by ``r`` (N = Σ r; ``raw``:
