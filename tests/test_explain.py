@@ -356,6 +356,22 @@ def test_explain_records_contract(detector):
     assert explained[0][0]["contribution"] > explained[4][0]["contribution"]
 
 
+def test_explained_values_of_a_csv_file_are_numbers(detector, tmp_path):
+    """A CSV file is read as text; the values beside the contributions are numbers all the same
+    (as for a Parquet file, and as docs/explanations.md shows them)."""
+    from anomaly.io import read_table
+
+    df = records().drop(index=3)
+    df.to_csv(tmp_path / "records.csv", index=False)
+    explained = explain(detector, read_table(tmp_path / "records.csv"), top=7)
+    amount = next(item for item in explained[0] if item["feature"] == "amount")
+    assert amount["value"] == 250_000.0
+    for items in explained:
+        for item in items:
+            is_numeric = item["feature"] in FEATURES.numeric
+            assert isinstance(item["value"], float if is_numeric else str), item
+
+
 def test_pyfunc_output_carries_contributions_of_flagged_rows(detector):
     df = records()
     out = predict_explained(detector, df)
