@@ -50,6 +50,9 @@ _verbose = False
 #: rescans them over and over: ~1 s of CPU per command (docs/benchmarks.md, issue 14)
 GC_THRESHOLD = 50_000
 
+#: ``explain``: quarantined rows named with their reason (the rest are counted)
+QUARANTINE_SHOWN = 10
+
 
 def _fail(message: str) -> typer.Exit:
     """One line on stderr and exit code 2 (with ``-v``, the traceback being handled first)."""
@@ -395,8 +398,9 @@ def explain(
     cfg = _config(config)
     detector, _ = _run(load_detector, cfg, model_version)
     df = _run(read_table, input_file)
-    scored = detector.predict(df)
-    keep = ~scored["quarantined"].to_numpy(bool)
+    scored = _run(detector.predict, df)  # a missing column is the user's to fix
+    quarantined = scored["quarantined"].to_numpy(bool)
+    keep = ~quarantined
     if not all_rows:
         keep &= scored["is_anomaly"].to_numpy(bool)
     rows = [int(i) for i in keep.nonzero()[0]]
@@ -413,6 +417,14 @@ def explain(
         }
         typer.echo(json.dumps(record))  # one line per record, never wrapped
     console.print(f"explained {len(rows)} of {len(df)} records")
+    if quarantined.any():  # not scored, so not explained: say which and why
+        for i in quarantined.nonzero()[0][:QUARANTINE_SHOWN].tolist():
+            console.print(
+                f"quarantined {scored[id_col].iat[i]}: {scored['reason'].iat[i]}",
+                highlight=False,
+                markup=False,
+            )
+        console.print(f"{int(quarantined.sum())} quarantined row(s), not explained")
 
 
 @app.command()

@@ -455,6 +455,17 @@ def test_cli_explain_prints_one_json_line_per_flagged_record(tmp_path, monkeypat
     assert df.loc[3, ID] not in by_id  # quarantined
     everything = CliRunner().invoke(app, [*args, "--all"])
     assert len(everything.stdout.splitlines()) == len(df) - 1  # every scored row
+    # the quarantined row is not lost: named on stderr with its reason
+    assert f"quarantined {df.loc[3, ID]}: non-numeric value in hour" in everything.stderr
+    assert "1 quarantined row(s), not explained" in everything.stderr
+    # a file missing a column: one line and exit code 2, as for the other user errors
+    df.drop(columns=["amount"]).to_csv(tmp_path / "no-amount.csv", index=False)
+    missing = CliRunner().invoke(
+        app, ["explain", "--config", str(config), "--input", str(tmp_path / "no-amount.csv")]
+    )
+    assert missing.exit_code == 2, missing.output
+    assert "Traceback" not in missing.output
+    assert "missing required column(s) 'amount'" in " ".join(missing.stderr.split())
 
 
 def test_autoregressive_explains_from_its_conditional_modes(data):
