@@ -46,6 +46,8 @@ MAX_ID_LENGTH = 256
 #: standardised values are clipped to ±CLIP so astronomically large inputs stay finite
 CLIP = 1e4
 REASON = "reason"
+#: valid rows ``fit`` needs (a scale needs two)
+MIN_TRAINING_ROWS = 2
 
 
 class SchemaError(ValueError):
@@ -89,8 +91,15 @@ class Preprocessor:
         }
         prepared = self._validate(df)
         good = prepared.loc[prepared[REASON] == ""]
-        if good.empty:
-            msg = "no valid training rows: every row was quarantined; check the data and spec"
+        if len(good) < MIN_TRAINING_ROWS:
+            reasons = prepared[REASON].loc[prepared[REASON] != ""].value_counts().head(3)
+            msg = (
+                f"no valid training rows: {len(prepared) - len(good)} of {len(prepared)} were "
+                f"quarantined, leaving {len(good)} (at least {MIN_TRAINING_ROWS} needed); most "
+                "common reasons: "
+                + "; ".join(f"{reason} ({n} rows)" for reason, n in reasons.items())
+                + "; check the data and spec"
+            )
             raise ValueError(msg)
         self.transforms_: dict[str, str] = {}
         self.means_: dict[str, float] = {}
