@@ -251,11 +251,10 @@ def demo(
 def train(config: ConfigOption) -> None:
     """Train a detector and register it as challenger (the first one becomes champion)."""
     cfg = _config(config)
-    from anomaly.io import expand
-    from anomaly.training import model_for
+    from anomaly.training import check_training_files, model_for
 
     _check(model_for, cfg)  # a bad model parameter, before the flow would log its traceback
-    _check(expand, cfg.data.train)
+    _check(check_training_files, cfg)  # so are missing files and columns
     with _prefect(cfg.home):
         from flows.train import train_flow
 

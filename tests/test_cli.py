@@ -287,6 +287,16 @@ def test_training_data_missing(project):
     assert_clean_failure(result, "no data files match", "train.parquet", code=2)
 
 
+def test_training_data_missing_a_column(project):
+    """Named as training data (was "batch is missing ..."), before the flow starts."""
+    project.train.drop(columns=["amount"]).to_parquet(project.root / "data" / "train.parquet")
+    result = invoke("train", "-c", project.config)
+    assert_clean_failure(
+        result, "training data", "train.parquet", "missing required column(s) 'amount'", code=2
+    )
+    assert "Beginning flow run" not in result.output  # no flow was started
+
+
 @pytest.mark.parametrize(
     ("paths", "fragment"),
     [
