@@ -124,11 +124,13 @@ def train(
     if len(test_ll) >= SAMPLE_CHECK_MIN_ROWS:  # samples vs held-out rows (sample_check.py)
         from anomaly.sample_check import sample_quality  # scikit-learn loads only here
 
+        logger.info("checking the model's samples against %d held-out rows", len(test_ll))
         heldout = df.iloc[test_idx].reset_index(drop=True).iloc[test_part.scored.index]
         metrics.update(sample_quality(model, pre, heldout, seed=config.model.seed))
     if labelled is None and config.data.evaluation:
         labelled = read_table(config.data.evaluation)
     if labelled is not None:
+        logger.info("evaluating on %d labelled rows", len(labelled))
         metrics.update(evaluate(detector, labelled))
     selection = model.selection_ if config.model.kind == "auto" else None
     return TrainResult(detector, metrics, test_ll, selection)

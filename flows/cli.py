@@ -152,6 +152,13 @@ def main(
     logging.getLogger("mlflow").setLevel(level)  # MLflow logs INFO chatter by default
 
 
+def _show_progress() -> None:
+    """Training's progress lines (each fit, ``auto``'s candidates one by one, the checks after)
+    are shown also without ``-v``: fitting the default model takes a while."""
+    for name in ("anomaly.models", "anomaly.training"):
+        logging.getLogger(name).setLevel(logging.INFO)
+
+
 def _fewer_collections() -> None:
     """Collect garbage less often while the command runs, and not at all on the way out: at
     exit, every object still alive is frozen, so that the interpreter's final collections
@@ -211,6 +218,7 @@ def demo(
         _check(lambda: ModelSpec(kind=kind))
     start = time.perf_counter()
     console.print(f"demo: writing data, training, promoting and scoring under [bold]{home}[/]")
+    _show_progress()
     with _prefect(home):
         from flows.demo import demo_flow, demo_report
 
@@ -247,7 +255,18 @@ def demo(
     out.print(f"done in {time.perf_counter() - start:.1f} s")
 
 
-@app.command()
+#: ``anomaly train --help``: one line per paragraph (rich keeps a docstring's line breaks);
+#: a backslash before ``[`` keeps the bracket from being read as rich markup
+TRAIN_HELP = (
+    "Train a detector and register it as challenger (the first one becomes champion).\n\n"
+    "The model is the config's model.kind, by default auto: the consensus of gmm, kde, knn and "
+    "flow. It fits four models (each fit is shown as it runs) and is slower to fit, score and "
+    "explain than one kind. The earlier, faster default is model.params "
+    "{candidates: \\[kde, knn], rule: mean}. See docs/models.md."
+)
+
+
+@app.command(help=TRAIN_HELP)
 def train(config: ConfigOption) -> None:
     """Train a detector and register it as challenger (the first one becomes champion)."""
     cfg = _config(config)
@@ -255,6 +274,7 @@ def train(config: ConfigOption) -> None:
 
     _check(model_for, cfg)  # a bad model parameter, before the flow would log its traceback
     _check(check_training_files, cfg)  # so are missing files and columns
+    _show_progress()
     with _prefect(cfg.home):
         from flows.train import train_flow
 
