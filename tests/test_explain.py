@@ -455,6 +455,19 @@ def test_cli_explain_prints_one_json_line_per_flagged_record(tmp_path, monkeypat
     assert df.loc[3, ID] not in by_id  # quarantined
     everything = CliRunner().invoke(app, [*args, "--all"])
     assert len(everything.stdout.splitlines()) == len(df) - 1  # every scored row
+    # explained and printed in parts, saying how far it got; the same lines
+    monkeypatch.setattr("flows.cli.EXPLAIN_PART", 3)
+    in_parts = CliRunner().invoke(app, [*args, "--all"])
+    whole = [json.loads(line) for line in everything.stdout.splitlines()]
+    parts = [json.loads(line) for line in in_parts.stdout.splitlines()]
+    assert [r[ID] for r in parts] == [r[ID] for r in whole]
+    for a, b in zip(parts, whole, strict=True):  # equal up to float summation order
+        assert [c["feature"] for c in a["contributions"]] == [
+            c["feature"] for c in b["contributions"]
+        ]
+        for x, y in zip(a["contributions"], b["contributions"], strict=True):
+            assert x["contribution"] == pytest.approx(y["contribution"], abs=1e-3)
+    assert "explained 3 of 4 records so far" in in_parts.stderr
     # the quarantined row is not lost: named on stderr with its reason
     assert f"quarantined {df.loc[3, ID]}: non-numeric value in hour" in everything.stderr
     assert "1 quarantined row(s), not explained" in everything.stderr
