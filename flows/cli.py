@@ -155,13 +155,6 @@ def main(
     logging.getLogger("mlflow").setLevel(level)  # MLflow logs INFO chatter by default
 
 
-def _show_progress() -> None:
-    """Training's progress lines (each fit, ``auto``'s candidates one by one, the checks after)
-    are shown also without ``-v``: fitting the default model takes a while."""
-    for name in ("anomaly.models", "anomaly.training"):
-        logging.getLogger(name).setLevel(logging.INFO)
-
-
 def _fewer_collections() -> None:
     """Collect garbage less often while the command runs, and not at all on the way out: at
     exit, every object still alive is frozen, so that the interpreter's final collections
@@ -221,7 +214,6 @@ def demo(
         _check(lambda: ModelSpec(kind=kind))
     start = time.perf_counter()
     console.print(f"demo: writing data, training, promoting and scoring under [bold]{home}[/]")
-    _show_progress()
     with _prefect(home):
         from flows.demo import demo_flow, demo_report
 
@@ -277,7 +269,6 @@ def train(config: ConfigOption) -> None:
 
     _check(model_for, cfg)  # a bad model parameter, before the flow would log its traceback
     _check(check_training_files, cfg)  # so are missing files and columns
-    _show_progress()
     with _prefect(cfg.home):
         from flows.train import train_flow
 
