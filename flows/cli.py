@@ -537,6 +537,15 @@ def run_now(
     state = flow_run.state.name if flow_run.state else "Scheduled"
     ui = f"{PREFECT_UI_URL.value()}/runs/flow-run/{flow_run.id}"
     typer.echo(f"{name}: flow run {flow_run.name!r} {state}  {ui}")
+    if kind == "score" and flow_run.state and flow_run.state.is_completed():
+        from flows.score import batches_of_run
+
+        for b in batches_of_run(flow_run.id):
+            typer.echo(
+                f"  {b['batch_id']}: {b['status']}, {b['rows_in']} rows, {b['rows_flagged']} "
+                f"flagged, {b['rows_quarantined']} quarantined"
+                + (f" ({b['error']})" if b.get("error") else "")
+            )
     if wait and not (flow_run.state and flow_run.state.is_completed()):
         raise typer.Exit(code=1)
 
