@@ -134,7 +134,13 @@ def explain(
     typical = pre.inverse_transform(attr.typical)
     raw = df.reset_index(drop=True).iloc[prepared.scored.index]
     names = [b.name for b in attr.blocks]
-    values = {name: raw[name].tolist() for name in names}
+    # a numeric column read from CSV is text; a scored row's values parse, so show numbers
+    values = {
+        b.name: (
+            raw[b.name] if b.categorical else pd.to_numeric(raw[b.name], errors="coerce")
+        ).tolist()
+        for b in attr.blocks
+    }
     typicals = {name: typical[name].tolist() for name in names}
     contributions = attr.contributions.round(4).tolist()
     order = np.argsort(-attr.contributions, axis=1, kind="stable")[:, :top].tolist()

@@ -46,6 +46,8 @@ MAX_ID_LENGTH = 256
 #: standardised values are clipped to ±CLIP so astronomically large inputs stay finite
 CLIP = 1e4
 REASON = "reason"
+#: valid rows ``fit`` needs (a scale needs two)
+MIN_TRAINING_ROWS = 2
 
 
 class SchemaError(ValueError):
@@ -80,7 +82,7 @@ class Preprocessor:
     def fit(self, df: pd.DataFrame) -> Self:
         """Learn transforms, scales and categories from training rows."""
         _check_frame(df)
-        self.check_schema(list(df.columns))
+        self.check_schema(list(df.columns), "training data")
         self.context_kinds_ = {
             col: "numeric"
             if pd.api.types.is_numeric_dtype(df[col]) and not pd.api.types.is_bool_dtype(df[col])
@@ -89,8 +91,15 @@ class Preprocessor:
         }
         prepared = self._validate(df)
         good = prepared.loc[prepared[REASON] == ""]
-        if good.empty:
-            msg = "no valid training rows: every row was quarantined; check the data and spec"
+        if len(good) < MIN_TRAINING_ROWS:
+            reasons = prepared[REASON].loc[prepared[REASON] != ""].value_counts().head(3)
+            msg = (
+                f"no valid training rows: {len(prepared) - len(good)} of {len(prepared)} were "
+                f"quarantined, leaving {len(good)} (at least {MIN_TRAINING_ROWS} needed); most "
+                "common reasons: "
+                + "; ".join(f"{reason} ({n} rows)" for reason, n in reasons.items())
+                + "; check the data and spec"
+            )
             raise ValueError(msg)
         self.transforms_: dict[str, str] = {}
         self.means_: dict[str, float] = {}
@@ -266,12 +275,13 @@ class Preprocessor:
         return pd.DataFrame(out)
 
     # ------------------------------------------------------------------ validation
-    def check_schema(self, columns: list[str]) -> None:
-        """Raise :class:`SchemaError` unless every required column is present exactly once."""
+    def check_schema(self, columns: list[str], what: str = "batch") -> None:
+        """Raise :class:`SchemaError` unless every required column is present exactly once
+        (``what``: how the message names the rows' source)."""
         required = record_columns(self.features)
         dupes = sorted({str(c) for c in columns if list(columns).count(c) > 1})
         if dupes:
-            msg = f"batch has duplicated column names: {dupes}"
+            msg = f"{what} has duplicated column names: {dupes}"
             raise SchemaError(msg)
         names = [str(c) for c in columns]
         missing = [c for c in required if c not in names]
@@ -281,7 +291,7 @@ class Preprocessor:
                 close = difflib.get_close_matches(col, names, n=1)
                 hints.append(f"{col!r}" + (f" (found {close[0]!r}?)" if close else ""))
             msg = (
-                f"batch is missing required column(s) {', '.join(hints)}; "
+                f"{what} is missing required column(s) {', '.join(hints)}; "
                 f"it has {len(names)} column(s): {names[:20]}"
             )
             raise SchemaError(msg)

@@ -14,7 +14,7 @@ from anomaly import __version__, models
 from anomaly.calibration import Calibrator
 from anomaly.config import Config
 from anomaly.detector import Detector
-from anomaly.io import read_table
+from anomaly.io import expand, iter_chunks, read_table, shown
 from anomaly.neighbours import NormalIndex
 from anomaly.preprocessing import Prepared, Preprocessor
 from anomaly.profile import feature_profile
@@ -57,6 +57,18 @@ def model_for(config: Config) -> models.DensityModel:
     model = models.create(config.model.kind, seed=config.model.seed, **config.model.params)
     model.validate_parameters()
     return model
+
+
+def check_training_files(config: Config) -> None:
+    """Raise before any fitting when a file of ``data.train`` or ``data.evaluation`` is missing
+    or lacks a column of the feature spec (reads each file's first row only)."""
+    pre = Preprocessor(config.features)
+    sources = [("training data", config.data.train), ("evaluation data", config.data.evaluation)]
+    for what, pattern in sources:
+        for path in expand(pattern) if pattern else []:
+            first = next(iter_chunks(path, 1), None)
+            if first is not None:  # an empty file: reading it says so
+                pre.check_schema(list(first.columns), f"{what} {shown(path)}")
 
 
 def train(
@@ -112,11 +124,13 @@ def train(
     if len(test_ll) >= SAMPLE_CHECK_MIN_ROWS:  # samples vs held-out rows (sample_check.py)
         from anomaly.sample_check import sample_quality  # scikit-learn loads only here
 
+        logger.info("checking the model's samples against %d held-out rows", len(test_ll))
         heldout = df.iloc[test_idx].reset_index(drop=True).iloc[test_part.scored.index]
         metrics.update(sample_quality(model, pre, heldout, seed=config.model.seed))
     if labelled is None and config.data.evaluation:
         labelled = read_table(config.data.evaluation)
     if labelled is not None:
+        logger.info("evaluating on %d labelled rows", len(labelled))
         metrics.update(evaluate(detector, labelled))
     selection = model.selection_ if config.model.kind == "auto" else None
     return TrainResult(detector, metrics, test_ll, selection)

@@ -50,6 +50,12 @@ _verbose = False
 #: rescans them over and over: ~1 s of CPU per command (docs/benchmarks.md, issue 14)
 GC_THRESHOLD = 50_000
 
+#: ``explain``: quarantined rows named with their reason (the rest are counted)
+#: ``explain``: rows explained, then printed, at a time (the default `auto`: ~8 s per 200 rows
+#: of the demo data on one core)
+EXPLAIN_PART = 200
+QUARANTINE_SHOWN = 10
+
 
 def _fail(message: str) -> typer.Exit:
     """One line on stderr and exit code 2 (with ``-v``, the traceback being handled first)."""
@@ -244,15 +250,25 @@ def demo(
     out.print(f"done in {time.perf_counter() - start:.1f} s")
 
 
-@app.command()
+#: ``anomaly train --help``: one line per paragraph (rich keeps a docstring's line breaks);
+#: a backslash before ``[`` keeps the bracket from being read as rich markup
+TRAIN_HELP = (
+    "Train a detector and register it as challenger (the first one becomes champion).\n\n"
+    "The model is the config's model.kind, by default auto: the consensus of gmm, kde, knn and "
+    "flow. It fits four models (each fit is shown as it runs) and is slower to fit, score and "
+    "explain than one kind. The earlier, faster default is model.params "
+    "{candidates: \\[kde, knn], rule: mean}. See docs/models.md."
+)
+
+
+@app.command(help=TRAIN_HELP)
 def train(config: ConfigOption) -> None:
     """Train a detector and register it as challenger (the first one becomes champion)."""
     cfg = _config(config)
-    from anomaly.io import expand
-    from anomaly.training import model_for
+    from anomaly.training import check_training_files, model_for
 
     _check(model_for, cfg)  # a bad model parameter, before the flow would log its traceback
-    _check(expand, cfg.data.train)
+    _check(check_training_files, cfg)  # so are missing files and columns
     with _prefect(cfg.home):
         from flows.train import train_flow
 
@@ -395,24 +411,39 @@ def explain(
     cfg = _config(config)
     detector, _ = _run(load_detector, cfg, model_version)
     df = _run(read_table, input_file)
-    scored = detector.predict(df)
-    keep = ~scored["quarantined"].to_numpy(bool)
+    scored = _run(detector.predict, df)  # a missing column is the user's to fix
+    quarantined = scored["quarantined"].to_numpy(bool)
+    keep = ~quarantined
     if not all_rows:
         keep &= scored["is_anomaly"].to_numpy(bool)
     rows = [int(i) for i in keep.nonzero()[0]]
-    explained = explain_rows(detector, df.iloc[rows].reset_index(drop=True), top=top)
     id_col = detector.preprocessor.features.id
-    for i, contributions in zip(rows, explained, strict=True):
-        record = {
-            id_col: str(scored[id_col].iat[i]),
-            "log_likelihood": float(scored["log_likelihood"].iat[i]),
-            "p_value": float(scored["p_value"].iat[i]),
-            "is_anomaly": bool(scored["is_anomaly"].iat[i]),
-            "reason": str(scored["reason"].iat[i]),
-            "contributions": contributions,
-        }
-        typer.echo(json.dumps(record))  # one line per record, never wrapped
+    # in parts, each printed when done: the output streams and shows the progress (a row's
+    # explanation does not depend on the rows explained with it, up to float rounding)
+    for start in range(0, len(rows), EXPLAIN_PART):
+        part = rows[start : start + EXPLAIN_PART]
+        explained = explain_rows(detector, df.iloc[part].reset_index(drop=True), top=top)
+        for i, contributions in zip(part, explained, strict=True):
+            record = {
+                id_col: str(scored[id_col].iat[i]),
+                "log_likelihood": float(scored["log_likelihood"].iat[i]),
+                "p_value": float(scored["p_value"].iat[i]),
+                "is_anomaly": bool(scored["is_anomaly"].iat[i]),
+                "reason": str(scored["reason"].iat[i]),
+                "contributions": contributions,
+            }
+            typer.echo(json.dumps(record))  # one line per record, never wrapped
+        if start + len(part) < len(rows):
+            console.print(f"explained {start + len(part)} of {len(rows)} records so far")
     console.print(f"explained {len(rows)} of {len(df)} records")
+    if quarantined.any():  # not scored, so not explained: say which and why
+        for i in quarantined.nonzero()[0][:QUARANTINE_SHOWN].tolist():
+            console.print(
+                f"quarantined {scored[id_col].iat[i]}: {scored['reason'].iat[i]}",
+                highlight=False,
+                markup=False,
+            )
+        console.print(f"{int(quarantined.sum())} quarantined row(s), not explained")
 
 
 @app.command()
@@ -506,6 +537,15 @@ def run_now(
     state = flow_run.state.name if flow_run.state else "Scheduled"
     ui = f"{PREFECT_UI_URL.value()}/runs/flow-run/{flow_run.id}"
     typer.echo(f"{name}: flow run {flow_run.name!r} {state}  {ui}")
+    if kind == "score" and flow_run.state and flow_run.state.is_completed():
+        from flows.score import batches_of_run
+
+        for b in batches_of_run(flow_run.id):
+            typer.echo(
+                f"  {b['batch_id']}: {b['status']}, {b['rows_in']} rows, {b['rows_flagged']} "
+                f"flagged, {b['rows_quarantined']} quarantined"
+                + (f" ({b['error']})" if b.get("error") else "")
+            )
     if wait and not (flow_run.state and flow_run.state.is_completed()):
         raise typer.Exit(code=1)
 

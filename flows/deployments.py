@@ -12,6 +12,8 @@ from prefect import flow
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 from prefect.client.schemas.schedules import CronSchedule
 from prefect.deployments.runner import RunnerDeployment
+from prefect.events.worker import EventsWorker
+from prefect.logging.handlers import APILogWorker
 from prefect.runner import Runner
 
 from anomaly.config import load_config
@@ -19,6 +21,9 @@ from flows.promote import promote_flow
 from flows.score import score_flow_for
 from flows.tasks import SERVE_PID
 from flows.train import train_flow
+
+#: seconds ``serve`` waits, once stopped, for its last logs and events to reach the server
+DRAIN_SECONDS = 10
 
 #: one run at a time; a run due while another is running is cancelled, so missed or slow
 #: scoring runs coalesce into the next one instead of piling up
@@ -102,3 +107,7 @@ def serve_deployments(runnable: list[RunnerDeployment]) -> None:
         await runner.start()
 
     asyncio.run(main())
+    # the runner's last logs and events (a cancelled run's) go out now, while the server is
+    # up: left to the exit, they were retried against the stopped server for ~70 s
+    for service in (APILogWorker, EventsWorker):
+        service.drain_all(timeout=DRAIN_SECONDS)

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
+from uuid import UUID
 
 from prefect import Flow, flow, get_run_logger, task, unmapped
 from prefect.artifacts import create_table_artifact
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    ArtifactFilterKey,
+)
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from anomaly import registry
@@ -17,6 +25,9 @@ from anomaly.inbox import pending_batches
 from anomaly.pipeline import process_batch
 from anomaly.store import store_engine
 from flows.tasks import IO, read_config
+
+#: the key of the artifact that lists a score run's batches
+SUMMARY = "score-summary"
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -89,7 +100,7 @@ def score_flow(
     paths = [Path(b) for b in batches] if batches else find_batches(config)
     if not paths:
         get_run_logger().info("no new batches in %s", config.data.inbox)
-        create_table_artifact(key="score-summary", table=[], description="no new batches")
+        create_table_artifact(key=SUMMARY, table=[], description="no new batches")
         return []
     detector, version = load_model(config, model_version)
     futures = score_batch.map(
@@ -102,11 +113,28 @@ def score_flow(
     columns = ["batch_id", "status", "rows_in", "rows_scored", "rows_quarantined",
                "rows_flagged", "flag_rate", "shift_alarm", "model_version", "error"]  # fmt: skip
     create_table_artifact(
-        key="score-summary",
+        key=SUMMARY,
         table=[{c: s[c] for c in columns} for s in summaries],
         description=f"{len(summaries)} batch(es) scored with {config.name} v{version}",
     )
     return summaries
+
+
+def batches_of_run(flow_run_id: UUID) -> list[dict[str, object]]:
+    """The batches a finished score run handled, as its ``score-summary`` artifact lists them
+    (``anomaly run score`` prints them: the run's state alone says nothing of rejections)."""
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=[SUMMARY]),
+                flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]),
+            )
+        )
+    rows: list[dict[str, object]] = []
+    for artifact in found:
+        data = artifact.data
+        rows += json.loads(data) if isinstance(data, str) else list(data or [])
+    return rows
 
 
 def score_flow_for(config: Config) -> Flow:

@@ -3,6 +3,8 @@ retries, logging and a Prefect artifact."""
 
 from __future__ import annotations
 
+import logging
+
 import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
@@ -11,6 +13,17 @@ from prefect.cache_policies import NO_CACHE
 from anomaly.config import Config
 from anomaly.pipeline import Trained, train_and_store
 from flows.tasks import markdown_table, read_config, read_reviews
+
+#: the library's loggers whose INFO lines are training's progress: each fit (``auto``: each
+#: candidate) with its seconds, then the sample check and the evaluation
+PROGRESS_LOGGERS = ("anomaly.models", "anomaly.training")
+
+
+def show_progress() -> None:
+    """Show training's progress lines in this process (the command's, or the flow-run process
+    of ``anomaly serve``), also without ``-v``: fitting the default model takes a while."""
+    for name in PROGRESS_LOGGERS:
+        logging.getLogger(name).setLevel(logging.INFO)
 
 
 @task(name="train and register", cache_policy=NO_CACHE)
@@ -24,6 +37,7 @@ def train_and_register(config: Config, reviewed: pd.DataFrame) -> Trained:
 def train_flow(config_path: str) -> dict[str, object]:
     """Train a detector on the config's normal data and register it as ``challenger``."""
     logger = get_run_logger()
+    show_progress()
     config = read_config(config_path)
     reviewed = read_reviews(config)
     logger.info("training %s (%s), %d reviewed records", config.name, config.model.kind,

@@ -7,6 +7,7 @@ slow part) and keep apart by giving their config a name of their own.
 
 import hashlib
 import json
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -281,10 +282,56 @@ def test_using_a_model_before_training(project, command):
     assert not (project.root / "samples.parquet").exists()
 
 
+def test_train_help_says_what_the_default_costs_and_the_faster_one():
+    text = flat(invoke("train", "--help").stdout)
+    assert "by default auto: the consensus of gmm, kde, knn and flow" in text
+    assert "{candidates: [kde, knn], rule: mean}" in text
+
+
+class Lines(logging.Handler):
+    """The messages logged to a logger (Prefect's logging setup replaces the root handlers,
+    pytest's caplog among them, when a flow starts in-process)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_train_of_auto_shows_each_fit_and_what_it_chose(project):
+    """The default kind fits several candidates, slowly: each fit is a line (without -v)."""
+    s = yaml.safe_load(project.config.read_text())
+    s["model"] = {"kind": "auto", "params": {"candidates": ["gaussian", "independent"]}}
+    project.config.write_text(yaml.safe_dump(s))
+    lines, logger = Lines(), logging.getLogger("anomaly")
+    logger.addHandler(lines)
+    try:
+        result = invoke("train", "--config", project.config)
+    finally:
+        logger.removeHandler(lines)
+    assert result.exit_code == 0, result.output
+    for kind in ("auto", "gaussian", "independent"):
+        assert any(m.startswith(f"fitting {kind} on ") for m in lines.messages), lines.messages
+        assert any(re.fullmatch(rf"fitted {kind} in [0-9.]+ s", m) for m in lines.messages)
+    assert "auto chose consensus of gaussian + independent" in flat(result.stdout)
+
+
 def test_training_data_missing(project):
     (project.root / "data" / "train.parquet").unlink()
     result = invoke("train", "-c", project.config)
     assert_clean_failure(result, "no data files match", "train.parquet", code=2)
+
+
+def test_training_data_missing_a_column(project):
+    """Named as training data (was "batch is missing ..."), before the flow starts."""
+    project.train.drop(columns=["amount"]).to_parquet(project.root / "data" / "train.parquet")
+    result = invoke("train", "-c", project.config)
+    assert_clean_failure(
+        result, "training data", "train.parquet", "missing required column(s) 'amount'", code=2
+    )
+    assert "Beginning flow run" not in result.output  # no flow was started
 
 
 @pytest.mark.parametrize(

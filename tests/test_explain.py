@@ -356,6 +356,22 @@ def test_explain_records_contract(detector):
     assert explained[0][0]["contribution"] > explained[4][0]["contribution"]
 
 
+def test_explained_values_of_a_csv_file_are_numbers(detector, tmp_path):
+    """A CSV file is read as text; the values beside the contributions are numbers all the same
+    (as for a Parquet file, and as docs/explanations.md shows them)."""
+    from anomaly.io import read_table
+
+    df = records().drop(index=3)
+    df.to_csv(tmp_path / "records.csv", index=False)
+    explained = explain(detector, read_table(tmp_path / "records.csv"), top=7)
+    amount = next(item for item in explained[0] if item["feature"] == "amount")
+    assert amount["value"] == 250_000.0
+    for items in explained:
+        for item in items:
+            is_numeric = item["feature"] in FEATURES.numeric
+            assert isinstance(item["value"], float if is_numeric else str), item
+
+
 def test_pyfunc_output_carries_contributions_of_flagged_rows(detector):
     df = records()
     out = predict_explained(detector, df)
@@ -439,6 +455,30 @@ def test_cli_explain_prints_one_json_line_per_flagged_record(tmp_path, monkeypat
     assert df.loc[3, ID] not in by_id  # quarantined
     everything = CliRunner().invoke(app, [*args, "--all"])
     assert len(everything.stdout.splitlines()) == len(df) - 1  # every scored row
+    # explained and printed in parts, saying how far it got; the same lines
+    monkeypatch.setattr("flows.cli.EXPLAIN_PART", 3)
+    in_parts = CliRunner().invoke(app, [*args, "--all"])
+    whole = [json.loads(line) for line in everything.stdout.splitlines()]
+    parts = [json.loads(line) for line in in_parts.stdout.splitlines()]
+    assert [r[ID] for r in parts] == [r[ID] for r in whole]
+    for a, b in zip(parts, whole, strict=True):  # equal up to float summation order
+        assert [c["feature"] for c in a["contributions"]] == [
+            c["feature"] for c in b["contributions"]
+        ]
+        for x, y in zip(a["contributions"], b["contributions"], strict=True):
+            assert x["contribution"] == pytest.approx(y["contribution"], abs=1e-3)
+    assert "explained 3 of 4 records so far" in in_parts.stderr
+    # the quarantined row is not lost: named on stderr with its reason
+    assert f"quarantined {df.loc[3, ID]}: non-numeric value in hour" in everything.stderr
+    assert "1 quarantined row(s), not explained" in everything.stderr
+    # a file missing a column: one line and exit code 2, as for the other user errors
+    df.drop(columns=["amount"]).to_csv(tmp_path / "no-amount.csv", index=False)
+    missing = CliRunner().invoke(
+        app, ["explain", "--config", str(config), "--input", str(tmp_path / "no-amount.csv")]
+    )
+    assert missing.exit_code == 2, missing.output
+    assert "Traceback" not in missing.output
+    assert "missing required column(s) 'amount'" in " ".join(missing.stderr.split())
 
 
 def test_autoregressive_explains_from_its_conditional_modes(data):

@@ -17,7 +17,7 @@ from anomaly.store import add_review, batch_counts, current_labels, store_engine
 from anomaly.tracking import tracking_uri
 from flows.deployments import deployments
 from flows.promote import promote_flow
-from flows.score import score_flow
+from flows.score import batches_of_run, score_flow
 from flows.train import train_flow
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -118,6 +118,24 @@ def test_train_promote_score_end_to_end(tmp_path, home):
     # idempotent: nothing new to do, and the store is unchanged
     assert score_flow(str(path)) == []
     assert batch_counts(engine, "batch_1.parquet")[0] == summaries[0]["rows_flagged"]
+
+
+def test_a_score_run_lists_its_batches_rejected_ones_too(tmp_path, home):
+    """What ``anomaly run score`` prints after the run's state (which is Completed also when a
+    file was rejected)."""
+    path = project(tmp_path)
+    train_flow(str(path))
+    inbox = Path(load_config(path).data.inbox)
+    pd.read_parquet(inbox / "batch_1.parquet").drop(columns=["amount"]).to_csv(
+        inbox / "broken.csv", index=False
+    )
+    state = score_flow(str(path), return_state=True)
+    assert state.is_completed()
+    listed = {b["batch_id"]: b for b in batches_of_run(state.state_details.flow_run_id)}
+    assert set(listed) == {"batch_1.parquet", "batch_2.parquet", "broken.csv"}
+    assert listed["batch_1.parquet"]["status"] == "scored"
+    assert listed["broken.csv"]["status"] == "rejected"
+    assert "missing required column(s) 'amount'" in listed["broken.csv"]["error"]
 
 
 def test_promotion_gate_says_no_to_a_worse_challenger(tmp_path, home):

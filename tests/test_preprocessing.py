@@ -252,6 +252,15 @@ def test_fit_with_no_valid_rows():
         Preprocessor(SPEC).fit(df)
 
 
+def test_fit_with_one_valid_row_says_why():
+    """Was: fitted, and the model then failed with "knn: need at least 2 rows to fit, got 1"."""
+    df = training_frame(10).assign(**{AMOUNT: np.nan})
+    df.loc[0, AMOUNT] = 12.5
+    match = r"9 of 10 were quarantined, leaving 1 .*missing value in amount \(9 rows\)"
+    with pytest.raises(ValueError, match=match):
+        Preprocessor(SPEC).fit(df)
+
+
 # ------------------------------------------------------------------- unseen categories
 def test_unseen_category_is_scored_with_a_reason():
     df = training_frame(4, seed=9)

@@ -281,6 +281,55 @@ def test_serve_fires_its_schedule_runs_on_demand_and_stops_cleanly(project, tmp_
     assert not state.exists()
 
 
+@pytest.mark.slow
+def test_serve_stopped_as_a_run_starts_sends_its_last_logs_first(project, tmp_path):
+    """SIGTERM while a flow run starts: the runner cancels it and logs so; those logs reach the
+    server before serve stops it (they were retried against the stopped server at exit, ~70 s,
+    ending in "Error logging to API")."""
+    serve = start(project, "serve", "-c", project.config, log=tmp_path / "serve")
+    err = tmp_path / "serve.err"
+    try:
+        deadline = time.monotonic() + 300
+        while "serving" not in err.read_text():
+            assert serve.poll() is None, err.read_text()
+            assert time.monotonic() < deadline, err.read_text()
+            time.sleep(0.5)
+        queued = anomaly(project, "run", "score", "-c", project.config, "--no-wait")
+        assert queued.returncode == 0, queued.stderr
+        while "Downloading flow code" not in err.read_text():
+            assert time.monotonic() < deadline, err.read_text()
+            time.sleep(0.2)
+        time.sleep(1)
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        code = serve.wait(timeout=300)
+    assert code == 0, err.read_text()
+    assert "Cancelled flow run" in err.read_text()
+    assert "Error logging to API" not in err.read_text()
+
+
+@pytest.mark.slow
+def test_a_training_run_under_serve_shows_its_progress(project, tmp_path):
+    """The flow-run process of ``serve`` prints each fit too (was silent for the whole fit)."""
+    serve = start(project, "serve", "-c", project.config, log=tmp_path / "serve")
+    err = tmp_path / "serve.err"
+    try:
+        deadline = time.monotonic() + 300
+        while "serving" not in err.read_text():
+            assert serve.poll() is None, err.read_text()
+            assert time.monotonic() < deadline, err.read_text()
+            time.sleep(0.5)
+        trained = anomaly(project, "run", "train", "-c", project.config)
+        assert trained.returncode == 0, trained.stderr
+        assert "Completed" in trained.stdout
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        code = serve.wait(timeout=300)
+    assert code == 0, err.read_text()
+    assert "fitting gaussian on" in err.read_text()
+    assert "fitted gaussian in" in err.read_text()
+
+
 def test_run_without_serve_says_so(project):
     result = anomaly(project, "run", "score", "-c", project.config)
     assert result.returncode == 2

@@ -40,7 +40,9 @@ import abc
 import contextlib
 import inspect
 import json
+import logging
 import math
+import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from numbers import Integral
@@ -51,6 +53,8 @@ import numpy as np
 
 from anomaly.models import replacement
 from anomaly.models.constraints import Interval, Table, check_parameters
+
+logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 #: log(2π), the normal density's constant
@@ -280,11 +284,15 @@ class DensityModel(abc.ABC):
         if self._dequantised():  # fit a continuous density to x + u·step
             noise = np.random.default_rng(self.seed).uniform(-0.5, 0.5, X.shape)
             X = X + noise * self.cell_widths_
+        # progress, one line per fit (``auto``: per candidate); ``anomaly train`` shows them
+        logger.info("fitting %s on %d rows × %d columns", self.kind, *X.shape)
+        start = time.perf_counter()
         with _threads(getattr(self, "n_threads", None)):
             if self.supports_context:
                 self._fit(X, context=C)
             else:
                 self._fit(X)
+        logger.info("fitted %s in %.1f s", self.kind, time.perf_counter() - start)
         return self
 
     def log_prob(self, X: np.ndarray, context: np.ndarray | None = None) -> np.ndarray:
