@@ -34,8 +34,9 @@ class Trained:
 
 
 def reviews(config: Config) -> pd.DataFrame:
-    """The latest label of every reviewed record in the config's store (maybe no rows)."""
-    return current_labels(store_engine(config))
+    """The latest label of every record the config's model flagged and an analyst reviewed
+    (maybe no rows); reviews of another model's records in the same store are left out."""
+    return current_labels(store_engine(config), config.name)
 
 
 def training_data(config: Config, reviewed: pd.DataFrame | None) -> pd.DataFrame:

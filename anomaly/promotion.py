@@ -126,7 +126,7 @@ def run_gate(
         decision = decide(config, {}, None)
     else:
         if reviewed is None:
-            reviewed = current_labels(store_engine(config))
+            reviewed = current_labels(store_engine(config), config.name)
         labelled = evaluation_data(config, reviewed)
         decision = decide(
             config,

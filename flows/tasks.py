@@ -54,5 +54,6 @@ def read_config(config_path: str) -> Config:
 
 @task(name="read reviews", **IO)
 def read_reviews(config: Config) -> pd.DataFrame:
-    """Latest label of every reviewed record in the store (maybe no rows)."""
-    return current_labels(store_engine(config))
+    """Latest label of every record the config's model flagged and an analyst reviewed
+    (maybe no rows; ``anomaly.pipeline.reviews``)."""
+    return current_labels(store_engine(config), config.name)

@@ -94,6 +94,33 @@ def test_train_folds_in_reviewed_false_positives_and_confirmed_anomalies(tmp_pat
     assert "eval_rows" not in no_reviews.result.metrics
 
 
+def test_a_model_learns_only_from_reviews_of_what_it_flagged(tmp_path):
+    """Two models sharing one store: the false positive and the confirmed anomaly reviewed
+    for one join its training and evaluation rows, not the other's."""
+    config = make_config(tmp_path)
+    other_path = tmp_path / "other.yaml"
+    other_path.write_text(
+        (tmp_path / "config.yaml").read_text().replace("name: jobs", "name: other")
+    )
+    other = load_config(other_path, home=tmp_path / "home")
+    assert other.name == "other"
+    assert store_engine(other).url == store_engine(config).url  # one store
+    train_and_store(config)
+    (summary,) = score_batches(config, [Path(config.data.inbox) / "b1.parquet"])
+    flagged = summary.flagged_rows.frame()["transaction_id"].astype(str).tolist()
+    engine = store_engine(config)
+    add_review(engine, summary.batch_id, flagged[0], "false_positive", "ann")
+    add_review(engine, summary.batch_id, flagged[1], "confirmed", "ann")
+    assert len(reviews(config)) == 2
+    assert reviews(other).empty
+    m = train_and_store(other).result.metrics
+    assert m["rows_train"] + m["rows_calibration"] + m["rows_test"] == N_TRAIN
+    assert "eval_rows" not in m
+    m = train_and_store(config).result.metrics
+    assert m["rows_train"] + m["rows_calibration"] + m["rows_test"] == N_TRAIN + 1
+    assert m["eval_rows"] == 2
+
+
 def test_the_gate_decides_reports_and_moves_aliases(tmp_path):
     config = make_config(tmp_path)
     with pytest.raises(registry.RegistryError, match="no challenger"):

@@ -72,12 +72,16 @@ def add_review(
     return review
 
 
-def current_labels(engine: Engine) -> pd.DataFrame:
-    """The latest review of every reviewed record, with its stored values."""
+def current_labels(engine: Engine, model_name: str | None = None) -> pd.DataFrame:
+    """The latest review of every reviewed record, with its stored values; with
+    ``model_name``, only of the records that model flagged (a model learns from its own
+    reviews, not from those of another model sharing the store)."""
     query = latest_reviews(
         Review.batch_id, Review.record_id, Review.label, Review.note, Review.reviewer,
         Review.created_at, Flagged.values,
     )  # fmt: skip
+    if model_name is not None:
+        query = query.where(Flagged.model_name == model_name)
     with Session(engine) as session:
         rows = session.execute(query).all()
     return pd.DataFrame(
