@@ -3,12 +3,15 @@ retries, logging and a Prefect artifact."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 
 import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.logging.handlers import APILogHandler
 
 from anomaly.config import Config
 from anomaly.pipeline import Trained, train_and_store
@@ -26,11 +29,27 @@ def show_progress() -> None:
         logging.getLogger(name).setLevel(logging.INFO)
 
 
+@contextlib.contextmanager
+def progress_in_run_logs() -> Iterator[None]:
+    """While it lasts, training's progress lines also go to the run's logs (the Prefect UI),
+    through Prefect's API log handler; the console shows them once, as before."""
+    handler = APILogHandler(level=logging.INFO)
+    loggers = [logging.getLogger(name) for name in PROGRESS_LOGGERS]
+    for logger in loggers:
+        logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeHandler(handler)
+
+
 @task(name="train and register", cache_policy=NO_CACHE)
 def train_and_register(config: Config, reviewed: pd.DataFrame) -> Trained:
     """Fit, calibrate, evaluate, log to MLflow and register as ``challenger`` (CPU-bound and
     not idempotent: no retries; MLflow's own calls retry)."""
-    return train_and_store(config, reviewed)
+    with progress_in_run_logs():
+        return train_and_store(config, reviewed)
 
 
 @flow(name="train")

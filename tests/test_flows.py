@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pandas as pd
@@ -118,6 +119,28 @@ def test_train_promote_score_end_to_end(tmp_path, home):
     # idempotent: nothing new to do, and the store is unchanged
     assert score_flow(str(path)) == []
     assert batch_counts(engine, "batch_1.parquet")[0] == summaries[0]["rows_flagged"]
+
+
+def test_training_progress_reaches_the_run_logs(tmp_path, home):
+    """Each fit's progress line is in the train run's logs (what the Prefect UI shows), not
+    only on the console of the process that ran it."""
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogHandler
+
+    state = train_flow(str(project(tmp_path)), return_state=True)
+    assert state.is_completed()
+    APILogHandler().flush()  # the log worker sends what it holds
+    run = state.state_details.flow_run_id
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run])))
+    progress = [log.message for log in logs if log.name.startswith("anomaly.")]
+    assert any(m.startswith("fitting ") for m in progress), progress
+    assert any(m.startswith("fitted ") for m in progress), progress
+    assert all(log.task_run_id is not None for log in logs if log.name.startswith("anomaly."))
+    # outside the task the library's loggers send nothing to the API
+    assert not any(
+        isinstance(h, APILogHandler) for h in logging.getLogger("anomaly.models").handlers
+    )
 
 
 def test_a_score_run_lists_its_batches_rejected_ones_too(tmp_path, home):
