@@ -19,7 +19,7 @@ from anomaly.inbox import claim, content_hash, in_inbox, mark_done, release
 from anomaly.io import read_table, shown
 from anomaly.promotion import REVIEW_LABELS, decide, evaluation_data
 from anomaly.scoring import BatchSummary, MapParts, batch_id_for, score_file
-from anomaly.store import current_labels, reserve_batch, store_engine, write_batch
+from anomaly.store import model_labels, reserve_batch, store_engine, write_batch
 from anomaly.tracking import log_batch, log_training
 from anomaly.training import TrainResult, train
 
@@ -31,12 +31,6 @@ class Trained:
     result: TrainResult
     version: str
     run_id: str
-
-
-def reviews(config: Config) -> pd.DataFrame:
-    """The latest label of every record the config's model flagged and an analyst reviewed
-    (maybe no rows); reviews of another model's records in the same store are left out."""
-    return current_labels(store_engine(config), config.name)
 
 
 def training_data(config: Config, reviewed: pd.DataFrame | None) -> pd.DataFrame:
@@ -67,9 +61,10 @@ def train_and_store(config: Config, reviewed: pd.DataFrame | None = None) -> Tra
     (:func:`training_data`), fitted and evaluated on :func:`labelled_data`, logged to MLflow
     and registered (:func:`register_result`).
 
-    ``reviewed``: the store's current labels (:func:`reviews`), read from the store if None.
+    ``reviewed``: the model's current labels (:func:`anomaly.store.model_labels`), read from
+    the store if None.
     """
-    reviewed = reviews(config) if reviewed is None else reviewed
+    reviewed = model_labels(config) if reviewed is None else reviewed
     data = training_data(config, reviewed)
     return register_result(config, train(config, data, labelled_data(config, reviewed)), data)
 

@@ -11,7 +11,7 @@ from anomaly import registry
 from anomaly.config import Config
 from anomaly.detector import Detector
 from anomaly.io import read_table
-from anomaly.store import current_labels, store_engine
+from anomaly.store import model_labels
 from anomaly.tracking import client
 from anomaly.training import LABEL, evaluate
 
@@ -126,7 +126,7 @@ def run_gate(
         decision = decide(config, {}, None)
     else:
         if reviewed is None:
-            reviewed = current_labels(store_engine(config), config.name)
+            reviewed = model_labels(config)
         labelled = evaluation_data(config, reviewed)
         decision = decide(
             config,

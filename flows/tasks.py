@@ -12,7 +12,7 @@ from prefect.states import State
 
 from anomaly.config import Config, load_config
 from anomaly.processes import die_with_parent_now
-from anomaly.store import current_labels, store_engine
+from anomaly.store import model_labels
 from flows.errors import USER_ERRORS
 
 #: set by ``anomaly serve`` to its process id, for the flow-run processes it starts
@@ -55,5 +55,5 @@ def read_config(config_path: str) -> Config:
 @task(name="read reviews", **IO)
 def read_reviews(config: Config) -> pd.DataFrame:
     """Latest label of every record the config's model flagged and an analyst reviewed
-    (maybe no rows; ``anomaly.pipeline.reviews``)."""
-    return current_labels(store_engine(config), config.name)
+    (maybe no rows; :func:`anomaly.store.model_labels`)."""
+    return model_labels(config)

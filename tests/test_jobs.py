@@ -15,9 +15,9 @@ from anomaly import registry
 from anomaly.config import Config, load_config
 from anomaly.dashboard.registry_view import model_overview
 from anomaly.demo_data import generate_normal, plant_anomalies
-from anomaly.pipeline import reviews, score_batches, train_and_store
+from anomaly.pipeline import score_batches, train_and_store
 from anomaly.promotion import run_gate
-from anomaly.store import add_review, store_engine
+from anomaly.store import add_review, model_labels, store_engine
 from anomaly.tracking import active, auto_metric, tracking_uri
 
 N_TRAIN = 1_000
@@ -90,7 +90,7 @@ def test_train_folds_in_reviewed_false_positives_and_confirmed_anomalies(tmp_pat
     assert '"num_rows": 1001' in dataset[0].dataset.profile
 
     # the same job with the reviews left out (as passed by a caller) trains on data.train only
-    no_reviews = train_and_store(config, reviews(config).iloc[0:0])
+    no_reviews = train_and_store(config, model_labels(config).iloc[0:0])
     assert "eval_rows" not in no_reviews.result.metrics
 
 
@@ -111,8 +111,8 @@ def test_a_model_learns_only_from_reviews_of_what_it_flagged(tmp_path):
     engine = store_engine(config)
     add_review(engine, summary.batch_id, flagged[0], "false_positive", "ann")
     add_review(engine, summary.batch_id, flagged[1], "confirmed", "ann")
-    assert len(reviews(config)) == 2
-    assert reviews(other).empty
+    assert len(model_labels(config)) == 2
+    assert model_labels(other).empty
     m = train_and_store(other).result.metrics
     assert m["rows_train"] + m["rows_calibration"] + m["rows_test"] == N_TRAIN
     assert "eval_rows" not in m

@@ -52,6 +52,14 @@ def start(project: Project, *args: object, log: Path) -> subprocess.Popen:
     )
 
 
+def wait_until_serving(serve: subprocess.Popen, err: Path, deadline: float) -> None:
+    """Wait for ``serve``'s "serving" line in ``err``; it must not exit or pass ``deadline``."""
+    while "serving" not in err.read_text():
+        assert serve.poll() is None, err.read_text()
+        assert time.monotonic() < deadline, err.read_text()
+        time.sleep(0.5)
+
+
 def descendants(pid: int) -> set[int]:
     """Every living process below ``pid`` (children, their children, ...)."""
     parents: dict[int, int] = {}
@@ -250,10 +258,7 @@ def test_serve_fires_its_schedule_runs_on_demand_and_stops_cleanly(project, tmp_
     pids: set[int] = set()
     try:
         deadline = time.monotonic() + 300
-        while "serving" not in err.read_text():
-            assert serve.poll() is None, err.read_text()
-            assert time.monotonic() < deadline, err.read_text()
-            time.sleep(0.5)
+        wait_until_serving(serve, err, deadline)
         assert "Prefect UI: http://127.0.0.1:" in (tmp_path / "serve.out").read_text()
         server = json.loads(state.read_text())["pid"]
         pids |= descendants(serve.pid)
@@ -290,10 +295,7 @@ def test_serve_stopped_as_a_run_starts_sends_its_last_logs_first(project, tmp_pa
     err = tmp_path / "serve.err"
     try:
         deadline = time.monotonic() + 300
-        while "serving" not in err.read_text():
-            assert serve.poll() is None, err.read_text()
-            assert time.monotonic() < deadline, err.read_text()
-            time.sleep(0.5)
+        wait_until_serving(serve, err, deadline)
         queued = anomaly(project, "run", "score", "-c", project.config, "--no-wait")
         assert queued.returncode == 0, queued.stderr
         while "Downloading flow code" not in err.read_text():
@@ -315,10 +317,7 @@ def test_a_training_run_under_serve_shows_its_progress(project, tmp_path):
     err = tmp_path / "serve.err"
     try:
         deadline = time.monotonic() + 300
-        while "serving" not in err.read_text():
-            assert serve.poll() is None, err.read_text()
-            assert time.monotonic() < deadline, err.read_text()
-            time.sleep(0.5)
+        wait_until_serving(serve, err, deadline)
         trained = anomaly(project, "run", "train", "-c", project.config)
         assert trained.returncode == 0, trained.stderr
         assert "Completed" in trained.stdout

@@ -61,6 +61,7 @@ from anomaly.store.reviews import (
     assign,
     comments_of,
     current_labels,
+    model_labels,
     reviewers_assigned,
     reviews_of,
 )
@@ -107,7 +108,8 @@ __all__ = [
     "comments_of", "connect", "csv_safe", "csv_text", "current_labels", "decode_cursor",
     "decode_key", "default_url", "encode_cursor", "encode_key", "end_session", "end_sessions",
     "engine_for", "filter_choices", "get_batch", "get_record", "key_of", "live_session",
-    "live_sessions", "overview", "quarantined_rows", "queue", "queue_count", "reserve_batch",
-    "reviewed_records", "reviewers_assigned", "reviews_of", "search", "search_count",
-    "search_key", "start_session", "store_engine", "with_hash", "write_batch", "write_export",
+    "live_sessions", "model_labels", "overview", "quarantined_rows", "queue", "queue_count",
+    "reserve_batch", "reviewed_records", "reviewers_assigned", "reviews_of", "search",
+    "search_count", "search_key", "start_session", "store_engine", "with_hash", "write_batch",
+    "write_export",
 ]  # fmt: skip

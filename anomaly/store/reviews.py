@@ -6,7 +6,7 @@ queue filters and pages by label through an index), bulk labels, assignments and
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 from sqlalchemy import (
@@ -20,6 +20,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
+from anomaly.store.engine import store_engine
 from anomaly.store.tables import (
     LABELS,
     Assignment,
@@ -28,6 +29,9 @@ from anomaly.store.tables import (
     Flagged,
     Review,
 )
+
+if TYPE_CHECKING:
+    from anomaly.config import Config
 
 
 def add_review(
@@ -88,6 +92,12 @@ def current_labels(engine: Engine, model_name: str | None = None) -> pd.DataFram
         rows,
         columns=["batch_id", "record_id", "label", "note", "reviewer", "created_at", "values"],
     )
+
+
+def model_labels(config: Config) -> pd.DataFrame:
+    """:func:`current_labels` of the records the config's model flagged, from its store
+    (maybe no rows): what training and the promotion gate learn from."""
+    return current_labels(store_engine(config), config.name)
 
 
 def reviews_of(engine: Engine, batch_id: str, record_id: str) -> list[Review]:
