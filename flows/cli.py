@@ -50,10 +50,10 @@ _verbose = False
 #: rescans them over and over: ~1 s of CPU per command (docs/benchmarks.md, issue 14)
 GC_THRESHOLD = 50_000
 
-#: ``explain``: quarantined rows named with their reason (the rest are counted)
 #: ``explain``: rows explained, then printed, at a time (the default `auto`: ~8 s per 200 rows
 #: of the demo data on one core)
 EXPLAIN_PART = 200
+#: ``explain``: quarantined rows named with their reason (the rest are counted)
 QUARANTINE_SHOWN = 10
 
 
