@@ -867,12 +867,15 @@ def _text(value: Any) -> str | None:
 
 
 def _work_dir(out_dir: Path, batch_id: str) -> Path:
-    """An empty scratch folder for one batch's temporary files; what a killed run left in it
-    goes, so outputs hold only finished files."""
-    work = out_dir / f".{batch_id}.work"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    return work
+    """A new, empty scratch folder for one run of a batch (``.BATCH.XXXXXXXX.work``); what
+    earlier runs of the batch left (a killed run's folder) goes first. Each run has its own
+    folder: a part of a failed split run may still be writing on a Dask worker into that
+    run's folder, which would otherwise reappear under the re-run as it is wiped."""
+    earlier = re.compile(re.escape(f".{batch_id}.") + r"([a-z0-9_]{8}\.)?work")
+    for folder in out_dir.glob(".*work"):
+        if earlier.fullmatch(folder.name):
+            shutil.rmtree(folder, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f".{batch_id}.", suffix=".work", dir=out_dir))
 
 
 def _write_flags(

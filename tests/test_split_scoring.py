@@ -142,3 +142,48 @@ def test_parts_out_of_order_are_refused(detector, tmp_path):
     with pytest.raises(ValueError, match="file order"):
         score_file(detector, path, tmp_path, CHUNK_ROWS, split_rows=SPLIT_ROWS, map_parts=backwards)
     assert not list(tmp_path.glob(".*.work"))
+
+
+def test_a_rerun_scores_beside_a_part_still_writing_into_the_failed_run(
+    detector, tmp_path, monkeypatch
+):
+    """A part of a failed split run may still be writing on a Dask worker into that run's work
+    folder while the batch is scored again: a file it writes as the folder is wiped leaves the
+    folder in place (the re-run then failed with FileExistsError). Each run has its own
+    folder; the earlier runs' folders of that batch, not another batch's, are wiped first."""
+    import shutil
+
+    from anomaly import scoring
+
+    path = messy_batch(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    other = out / ".messy.parquet.x.parquet.abcdefgh.work"  # another batch's, live
+    other.mkdir()
+    runs = []
+
+    def failing(function, items) -> list[Part]:
+        function(items[0])
+        runs.extend(f for f in out.glob(".messy.parquet.*work") if f != other)
+        raise RuntimeError("injected fault in a part")
+
+    with pytest.raises(RuntimeError, match="injected fault"):
+        score_file(detector, path, out, CHUNK_ROWS, split_rows=SPLIT_ROWS, map_parts=failing)
+    (failed,) = runs
+    (out / ".messy.parquet.work").mkdir()  # an older version's folder, left by a kill
+    real_rmtree = shutil.rmtree
+
+    def raced(folder, ignore_errors=False):  # the stale part's file lands mid-wipe
+        real_rmtree(folder, ignore_errors=ignore_errors)
+        if Path(folder) == failed:
+            failed.mkdir()
+            (failed / "part-1.arrow").write_bytes(b"late")
+
+    monkeypatch.setattr(scoring.shutil, "rmtree", raced)
+    failed.mkdir()  # the stale part writes on after the failed run wiped its folder
+    (failed / "part-1.arrow").write_bytes(b"late")
+    summary = score_file(detector, path, out, CHUNK_ROWS, split_rows=SPLIT_ROWS)
+    assert summary.status == "scored"
+    assert not (out / ".messy.parquet.work").exists()
+    assert other.is_dir()
+    assert {f for f in out.glob(".messy.parquet.*work") if f != other} <= {failed}
